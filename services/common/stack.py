@@ -1,0 +1,507 @@
+"""The whole network on one machine: `make run`, `make up`, `make down`, `make migrate`.
+
+Starts real PostgreSQL and NATS JetStream from their PyPI wheels (unless `INVO_DATABASE_URL` /
+`INVO_NATS_URL` name existing ones), every service as its own process on free loopback ports,
+creates a demo sandbox tenant on first run, and stops everything on Ctrl-C or SIGTERM. Data, logs
+and generated development secrets live under `.invo/` (or `INVO_HOME`). The tests start the
+network through this same class, once per test session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import crypto, devservers
+from services.common.config import SERVICES, Settings
+from services.common.service import migrate_all
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+PROCESSES = (*SERVICES, "gateway")
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+DEMO_TENANT = {"name": "Demo Game", "currency_name": "Demo Coins", "environment": "sandbox"}
+
+
+class StackError(Exception):
+    pass
+
+
+def default_home() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("INVO_HOME") or ROOT / ".invo").resolve()
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _http_json(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: Any = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))  # noqa: S310
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - our own loopback URL
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _grpc_serving(addr: str, timeout_s: float) -> bool:
+    with grpc.insecure_channel(addr) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Stack:
+    def __init__(
+        self,
+        home: pathlib.Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        durable: bool = True,
+        database_name: str = "invo",
+        nats_namespace: str = "",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.home = home
+        self.base_env = dict(os.environ if env is None else env)
+        self.durable = durable
+        self.database_name = database_name
+        self.nats_namespace = nats_namespace
+        self.extra_env = dict(extra_env or {})
+        self.logs = home / "logs"
+        self.postgres: devservers.Postgres | None = None
+        self.nats: devservers.Nats | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env: dict[str, str] = {}
+        self.gateway_url = ""
+        self.demo: dict[str, str] = {}
+
+    # -- secrets and servers -------------------------------------------------------------
+
+    def _secrets(self) -> dict[str, str]:
+        """Development secrets, made on first run and kept (0600) so data stays readable."""
+        path = self.home / "secrets.json"
+        if path.exists():
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
+        made = {
+            "admin_token": "invo_admin_" + secrets.token_urlsafe(24),
+            "key_pepper": secrets.token_urlsafe(32),
+            "data_keys": crypto.Keyring.generate_spec("dev1"),
+            "pg_password": secrets.token_urlsafe(18),
+        }
+        _write_private(path, json.dumps(made, indent=2))
+        return made
+
+    def _database_url(self, pg_password: str) -> str:
+        external = self.base_env.get("INVO_DATABASE_URL", "")
+        if external:
+            server_url = external
+        else:
+            self.postgres = devservers.Postgres(
+                self.home / "pg",
+                password=pg_password,
+                log_path=self.logs / "postgres.log",
+                durable=self.durable,
+            )
+            server_url = self.postgres.start()
+        parsed = urllib.parse.urlsplit(server_url)
+        if external and self.database_name == "invo":
+            return external  # use the named database as it is
+        asyncio.run(self._create_database(server_url, self.database_name))
+        return urllib.parse.urlunsplit(parsed._replace(path="/" + self.database_name))
+
+    @staticmethod
+    async def _create_database(server_url: str, name: str) -> None:
+        conn = await asyncpg.connect(server_url, timeout=10.0)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    def _nats_url(self) -> str:
+        external = self.base_env.get("INVO_NATS_URL", "")
+        if external:
+            return external
+        self.nats = devservers.Nats(self.home / "nats", log_path=self.logs / "nats.log")
+        return self.nats.start()
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        sec = self._secrets()
+        env = dict(self.base_env)
+        env.setdefault("INVO_ENVIRONMENT", "development")
+        env.setdefault("INVO_ADMIN_TOKEN", sec["admin_token"])
+        env.setdefault("INVO_KEY_PEPPER", sec["key_pepper"])
+        env.setdefault("INVO_DATA_KEYS", sec["data_keys"])
+        env["INVO_DATABASE_URL"] = self._database_url(sec["pg_password"])
+        env["INVO_NATS_URL"] = self._nats_url()
+        if self.nats_namespace:
+            env["INVO_NATS_STREAM"] = f"INVO_{self.nats_namespace.upper()}"
+            env["INVO_NATS_SUBJECT_PREFIX"] = f"invo_{self.nats_namespace.lower()}.events"
+        for name in SERVICES:
+            env[f"INVO_{name.upper()}_ADDR"] = f"127.0.0.1:{devservers.free_port()}"
+        wanted = int(env.get("INVO_GATEWAY_PORT") or 8080)
+        port = wanted if devservers.port_is_free(wanted) else devservers.free_port()
+        env["INVO_GATEWAY_PORT"] = str(port)
+        env["INVO_GATEWAY_HOST"] = "127.0.0.1"
+        env.update(self.extra_env)
+        env.pop("INVO_GRPC_LISTEN", None)
+        self.env = env
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        # Migrate once up front so a bad migration is one clear error, not six dying services.
+        asyncio.run(migrate_all(Settings.from_env(env)))
+        for name in PROCESSES:
+            self._spawn(name)
+        self._wait_ready()
+        self._ensure_demo_tenant()
+
+    def _spawn(self, name: str) -> None:
+        with open(self.logs / f"{name}.log", "ab") as logf:
+            self.procs[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=devservers.die_with_parent,
+            )
+
+    def restart(self, name: str, *, sig: int = signal.SIGTERM) -> None:
+        """Stop one process (SIGKILL simulates a crash) and start it again; wait until it serves."""
+        proc = self.procs[name]
+        devservers.stop_process(proc, sig=sig, timeout_s=STOP_TIMEOUT_S)
+        self._spawn(name)
+        self._wait_ready([name])
+
+    def _wait_ready(self, names: tuple[str, ...] | list[str] = PROCESSES) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        pending = list(names)
+        while pending:
+            self.raise_if_dead()
+            name = pending[0]
+            if name == "gateway":
+                try:
+                    status, _ = _http_json("GET", self.gateway_url + "/readyz", timeout_s=5)
+                    ok = status == 200
+                except OSError:
+                    ok = False
+            else:
+                ok = _grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], 2.0)
+            if ok:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not become ready in {READY_TIMEOUT_S}s; see {self.logs / name}.log")
+            time.sleep(0.1)
+
+    def dead(self) -> list[tuple[str, int]]:
+        return [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
+
+    def raise_if_dead(self) -> None:
+        dead = self.dead()
+        if dead:
+            name, code = dead[0]
+            raise StackError(f"service {name} died (exit code {code}):\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.env['INVO_ADMIN_TOKEN']}"}
+
+    def _ensure_demo_tenant(self) -> None:
+        path = self.home / "demo.json"
+        if path.exists():
+            demo = json.loads(path.read_text())
+            status, _ = _http_json(
+                "GET", self.gateway_url + "/api/tenant", headers={"X-Game-Secret-Key": demo["sdk_key"]}
+            )
+            if status == 200:
+                self.demo = demo
+                return
+        status, body = _http_json(
+            "POST", self.gateway_url + "/admin/tenants", headers=self.admin_headers(), body=DEMO_TENANT
+        )
+        if status != 201:
+            raise StackError(f"could not create the demo tenant: {status} {body}")
+        self.demo = {"tenant_id": body["tenant_id"], "sdk_key": body["sdk_key"]}
+        _write_private(path, json.dumps(self.demo, indent=2))
+
+    def dev_env(self) -> dict[str, str]:
+        out = {
+            "INVO_GATEWAY_URL": self.gateway_url,
+            "INVO_ADMIN_TOKEN": self.env["INVO_ADMIN_TOKEN"],
+            "INVO_DEMO_SDK_KEY": self.demo.get("sdk_key", ""),
+            "INVO_DEMO_TENANT_ID": self.demo.get("tenant_id", ""),
+            "INVO_DATABASE_URL": self.env["INVO_DATABASE_URL"],
+            "INVO_NATS_URL": self.env["INVO_NATS_URL"],
+        }
+        for name in SERVICES:
+            key = f"INVO_{name.upper()}_ADDR"
+            out[key] = self.env[key]
+        return out
+
+    def pids(self) -> list[int]:
+        found = [p.pid for p in self.procs.values() if p.poll() is None]
+        for server in (self.postgres, self.nats):
+            if server is not None and server.proc is not None and server.proc.poll() is None:
+                found.append(server.proc.pid)
+        return found
+
+    def stop(self) -> None:
+        # The gateway first so no new work arrives, then the services together, then the servers.
+        if "gateway" in self.procs:
+            devservers.stop_process(self.procs["gateway"], timeout_s=STOP_TIMEOUT_S)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            devservers.stop_process(proc, timeout_s=STOP_TIMEOUT_S)
+        self.procs.clear()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _banner(stack: Stack) -> str:
+    env = stack.dev_env()
+    key = env["INVO_DEMO_SDK_KEY"]
+    lines = [
+        "",
+        "INVO Network is up.",
+        f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)",
+        f"  demo tenant    {env['INVO_DEMO_TENANT_ID']} (sandbox, {DEMO_TENANT['currency_name']!r})",
+        f"  demo SDK key   {key}",
+        f"  admin token    {env['INVO_ADMIN_TOKEN']}",
+        "",
+        "Try:",
+        f'  curl -H "X-Game-Secret-Key: {key}" {stack.gateway_url}/api/tenant',
+        "",
+        "gRPC services: " + ", ".join(f"{n} {env[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
+        f"Logs: {stack.logs}/<service>.log",
+    ]
+    return "\n".join(lines)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_pid(home: pathlib.Path) -> int | None:
+    path = home / "stack.pid"
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
+    if _running_pid(home) is not None:
+        print(
+            f"INVO Network is already running (see {home / 'dev.env'}); `make down` stops it.",
+            file=sys.stderr,
+        )
+        return 1
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stack = Stack(home)
+    _write_private(home / "stack.pid", str(os.getpid()))
+    code = 0
+    try:
+        print("Starting PostgreSQL, NATS JetStream and the INVO services...", flush=True)
+        stack.start()
+        env_text = "".join(f"{k}={v}\n" for k, v in stack.dev_env().items())
+        _write_private(home / "dev.env", env_text)
+        _write_private(home / "pids.json", json.dumps(stack.pids()))
+        print(_banner(stack), flush=True)
+        if not detached:
+            print("\nCtrl-C stops everything.", flush=True)
+        while not stop["requested"]:
+            dead = stack.dead()
+            if dead:
+                for name, rc in dead:
+                    print(f"\nservice {name} died (exit code {rc}); last lines of its log:", file=sys.stderr)
+                    print(stack.log_tail(name), file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.5)
+    except (StackError, devservers.ServerError, OSError) as exc:
+        print(f"\nINVO Network failed to start: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        print("Stopping...", flush=True)
+        stack.stop()
+        for name in ("dev.env", "stack.pid", "pids.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (home / name).unlink()
+        print("Stopped.", flush=True)
+    return code
+
+
+def cmd_up(home: pathlib.Path) -> int:
+    if _running_pid(home) is not None:
+        print((home / "dev.env").read_text() if (home / "dev.env").exists() else "already starting")
+        return 0
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    with open(home / "logs" / "stack.log", "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.common.stack", "run", "--detached"],
+            cwd=ROOT,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives `make up`
+            env={**os.environ, "INVO_HOME": str(home)},
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_S + 60
+    while time.monotonic() < deadline:
+        if (home / "dev.env").exists():
+            text = (home / "logs" / "stack.log").read_text(errors="replace")
+            print(text[text.rfind("INVO Network is up.") :])
+            print(f"\nRunning in the background; settings in {home / 'dev.env'}; `make down` stops it.")
+            return 0
+        if proc.poll() is not None:
+            print((home / "logs" / "stack.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print("INVO Network did not come up in time; see .invo/logs/stack.log", file=sys.stderr)
+    devservers.stop_process(proc)
+    return 1
+
+
+def cmd_down(home: pathlib.Path) -> int:
+    pid = _running_pid(home)
+    if pid is None:
+        print("INVO Network is not running.")
+        return 0
+    children: list[int] = []
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        children = json.loads((home / "pids.json").read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_pid_alive(p) for p in [pid, *children]):
+        time.sleep(0.1)
+    left = [p for p in [pid, *children] if _pid_alive(p)]
+    for p in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    print("INVO Network stopped." if not left else f"killed stragglers: {left}")
+    return 0
+
+
+def cmd_migrate(home: pathlib.Path) -> int:
+    env = dict(os.environ)
+    stack: Stack | None = None
+    if not env.get("INVO_DATABASE_URL"):
+        if (home / "dev.env").exists() and _running_pid(home) is not None:
+            for line in (home / "dev.env").read_text().splitlines():
+                k, _, v = line.partition("=")
+                if k == "INVO_DATABASE_URL":
+                    env[k] = v
+        else:
+            stack = Stack(home)
+            home.mkdir(parents=True, exist_ok=True)
+            stack.logs.mkdir(exist_ok=True)
+            env["INVO_DATABASE_URL"] = stack._database_url(stack._secrets()["pg_password"])
+    try:
+        applied = asyncio.run(migrate_all(Settings.from_env(env)))
+    finally:
+        if stack is not None:
+            stack.stop()
+    for name, count in applied.items():
+        print(f"{name}: {count} migration(s) applied")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.common.stack")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="start everything in the foreground")
+    run.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("up", help="start everything in the background")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("migrate", help="apply every service's migrations")
+    args = parser.parse_args(argv)
+    home = default_home()
+    if args.cmd == "run":
+        return cmd_run(home, detached=args.detached)
+    if args.cmd == "up":
+        return cmd_up(home)
+    if args.cmd == "down":
+        return cmd_down(home)
+    return cmd_migrate(home)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The gateway: the public HTTP API, SDK-key auth, the error envelope, rate limits, the admin API."""

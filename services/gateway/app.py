@@ -1,0 +1,149 @@
+"""The aiohttp application: request ids, the error envelope, SDK-key auth, rate limits, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from services.common import errors, logs
+from services.common.config import Settings
+from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from services.gateway import admin, openapi
+from services.gateway.backends import Backends
+from services.gateway.context import GatewayContext
+from services.gateway.http import error_response, json_response
+
+log = logging.getLogger("invo.gateway")
+
+SDK_KEY_HEADER = "X-Game-Secret-Key"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+public = web.RouteTableDef()
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in, request id out, every error as the envelope, one log line per request."""
+    rid = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    token = request_id_var.set(rid)
+    started = time.monotonic()
+    try:
+        try:
+            resp = await handler(request)
+        except errors.InvoError as exc:
+            resp = error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            resp = error_response(errors.for_http_status(exc.status, exc.reason + "."))
+        except Exception:
+            log.exception("unhandled error")
+            resp = error_response(errors.Internal("An internal error occurred."))
+        resp.headers[REQUEST_ID_HEADER] = rid
+        log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            resp.status,
+            extra=logs.fields(
+                status=resp.status,
+                latency_ms=round((time.monotonic() - started) * 1000, 2),
+                tenant_id=request.get("tenant_id", ""),
+            ),
+        )
+        return resp
+    finally:
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx: GatewayContext = request.app["ctx"]
+    path = request.path
+    if path.startswith("/admin/") or path == "/admin":
+        admin.check_admin(ctx, request)
+    elif path.startswith("/api/") or path == "/api":
+        key = request.headers.get(SDK_KEY_HEADER, "").strip()
+        if not key:
+            raise errors.Unauthenticated(f"Missing {SDK_KEY_HEADER} header.", error_code="MISSING_API_KEY")
+        auth = await ctx.keys.resolve(key)
+        tenant = auth.tenant
+        request["tenant"] = tenant
+        request["tenant_id"] = tenant.tenant_id
+        if tenant.status != "active":
+            raise errors.Forbidden("This tenant is suspended.", error_code="TENANT_SUSPENDED")
+        wait_s = ctx.limiter.take(tenant.tenant_id, tenant.rate_limit_per_second or ctx.settings.rate_limit_per_second)
+        if wait_s:
+            raise errors.RateLimited(
+                f"Too many requests for this tenant; retry after {wait_s} second(s).", retry_after_s=wait_s
+            )
+    return await handler(request)
+
+
+@public.get("/api/tenant")
+async def get_own_tenant(request: web.Request) -> web.Response:
+    ctx: GatewayContext = request.app["ctx"]
+    return json_response(ctx.tenant_json(request["tenant"]))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx: GatewayContext = request.app["ctx"]
+    health = await ctx.backends.health()
+    if all(health.values()):
+        return json_response({"status": "ready", "services": health})
+    down = sorted(name for name, ok in health.items() if not ok)
+    raise errors.Unavailable(f"Not ready: {', '.join(down)}.", extra={"services": health})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    ctx: GatewayContext = request.app["ctx"]
+    base = ctx.settings.public_base_url or f"{request.scheme}://{request.host}"
+    return json_response(openapi.document(base))
+
+
+def create_app(settings: Settings, backends: Backends) -> web.Application:
+    app = web.Application(
+        middlewares=[envelope_middleware, auth_middleware], client_max_size=settings.http_body_max_bytes
+    )
+    app["ctx"] = GatewayContext(settings, backends)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.add_routes(public)
+    app.add_routes(admin.routes)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    backends = Backends(settings)
+    app = create_app(settings, backends)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.grpc_shutdown_grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, backlog=1024)
+    await site.start()
+    log.info("gateway listening on http://%s:%s", settings.gateway_host, settings.gateway_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway shutting down")
+        await runner.cleanup()
+        await backends.close()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logs.setup("gateway", settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,32 @@
+"""gRPC channels and stubs to every backend service, with the configured deadline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from invo.v1 import tenants_pb2_grpc
+
+from services.common import grpcutil
+from services.common.config import SERVICES, Settings
+
+
+class Backends:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timeout_s = settings.rpc_timeout_s
+        self.channels: dict[str, grpc.aio.Channel] = {name: grpcutil.channel(settings.addr(name)) for name in SERVICES}
+        self.tenants = tenants_pb2_grpc.TenantsServiceStub(self.channels["tenants"])
+
+    async def call(self, method: Any, request: Any) -> Any:
+        return await grpcutil.call(method, request, timeout_s=self.timeout_s)
+
+    async def health(self) -> dict[str, bool]:
+        return {
+            name: await grpcutil.check_health(self.settings.addr(name), timeout_s=min(2.0, self.timeout_s))
+            for name in SERVICES
+        }
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            await ch.close()

@@ -1,0 +1,2 @@
+-- The ledger schema exists from the start; its tables arrive with the ledger issue.
+SELECT 1;

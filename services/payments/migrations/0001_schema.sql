@@ -1,0 +1,2 @@
+-- The payments schema exists from the start; its tables arrive with the payments issue.
+SELECT 1;

@@ -1,0 +1,1 @@
+"""The payouts service. Its API arrives with its own issue; for now it serves health and reflection."""

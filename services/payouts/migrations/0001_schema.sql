@@ -1,0 +1,2 @@
+-- The payouts schema exists from the start; its tables arrive with the payouts issue.
+SELECT 1;

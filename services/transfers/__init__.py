@@ -1,0 +1,1 @@
+"""The transfers service. Its API arrives with its own issue; for now it serves health and reflection."""

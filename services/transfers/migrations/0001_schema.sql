@@ -1,0 +1,2 @@
+-- The transfers schema exists from the start; its tables arrive with the transfers issue.
+SELECT 1;

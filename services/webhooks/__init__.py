@@ -1,0 +1,1 @@
+"""The webhooks service. Its API arrives with its own issue; for now it serves health and reflection."""

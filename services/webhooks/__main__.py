@@ -1,0 +1,4 @@
+from services.common.service import main, no_servicers
+
+if __name__ == "__main__":
+    main("webhooks", no_servicers)
