@@ -187,9 +187,14 @@ def from_grpc(code: grpc.StatusCode, details: str | None, trailing: Any) -> Invo
         if isinstance(value, str):
             md[key] = value
     cls = _BY_GRPC_CODE.get(code, Internal)
-    if MD_ERROR_CODE not in md and cls is Internal:
-        # A status the service did not raise on purpose: never leak its text.
-        return Internal("An internal error occurred.")
+    if MD_ERROR_CODE not in md:
+        # A status no service raised on purpose (transport failure, deadline, crash): its text
+        # names internal addresses, so the caller gets a generic message.
+        generic = {
+            Unavailable: "A backend service is unavailable; retry the request.",
+            Timeout: "A backend service did not answer in time; retry the request.",
+        }.get(cls, "An internal error occurred.")
+        return (cls if cls in (Unavailable, Timeout) else Internal)(generic)
     retry = md.get(MD_RETRY_AFTER)
     return cls(
         details or cls.default_error.replace("_", " "),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -45,6 +46,22 @@ async def _guard(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _log_rpc(method: str, outcome: str, started: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s %s",
+            method,
+            outcome,
+            extra={
+                "fields": {
+                    "rpc": method,
+                    "outcome": outcome,
+                    "latency_ms": round((time.monotonic() - started) * 1000, 2),
+                }
+            },
+        )
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -61,6 +78,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = request_id_var.set(_request_id_from(context))
+                started = time.monotonic()
+                outcome = "OK"
                 try:
                     if context.time_remaining() is None:
                         raise errors.InvalidRequest(
@@ -68,10 +87,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         )
                     return await inner_uu(request, context)
                 except grpc.aio.AbortError:
+                    outcome = "ABORTED"
                     raise
                 except Exception as exc:
+                    outcome = exc.error_code if isinstance(exc, errors.InvoError) else "INTERNAL"
                     await _guard(context, method, exc)
                 finally:
+                    _log_rpc(method, outcome, started)
                     request_id_var.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -85,6 +107,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = request_id_var.set(_request_id_from(context))
+                started = time.monotonic()
                 try:
                     if context.time_remaining() is None:
                         raise errors.InvalidRequest(
@@ -97,6 +120,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await _guard(context, method, exc)
                 finally:
+                    _log_rpc(method, "STREAM_END", started)
                     request_id_var.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(

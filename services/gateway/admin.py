@@ -8,20 +8,15 @@ from invo.v1 import tenants_pb2
 from services.common import errors
 from services.common.crypto import constant_time_equal
 from services.gateway import tenants_api
-from services.gateway.context import GatewayContext
+from services.gateway.context import GatewayContext, ctx_of
 from services.gateway.http import get_int, json_response, read_json, read_optional_json, reject_unknown
 
 routes = web.RouteTableDef()
 
 
-def _ctx(request: web.Request) -> GatewayContext:
-    ctx: GatewayContext = request.app["ctx"]
-    return ctx
-
-
 @routes.post("/admin/tenants")
 async def create_tenant(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     req = tenants_api.parse_create(await read_json(request))
     resp: tenants_pb2.CreateTenantResponse = await ctx.backends.call(ctx.backends.tenants.CreateTenant, req)
     return json_response(
@@ -38,7 +33,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 @routes.get("/admin/tenants/{tenant_id}")
 async def get_tenant(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     t = await ctx.backends.call(
         ctx.backends.tenants.GetTenant,
         tenants_pb2.GetTenantRequest(tenant_id=request.match_info["tenant_id"]),
@@ -48,7 +43,7 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 @routes.patch("/admin/tenants/{tenant_id}")
 async def update_tenant(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     tenant_id = request.match_info["tenant_id"]
     settings = tenants_api.parse_settings(await read_json(request), allowed=tenants_api.UPDATE_FIELDS)
     t = await ctx.backends.call(
@@ -61,7 +56,7 @@ async def update_tenant(request: web.Request) -> web.Response:
 
 @routes.get("/admin/tenants/{tenant_id}/keys")
 async def list_keys(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     resp = await ctx.backends.call(
         ctx.backends.tenants.ListKeys, tenants_pb2.ListKeysRequest(tenant_id=request.match_info["tenant_id"])
     )
@@ -70,7 +65,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.post("/admin/tenants/{tenant_id}/keys")
 async def issue_key(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     reject_unknown(await read_optional_json(request), set())
     issued = await ctx.backends.call(
         ctx.backends.tenants.IssueKey, tenants_pb2.IssueKeyRequest(tenant_id=request.match_info["tenant_id"])
@@ -80,7 +75,7 @@ async def issue_key(request: web.Request) -> web.Response:
 
 @routes.post("/admin/tenants/{tenant_id}/keys/{key_id}/rotate")
 async def rotate_key(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     body = await read_optional_json(request)
     reject_unknown(body, {"overlap_seconds"})
     req = tenants_pb2.RotateKeyRequest(tenant_id=request.match_info["tenant_id"], key_id=request.match_info["key_id"])
@@ -97,7 +92,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 @routes.post("/admin/tenants/{tenant_id}/keys/{key_id}/revoke")
 async def revoke_key(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = ctx_of(request)
     reject_unknown(await read_optional_json(request), set())
     tenant_id = request.match_info["tenant_id"]
     key = await ctx.backends.call(

@@ -15,7 +15,7 @@ from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
 from services.gateway import admin, openapi
 from services.gateway.backends import Backends
-from services.gateway.context import GatewayContext
+from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import error_response, json_response
 
 log = logging.getLogger("invo.gateway")
@@ -63,7 +63,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ctx: GatewayContext = request.app["ctx"]
+    ctx = ctx_of(request)
     path = request.path
     if path.startswith("/admin/") or path == "/admin":
         admin.check_admin(ctx, request)
@@ -87,7 +87,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @public.get("/api/tenant")
 async def get_own_tenant(request: web.Request) -> web.Response:
-    ctx: GatewayContext = request.app["ctx"]
+    ctx = ctx_of(request)
     return json_response(ctx.tenant_json(request["tenant"]))
 
 
@@ -96,7 +96,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ctx: GatewayContext = request.app["ctx"]
+    ctx = ctx_of(request)
     health = await ctx.backends.health()
     if all(health.values()):
         return json_response({"status": "ready", "services": health})
@@ -105,7 +105,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    ctx: GatewayContext = request.app["ctx"]
+    ctx = ctx_of(request)
     base = ctx.settings.public_base_url or f"{request.scheme}://{request.host}"
     return json_response(openapi.document(base))
 
@@ -114,7 +114,7 @@ def create_app(settings: Settings, backends: Backends) -> web.Application:
     app = web.Application(
         middlewares=[envelope_middleware, auth_middleware], client_max_size=settings.http_body_max_bytes
     )
-    app["ctx"] = GatewayContext(settings, backends)
+    app[CTX] = GatewayContext(settings, backends)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from invo.v1 import tenants_pb2
 
 from services.common.config import Settings
@@ -22,3 +23,10 @@ class GatewayContext:
 
     def tenant_json(self, t: tenants_pb2.Tenant) -> dict[str, Any]:
         return tenants_api.tenant_json(t, default_rate_limit=self.settings.rate_limit_per_second)
+
+
+CTX = web.AppKey("ctx", GatewayContext)
+
+
+def ctx_of(request: web.Request) -> GatewayContext:
+    return request.app[CTX]

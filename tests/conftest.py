@@ -1,0 +1,69 @@
+"""One network per test session: real PostgreSQL, real NATS JetStream, every service a process.
+
+Started through the same `Stack` that `make run` uses. `INVO_DATABASE_URL` / `INVO_NATS_URL` in
+the environment make it use existing servers instead, with a database and stream of its own.
+Tests isolate by creating their own tenants (or, below the gateway, their own schema and stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from services.common.stack import Stack
+from tests.helpers import Api
+
+# -- the event loop fails the test on any exception nobody handled ----------------------------
+
+_loop_errors: list[dict[str, Any]] = []
+
+
+def _strict_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _loop, context: _loop_errors.append(context))
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    return {"strict": _strict_loop}
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_loop_errors() -> Iterator[None]:
+    _loop_errors.clear()
+    yield
+    if _loop_errors:
+        found = [f"{c.get('message')}: {c.get('exception')!r}" for c in _loop_errors]
+        _loop_errors.clear()
+        pytest.fail("unhandled exceptions in the event loop: " + "; ".join(found))
+
+
+# -- the network ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    token = secrets.token_hex(4)
+    external_db = bool(os.environ.get("INVO_DATABASE_URL"))
+    external_nats = bool(os.environ.get("INVO_NATS_URL"))
+    s = Stack(
+        tmp_path_factory.mktemp("invo"),
+        durable=False,  # the data is thrown away: skip fsync for speed
+        database_name=f"invo_test_{token}" if external_db else "invo",
+        nats_namespace=f"t{token}" if external_nats else "",
+        extra_env={"INVO_LOG_LEVEL": "INFO", "INVO_AUTH_CACHE_TTL_S": "5"},
+    )
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[Api]:
+    async with Api(stack.gateway_url, admin_token=stack.env["INVO_ADMIN_TOKEN"]) as client:
+        yield client

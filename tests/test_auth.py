@@ -1,0 +1,135 @@
+"""X-Game-Secret-Key authentication, tenant isolation, suspension, key rotation, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.stack import Stack
+from tests.helpers import Api, assert_envelope
+
+
+async def test_own_tenant_through_gateway_and_tenants_service(api: Api) -> None:
+    t = await api.create_tenant(currency_name="Stars", network_fee_percentage="12.5")
+    resp = await api.get("/api/tenant", key=t["sdk_key"])
+    assert resp.status == 200
+    assert resp.body["tenant_id"] == t["tenant_id"]
+    assert resp.body["currency_name"] == "Stars"
+    assert resp.body["network_fee_percentage"] == "12.5"
+    assert resp.body["transfer_fee_percentage"] == "3.5"
+    assert resp.body["universal_transfers"] == "yes"
+    # No secret ever leaves: neither the key, nor its hash, nor the signing secret.
+    text = str(resp.body)
+    assert t["sdk_key"] not in text and t["webhook_signing_secret"] not in text
+    assert "secret" not in text.lower() and "hash" not in text.lower()
+
+
+async def test_missing_key_is_401(api: Api) -> None:
+    assert_envelope(await api.get("/api/tenant"), 401, "MISSING_API_KEY")
+    assert_envelope(await api.get("/api/tenant", key=""), 401, "MISSING_API_KEY")
+
+
+async def test_unknown_and_malformed_keys_are_401(api: Api) -> None:
+    t = await api.create_tenant()
+    tampered = t["sdk_key"][:-1] + ("A" if t["sdk_key"][-1] != "A" else "B")
+    for key in (tampered, "ivsdk_" + "x" * 43, "sk_test_123", "ivsdk_" + "y" * 500, "ivsdk_'; drop table tenants;--"):
+        assert_envelope(await api.get("/api/tenant", key=key), 401, "INVALID_API_KEY")
+
+
+async def test_revoked_key_is_401_at_once(api: Api) -> None:
+    t = await api.create_tenant()
+    assert (await api.get("/api/tenant", key=t["sdk_key"])).status == 200  # now cached
+    revoked = await api.post(f"/admin/tenants/{t['tenant_id']}/keys/{t['sdk_key_id']}/revoke", admin=True)
+    assert revoked.status == 200 and revoked.body["revoked_at"]
+    assert_envelope(await api.get("/api/tenant", key=t["sdk_key"]), 401, "API_KEY_REVOKED")
+
+
+async def test_rotation_keeps_the_old_key_for_the_overlap(api: Api) -> None:
+    t = await api.create_tenant()
+    path = f"/admin/tenants/{t['tenant_id']}/keys/{t['sdk_key_id']}/rotate"
+    rotated = await api.post(path, admin=True, json={"overlap_seconds": 3600})
+    assert rotated.status == 201, rotated
+    new_key = rotated.body["new_key"]["sdk_key"]
+    assert new_key != t["sdk_key"] and new_key.startswith("ivsdk_")
+    assert rotated.body["old_key"]["expires_at"] is not None
+    assert (await api.get("/api/tenant", key=t["sdk_key"])).status == 200
+    assert (await api.get("/api/tenant", key=new_key)).status == 200
+    # The listing shows prefixes only.
+    listed = await api.get(f"/admin/tenants/{t['tenant_id']}/keys", admin=True)
+    assert len(listed.body["data"]) == 2
+    assert all("sdk_key" not in k for k in listed.body["data"])
+    assert new_key not in str(listed.body)
+
+
+async def test_rotation_without_overlap_expires_the_old_key(api: Api) -> None:
+    t = await api.create_tenant()
+    assert (await api.get("/api/tenant", key=t["sdk_key"])).status == 200
+    path = f"/admin/tenants/{t['tenant_id']}/keys/{t['sdk_key_id']}/rotate"
+    rotated = await api.post(path, admin=True, json={"overlap_seconds": 0})
+    assert rotated.status == 201
+    assert_envelope(await api.get("/api/tenant", key=t["sdk_key"]), 401, "API_KEY_EXPIRED")
+    assert (await api.get("/api/tenant", key=rotated.body["new_key"]["sdk_key"])).status == 200
+    # An expired key cannot be rotated again.
+    assert_envelope(await api.post(path, admin=True, json={"overlap_seconds": 0}), 404, "KEY_NOT_FOUND")
+
+
+async def test_two_tenants_never_see_each_other(api: Api) -> None:
+    a = await api.create_tenant(name="Tenant A", currency_name="A Coins")
+    b = await api.create_tenant(name="Tenant B", currency_name="B Gems")
+    ra = await api.get("/api/tenant", key=a["sdk_key"])
+    rb = await api.get("/api/tenant", key=b["sdk_key"])
+    assert (ra.body["tenant_id"], ra.body["currency_name"]) == (a["tenant_id"], "A Coins")
+    assert (rb.body["tenant_id"], rb.body["currency_name"]) == (b["tenant_id"], "B Gems")
+    # A's key cannot manage B's keys: SDK keys never open the admin API.
+    resp = await api.post(
+        f"/admin/tenants/{b['tenant_id']}/keys/{b['sdk_key_id']}/revoke",
+        headers={"Authorization": f"Bearer {a['sdk_key']}"},
+    )
+    assert_envelope(resp, 401, "INVALID_ADMIN_TOKEN")
+    # Revoking A's key leaves B's working.
+    await api.post(f"/admin/tenants/{a['tenant_id']}/keys/{a['sdk_key_id']}/revoke", admin=True)
+    assert (await api.get("/api/tenant", key=b["sdk_key"])).status == 200
+
+
+async def test_suspended_tenant_is_403_and_can_be_reactivated(api: Api) -> None:
+    t = await api.create_tenant()
+    assert (await api.get("/api/tenant", key=t["sdk_key"])).status == 200
+    r = await api.patch(f"/admin/tenants/{t['tenant_id']}", admin=True, json={"status": "suspended"})
+    assert r.status == 200 and r.body["status"] == "suspended"
+    assert_envelope(await api.get("/api/tenant", key=t["sdk_key"]), 403, "TENANT_SUSPENDED")
+    await api.patch(f"/admin/tenants/{t['tenant_id']}", admin=True, json={"status": "active"})
+    assert (await api.get("/api/tenant", key=t["sdk_key"])).status == 200
+
+
+async def test_rate_limit_is_429_with_retry_after(api: Api) -> None:
+    t = await api.create_tenant(rate_limit_per_second=1)
+    other = await api.create_tenant()
+    statuses = []
+    for _ in range(6):
+        resp = await api.get("/api/tenant", key=t["sdk_key"])
+        statuses.append(resp.status)
+        if resp.status == 429:
+            assert_envelope(resp, 429, "RATE_LIMITED")
+            assert int(resp.headers["Retry-After"]) >= 1
+    assert statuses[0] == 200 and 429 in statuses, statuses
+    # One tenant's limit is not another's.
+    assert (await api.get("/api/tenant", key=other["sdk_key"])).status == 200
+
+
+async def test_concurrent_requests_of_many_tenants(api: Api) -> None:
+    tenants = [await api.create_tenant(name=f"T{i}") for i in range(5)]
+    results = await asyncio.gather(*(api.get("/api/tenant", key=t["sdk_key"]) for t in tenants for _ in range(10)))
+    for i, resp in enumerate(results):
+        assert resp.status == 200
+        assert resp.body["tenant_id"] == tenants[i // 10]["tenant_id"]
+
+
+async def test_admin_api_needs_its_own_token(api: Api, stack: Stack) -> None:
+    assert_envelope(await api.get("/admin/tenants/tn_x"), 401, "MISSING_ADMIN_TOKEN")
+    resp = await api.get("/admin/tenants/tn_x", headers={"Authorization": "Bearer wrong"})
+    assert_envelope(resp, 401, "INVALID_ADMIN_TOKEN")
+    t = await api.create_tenant()
+    # An SDK key, in either header, never opens the admin API.
+    assert_envelope(await api.get(f"/admin/tenants/{t['tenant_id']}", key=t["sdk_key"]), 401, "MISSING_ADMIN_TOKEN")
+    got = await api.get(f"/admin/tenants/{t['tenant_id']}", admin=True)
+    assert got.status == 200 and got.body["tenant_id"] == t["tenant_id"]
+    assert "sdk_key" not in got.body and "webhook_signing_secret" not in got.body

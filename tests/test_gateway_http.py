@@ -1,0 +1,147 @@
+"""The gateway's HTTP surface: the error envelope everywhere, request ids, strict bodies,
+health and readiness, and the OpenAPI document in step with the routes."""
+
+from __future__ import annotations
+
+import re
+
+from services.common.config import Settings
+from services.common.stack import Stack
+from services.gateway.app import create_app
+from services.gateway.backends import Backends
+from services.gateway.context import CTX
+from tests.helpers import Api, assert_envelope, eventually
+
+
+async def test_request_id_is_echoed_and_carried_to_the_tenants_service(api: Api, stack: Stack) -> None:
+    t = await api.create_tenant()
+    resp = await api.get("/api/tenant", key=t["sdk_key"])
+    rid = resp.headers["X-Request-Id"]
+    assert re.fullmatch(r"req_[0-9a-f]{24}", rid)
+    # A fresh tenant, so the gateway's key cache misses and the call goes to the tenants service.
+    t = await api.create_tenant()
+    mine = "partner-trace-" + t["tenant_id"][-8:]
+    resp = await api.get("/api/tenant", key=t["sdk_key"], headers={"X-Request-Id": mine})
+    assert resp.headers["X-Request-Id"] == mine
+
+    async def logged() -> bool:
+        text = (stack.logs / "tenants.log").read_text()
+        return f'"request_id": "{mine}"' in text
+
+    await eventually(logged, timeout_s=5)
+    # An unsafe id is replaced, not echoed.
+    resp = await api.get("/healthz", headers={"X-Request-Id": "x" * 200})
+    assert resp.headers["X-Request-Id"].startswith("req_")
+
+
+async def test_unknown_route_and_method_use_the_envelope(api: Api) -> None:
+    assert_envelope(await api.get("/nope"), 404, "NOT_FOUND")
+    assert_envelope(await api.request("DELETE", "/healthz"), 405, "METHOD_NOT_ALLOWED")
+    # Under /api the key is checked first, so a stranger learns nothing about routes.
+    assert_envelope(await api.get("/api/nope"), 401, "MISSING_API_KEY")
+
+
+async def test_bad_admin_bodies_are_400_and_change_nothing(api: Api) -> None:
+    cases = [
+        (b"", "INVALID_JSON"),
+        (b"{not json", "INVALID_JSON"),
+        (b"[1, 2]", "INVALID_JSON"),
+        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": NaN}', "INVALID_JSON"),
+        (b'{"name": "x", "currency_name": "y", "bogus": 1}', "UNKNOWN_FIELD"),
+        (b'{"currency_name": "y"}', "MISSING_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "10.005"}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "-1"}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "101"}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": 1e400}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "transfer_fee_percentage": "7"}', "INVALID_REQUEST"),
+        (b'{"name": "x", "currency_name": "y", "universal_transfers": true}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "allows_outgoing_transfers": "yes"}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "environment": "staging"}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "linked_game_ids": ["not-a-tenant"]}', "INVALID_REQUEST"),
+        (b'{"name": "x", "currency_name": "y", "spending_caps": {"daily_usd": "1.001"}}', "INVALID_PARAMETER"),
+        (b'{"name": "x", "currency_name": "y", "spending_caps": {"weekly_usd": "1"}}', "UNKNOWN_FIELD"),
+        (b'{"name": "x", "currency_name": "y", "rate_limit_per_second": 0}', "INVALID_PARAMETER"),
+        (b'{"name": "", "currency_name": "y"}', "INVALID_REQUEST"),
+        (
+            b'{"name": "x", "currency_name": "y", "environment": "production", "webhook_url": "http://a.example"}',
+            "INVALID_REQUEST",
+        ),
+        (b'{"name": "x", "currency_name": "y", "webhook_url": "ftp://a.example"}', "INVALID_REQUEST"),
+    ]
+    for body, code in cases:
+        resp = await api.post("/admin/tenants", admin=True, data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == 400, (body, resp)
+        assert_envelope(resp, 400, code)
+
+
+async def test_settings_round_trip_and_patch(api: Api) -> None:
+    other = await api.create_tenant()
+    t = await api.create_tenant(
+        environment="production",
+        webhook_url="https://partner.example/hooks",
+        network_fee_percentage=12.5,
+        transfer_fee_percentage="5",
+        allows_incoming_transfers=False,
+        universal_transfers="no",
+        linked_game_ids=[other["tenant_id"]],
+        spending_caps={"hourly_usd": "50.00", "daily_usd": "200", "monthly_usd": None},
+        rate_limit_per_second=50,
+    )
+    got = (await api.get(f"/admin/tenants/{t['tenant_id']}", admin=True)).body
+    assert got["environment"] == "production"
+    assert got["webhook_url"] == "https://partner.example/hooks"
+    assert (got["network_fee_percentage"], got["transfer_fee_percentage"]) == ("12.5", "5")
+    assert got["allows_incoming_transfers"] is False and got["allows_outgoing_transfers"] is True
+    assert got["universal_transfers"] == "no" and got["linked_game_ids"] == [other["tenant_id"]]
+    assert got["spending_caps"] == {"hourly_usd": "50.00", "daily_usd": "200.00", "monthly_usd": None}
+    assert got["rate_limit_per_second"] == 50
+    patched = await api.patch(
+        f"/admin/tenants/{t['tenant_id']}",
+        admin=True,
+        json={"spending_caps": {"hourly_usd": None}, "webhook_url": None, "currency_name": "Gems"},
+    )
+    assert patched.status == 200, patched
+    assert patched.body["spending_caps"]["hourly_usd"] is None
+    assert patched.body["spending_caps"]["daily_usd"] == "200.00"
+    assert patched.body["webhook_url"] is None and patched.body["currency_name"] == "Gems"
+    # A production tenant's webhook must be https.
+    resp = await api.patch(f"/admin/tenants/{t['tenant_id']}", admin=True, json={"webhook_url": "http://x.example"})
+    assert_envelope(resp, 400, "INVALID_REQUEST")
+    assert_envelope(await api.get("/admin/tenants/tn_01ABCDEFGHJKMNPQRSTVWXYZ01", admin=True), 404, "TENANT_NOT_FOUND")
+    assert_envelope(await api.patch("/admin/tenants/nope", admin=True, json={}), 404, "TENANT_NOT_FOUND")
+
+
+async def test_oversized_body_is_413(api: Api) -> None:
+    resp = await api.post(
+        "/admin/tenants",
+        admin=True,
+        data=b'{"name": "' + b"x" * 70000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_envelope(resp, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    assert (await api.get("/healthz")).body == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status == 200 and ready.body["status"] == "ready"
+    assert set(ready.body["services"]) == {"tenants", "ledger", "payments", "transfers", "payouts", "webhooks"}
+
+
+async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> None:
+    doc = (await api.get("/openapi.json")).body
+    assert doc["openapi"].startswith("3.1")
+    documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    app = create_app(stack_settings(stack), Backends(stack_settings(stack)))
+    routed = {
+        (r.resource.canonical, r.method)
+        for r in app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"
+    }
+    assert routed, "no public routes found"
+    assert documented == routed
+    await app[CTX].backends.close()
+
+
+def stack_settings(stack: Stack) -> Settings:
+    return Settings.from_env(stack.env)
