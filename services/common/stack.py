@@ -50,10 +50,13 @@ def default_home() -> pathlib.Path:
 
 
 def _write_private(path: pathlib.Path, text: str) -> None:
+    """Write atomically (a reader sees the old file or the whole new one) with mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
 
 
 def _http_json(
@@ -175,6 +178,7 @@ class Stack:
     def _start(self) -> None:
         sec = self._secrets()
         env = dict(self.base_env)
+        env["INVO_HOME"] = str(self.home)
         env.setdefault("INVO_ENVIRONMENT", "development")
         env.setdefault("INVO_ADMIN_TOKEN", sec["admin_token"])
         env.setdefault("INVO_KEY_PEPPER", sec["key_pepper"])
@@ -340,13 +344,26 @@ def _banner(stack: Stack) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Alive and not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
-    except PermissionError:
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _is_ours(pid: int, home: pathlib.Path) -> bool:
+    """Does `pid` still belong to this network? (A pid from a file may have been reused.)"""
+    proc = pathlib.Path(f"/proc/{pid}")
+    try:
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+        cwd = os.readlink(proc / "cwd")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    if str(home) in cmdline or f"INVO_HOME={home}".encode() in environ:
         return True
-    return True
+    return cwd == str(ROOT) and "services." in cmdline
 
 
 def _running_pid(home: pathlib.Path) -> int | None:
@@ -357,7 +374,7 @@ def _running_pid(home: pathlib.Path) -> int | None:
         pid = int(path.read_text().strip())
     except ValueError:
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if _pid_alive(pid) and _is_ours(pid, home) else None
 
 
 def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
@@ -380,10 +397,10 @@ def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
     try:
         print("Starting PostgreSQL, NATS JetStream and the INVO services...", flush=True)
         stack.start()
-        env_text = "".join(f"{k}={v}\n" for k, v in stack.dev_env().items())
-        _write_private(home / "dev.env", env_text)
         _write_private(home / "pids.json", json.dumps(stack.pids()))
         print(_banner(stack), flush=True)
+        # Last, and atomically: `make up` takes dev.env appearing as "the network is ready".
+        _write_private(home / "dev.env", "".join(f"{k}={v}\n" for k, v in stack.dev_env().items()))
         if not detached:
             print("\nCtrl-C stops everything.", flush=True)
         while not stop["requested"]:
@@ -414,7 +431,13 @@ def cmd_up(home: pathlib.Path) -> int:
         return 0
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
-    with open(home / "logs" / "stack.log", "ab") as logf:
+    # Left behind by a supervisor that was killed: they describe a network that is gone.
+    for stale in ("dev.env", "pids.json", "stack.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (home / stale).unlink()
+    log_path = home / "logs" / "stack.log"
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.common.stack", "run", "--detached"],
             cwd=ROOT,
@@ -427,12 +450,14 @@ def cmd_up(home: pathlib.Path) -> int:
     deadline = time.monotonic() + READY_TIMEOUT_S + 60
     while time.monotonic() < deadline:
         if (home / "dev.env").exists():
-            text = (home / "logs" / "stack.log").read_text(errors="replace")
-            print(text[text.rfind("INVO Network is up.") :])
+            with open(log_path, "rb") as f:
+                f.seek(log_offset)
+                text = f.read().decode(errors="replace")
+            print(text[text.find("INVO Network is up.") :].strip())
             print(f"\nRunning in the background; settings in {home / 'dev.env'}; `make down` stops it.")
             return 0
         if proc.poll() is not None:
-            print((home / "logs" / "stack.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
             return 1
         time.sleep(0.2)
     print("INVO Network did not come up in time; see .invo/logs/stack.log", file=sys.stderr)
@@ -448,6 +473,7 @@ def cmd_down(home: pathlib.Path) -> int:
     children: list[int] = []
     with contextlib.suppress(FileNotFoundError, ValueError):
         children = json.loads((home / "pids.json").read_text())
+    children = [c for c in children if _pid_alive(c) and _is_ours(c, home)]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(_pid_alive(p) for p in [pid, *children]):
