@@ -51,3 +51,32 @@ def format_scaled(value: int, *, places: int, trim: bool = False) -> str:
         if not frac_s:
             return f"{sign}{whole}"
     return f"{sign}{whole}.{frac_s}"
+
+
+BPS_WHOLE = 10_000
+
+
+def split_item_purchase(total: int, *, network_fee_bps: int) -> tuple[int, int]:
+    """(partner_amount, network_fee) of an item purchase, in minor units.
+
+    The partner's share is rounded down and the remainder goes to the network, so the two
+    always add up to the total exactly.
+    """
+    if total < 0 or not 0 <= network_fee_bps <= BPS_WHOLE:
+        raise ValueError("total must be >= 0 and the fee within 0..10000 bps")
+    partner = total * (BPS_WHOLE - network_fee_bps) // BPS_WHOLE
+    return partner, total - partner
+
+
+def format_units(minor: int) -> str:
+    """Currency amounts as the seeds show them: "100", "0.35", "-12.50" (minor = 1/100 unit)."""
+    if minor % 100 == 0:
+        return str(minor // 100)
+    return format_scaled(minor, places=2)
+
+
+def format_usd(cents: int) -> str:
+    return format_scaled(cents, places=2)
+
+
+MINOR_PER_CENT = 10  # 1 USD = 10 units = 1000 minor units

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from invo.v1 import tenants_pb2_grpc
+from invo.v1 import ledger_pb2_grpc, tenants_pb2_grpc
 
 from services.common import grpcutil
 from services.common.config import SERVICES, Settings
@@ -17,6 +17,7 @@ class Backends:
         self.timeout_s = settings.rpc_timeout_s
         self.channels: dict[str, grpc.aio.Channel] = {name: grpcutil.channel(settings.addr(name)) for name in SERVICES}
         self.tenants = tenants_pb2_grpc.TenantsServiceStub(self.channels["tenants"])
+        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self.channels["ledger"])
 
     async def call(self, method: Any, request: Any) -> Any:
         return await grpcutil.call(method, request, timeout_s=self.timeout_s)

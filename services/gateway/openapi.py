@@ -21,6 +21,159 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_STR = {"type": "string"}
+_UNITS = {"type": "string", "description": 'currency units as a decimal string, e.g. "100" or "0.35"'}
+_BALANCE = {
+    "type": "object",
+    "properties": {
+        "player_email": _STR,
+        "balance": _UNITS,
+        "available_balance": _UNITS,
+        "pending": _UNITS,
+        "currency_name": _STR,
+    },
+}
+
+
+def _ledger_paths() -> dict[str, Any]:
+    return {
+        "/api/item-purchases/purchase-item": {
+            "post": {
+                "operationId": "purchaseItem",
+                "summary": "Debit a player for an item; split the price between the partner and the network.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["player_email", "item_id", "item_name", "price", "idempotency_key"],
+                                "properties": {
+                                    "player_email": {"type": "string", "format": "email"},
+                                    "item_id": {"type": "string", "maxLength": 255},
+                                    "item_name": {"type": "string", "maxLength": 255},
+                                    "price": _UNITS,
+                                    "quantity": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+                                    "idempotency_key": {"type": "string", "maxLength": 255},
+                                    "metadata": {"type": "object", "maxProperties": 50},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"const": "success"},
+                                "transaction_id": _STR,
+                                "new_balance": _UNITS,
+                                "partner_amount": _UNITS,
+                                "network_fee": _UNITS,
+                                "total": _UNITS,
+                                "duplicate": {"type": "boolean"},
+                            },
+                        },
+                        "Purchased (or, with duplicate: true, the replay of the first result for this key).",
+                    ),
+                    **_errors(400, 401, 402, 403, 429, 503),
+                },
+            }
+        },
+        "/api/players/balance": {
+            "get": {
+                "operationId": "getPlayerBalance",
+                "parameters": [{"name": "player_email", "in": "query", "required": True, "schema": _STR}],
+                "responses": {
+                    "200": _json(_BALANCE, "The balance; an unknown player reads as zero."),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/api/players/balances": {
+            "post": {
+                "operationId": "getPlayerBalances",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"player_emails": {"type": "array", "items": _STR, "maxItems": 1000}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"currency_name": _STR, "balances": {"type": "array", "items": _BALANCE}},
+                        },
+                        "Balances in the order asked; unknown players read as zero.",
+                    ),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/api/players/balances/export": {
+            "get": {
+                "operationId": "exportPlayerBalances",
+                "summary": "Every player balance as of one snapshot, as NDJSON; the last line: count, snapshot_at.",
+                "responses": {
+                    "200": {"description": "NDJSON stream", "content": {"application/x-ndjson": {"schema": _BALANCE}}},
+                    **_errors(401, 403, 429),
+                },
+            }
+        },
+        "/api/ledger/entries": {
+            "get": {
+                "operationId": "listLedgerEntries",
+                "summary": "Every ledger entry of the tenant's transactions, in order, by cursor.",
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": _STR},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "data": {"type": "array", "items": {"type": "object"}},
+                                "has_more": {"type": "boolean"},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "A page of entries.",
+                    ),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/api/revenue": {
+            "get": {
+                "operationId": "getRevenue",
+                "summary": "Partner revenue: owed, paid out and lifetime, in USD.",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {k: _STR for k in ("owed_usd", "paid_out_usd", "lifetime_usd")},
+                        },
+                        "Revenue.",
+                    ),
+                    **_errors(401, 403, 429),
+                },
+            }
+        },
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -45,6 +198,7 @@ def document(server_url: str) -> dict[str, Any]:
                     },
                 }
             },
+            **_ledger_paths(),
         },
         "components": {
             "securitySchemes": {"GameSecretKey": {"type": "apiKey", "in": "header", "name": "X-Game-Secret-Key"}},

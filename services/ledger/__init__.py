@@ -1,1 +1,1 @@
-"""The ledger service. Its API arrives with its own issue; for now it serves health and reflection."""
+"""The ledger service: double-entry accounts, transactions, holds, balances. See README.md."""

@@ -1,0 +1,71 @@
+"""The chart of accounts (design.md, Ledger): what each account code means and whether it may go
+below zero.
+
+| code                          | kind    | may go negative                                   |
+|-------------------------------|---------|---------------------------------------------------|
+| `world:processor`             | world   | yes: money in and out through the card processor  |
+| `world:adjustments`           | world   | yes: operators' manual credits and debits         |
+| `world:payouts`               | payouts | yes: revenue paid out by ACH                      |
+| `player:<tenant>:<email>`     | player  | only by a clawback, which leaves a debt           |
+| `tenant:<tenant>:revenue`     | revenue | no                                                |
+| `network:fees`                | network | no                                                |
+| `transfers:held`              | held    | no                                                |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from services.common import errors
+from services.common.players import normalize_email
+
+WORLD_PROCESSOR = "world:processor"
+WORLD_ADJUSTMENTS = "world:adjustments"
+WORLD_PAYOUTS = "world:payouts"
+NETWORK_FEES = "network:fees"
+TRANSFERS_HELD = "transfers:held"
+
+_FIXED = {
+    WORLD_PROCESSOR: ("world", False),
+    WORLD_ADJUSTMENTS: ("world", False),
+    WORLD_PAYOUTS: ("payouts", False),
+    NETWORK_FEES: ("network", True),
+    TRANSFERS_HELD: ("held", True),
+}
+_TENANT_ID = r"tn_[0-9A-Z]{26}"
+_PLAYER = re.compile(rf"^player:({_TENANT_ID}):(.+)$")
+_REVENUE = re.compile(rf"^tenant:({_TENANT_ID}):revenue$")
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountInfo:
+    code: str
+    kind: str
+    constrained: bool
+    tenant_id: str | None = None
+    player_email: str | None = None
+
+
+def player(tenant_id: str, email: str) -> str:
+    return f"player:{tenant_id}:{normalize_email(email)}"
+
+
+def revenue(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:revenue"
+
+
+def parse(code: str) -> AccountInfo:
+    fixed = _FIXED.get(code)
+    if fixed is not None:
+        return AccountInfo(code, fixed[0], fixed[1])
+    m = _PLAYER.match(code)
+    if m:
+        email = m.group(2)
+        if normalize_email(email) != email:
+            raise errors.InvalidRequest(f"account {code[:80]!r}: the email must be normalised")
+        return AccountInfo(code, "player", True, tenant_id=m.group(1), player_email=email)
+    m = _REVENUE.match(code)
+    if m:
+        return AccountInfo(code, "revenue", True, tenant_id=m.group(1))
+    raise errors.InvalidRequest(f"unknown account {code[:80]!r}", error_code="UNKNOWN_ACCOUNT")

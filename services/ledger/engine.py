@@ -1,0 +1,455 @@
+"""The ledger's write path: group commit.
+
+Every write (a transfer, a hold, posting or voiding a hold) is an `Op`. Ops queue up while the
+previous batch commits; the writer takes everything queued (up to `batch_max`) and applies it in
+ONE database transaction:
+
+1. `pg_advisory_xact_lock(LEDGER_WRITE_LOCK)`: batches (from every ledger replica) are applied one
+   at a time, so the checks below see committed state only and entry ids commit in order.
+2. Idempotency keys are looked up; replays answer the stored result, a reused key with another
+   request is refused.
+3. The accounts involved are read (created if new) and each op is checked and applied in memory,
+   in arrival order: a failing op (insufficient funds, say) changes nothing and does not stop the
+   others.
+4. Transactions, entries, idempotency records, account totals and outbox events are written with
+   one multi-row statement each, and the batch commits: one fsync for the whole batch, and a hot
+   account (a tenant's revenue, the network's fees) is written once per batch however many
+   purchases credit it.
+
+If a batch fails as a whole for an unexpected reason, its ops are retried one by one, so one bad op
+cannot fail the others. Transient database errors are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from services.common import errors, events, ids
+from services.ledger import chart
+
+log = logging.getLogger("invo.ledger.engine")
+
+# Arbitrary constant naming the ledger's single write lock.
+LEDGER_WRITE_LOCK = 0x1ED6E2
+BATCH_RETRIES_MAX = 3
+
+
+class InsufficientBalance(errors.PaymentRequired):
+    default_error = "insufficient_balance"
+    default_error_code = "INSUFFICIENT_BALANCE"
+
+
+class IdempotencyKeyReused(errors.InvalidRequest):
+    default_error = "idempotency_error"
+    default_error_code = "IDEMPOTENCY_KEY_REUSED"
+
+
+def request_hash(payload: dict[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+EventBuilder = Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None]
+
+
+@dataclasses.dataclass
+class Op:
+    """One write. `kind` is "transfer", "hold", "post" or "void"."""
+
+    kind: str
+    tenant_id: str
+    scope: str
+    key: str
+    request_hash: bytes
+    txn_kind: str = ""
+    postings: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    hold_id: str = ""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_debt: frozenset[str] = frozenset()
+    expires_in_ms: int = 0
+    # Stored with the result (and so answered again on a replay): e.g. a purchase's split.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Builds the outbox event from the result, inside the same database transaction.
+    event: EventBuilder | None = None
+    # A background expiry: a hold that is no longer pending is skipped, not an error.
+    quiet: bool = False
+
+
+@dataclasses.dataclass
+class _Account:
+    id: int
+    info: chart.AccountInfo
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+    dirty: bool = False
+
+    @property
+    def balance(self) -> int:
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.debits_pending
+
+    def snapshot(self) -> dict[str, int]:
+        return {"balance": self.balance, "pending": self.debits_pending, "available": self.available}
+
+
+@dataclasses.dataclass
+class _Hold:
+    id: str
+    tenant_id: str
+    status: str
+    postings: list[tuple[str, int]]
+    expires_at: datetime.datetime | None
+
+
+def _nets(postings: list[tuple[str, int]]) -> dict[str, int]:
+    nets: dict[str, int] = {}
+    for code, amount in postings:
+        nets[code] = nets.get(code, 0) + amount
+    return {code: n for code, n in nets.items() if n != 0}
+
+
+class _Batch:
+    """The in-memory state of one batch: what to write once every op has been applied."""
+
+    def __init__(self, now: datetime.datetime) -> None:
+        self.now = now
+        self.accounts: dict[str, _Account] = {}
+        self.holds: dict[str, _Hold] = {}
+        self.txn_rows: list[tuple[str, str, str, str, str, str, datetime.datetime | None]] = []
+        self.txn_status_updates: list[tuple[str, str]] = []
+        self.entry_rows: list[tuple[str, str, int, int, int]] = []
+        self.idem_rows: list[tuple[str, str, bytes, str, str]] = []
+        self.events: list[tuple[str, str, str]] = []  # (tenant_id, event_type, data json)
+
+
+class Engine:
+    def __init__(self, pool: asyncpg.Pool, *, batch_max: int = 256, queue_max: int = 10_000) -> None:
+        self.pool = pool
+        self.batch_max = batch_max
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[dict[str, Any]]]] = asyncio.Queue(queue_max)
+        # Batch-size statistics, for the README's measurements and the benchmark.
+        self.batches = 0
+        self.ops = 0
+
+    async def submit(self, op: Op) -> dict[str, Any]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((op, fut))
+        except asyncio.QueueFull:
+            raise errors.Unavailable("The ledger is overloaded; retry with the same idempotency key.") from None
+        # shield: a caller that gives up (deadline) does not cancel a write already queued.
+        return await asyncio.shield(fut)
+
+    async def run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[Op, asyncio.Future[dict[str, Any]]]]) -> None:
+        ops = [op for op, _ in batch]
+        try:
+            outcomes = await self._apply_with_retries(ops)
+        except errors.InvoError as exc:
+            if len(batch) == 1:
+                outcomes = [exc]
+            else:
+                for item in batch:
+                    await self._run_batch([item])
+                return
+        except Exception:
+            if len(batch) == 1:
+                log.exception("ledger op failed")
+                outcomes = [errors.Internal("The ledger could not apply this request.")]
+            else:
+                # Isolate whatever made the whole batch fail: every op again, alone.
+                log.exception("ledger batch of %d failed; retrying its ops one by one", len(batch))
+                for item in batch:
+                    await self._run_batch([item])
+                return
+        self.batches += 1
+        self.ops += len(batch)
+        for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    async def _apply_with_retries(self, ops: list[Op]) -> list[dict[str, Any] | errors.InvoError]:
+        for attempt in range(BATCH_RETRIES_MAX):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await self._apply(conn, ops)
+            except (
+                asyncpg.SerializationError,
+                asyncpg.DeadlockDetectedError,
+                asyncpg.UniqueViolationError,
+                asyncpg.ConnectionDoesNotExistError,
+                asyncpg.CannotConnectNowError,
+                OSError,
+            ) as exc:
+                if attempt == BATCH_RETRIES_MAX - 1:
+                    raise
+                log.warning("ledger batch attempt %d failed (%s); retrying", attempt + 1, type(exc).__name__)
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # -- one batch, inside one database transaction ------------------------------------------
+
+    async def _apply(self, conn: asyncpg.Connection, ops: list[Op]) -> list[dict[str, Any] | errors.InvoError]:
+        now = await conn.fetchval("SELECT now() FROM pg_advisory_xact_lock($1)", LEDGER_WRITE_LOCK)
+        b = _Batch(now)
+        stored = await self._load_idempotency(conn, ops)
+        await self._load_holds(conn, ops, b)
+        await self._load_accounts(conn, ops, b)
+
+        outcomes: list[dict[str, Any] | errors.InvoError] = []
+        seen: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = dict(stored)
+        for op in ops:
+            prior = seen.get((op.scope, op.key))
+            if prior is not None and (prior[1] is not None or prior[0] != op.request_hash):
+                if prior[0] != op.request_hash:
+                    outcomes.append(
+                        IdempotencyKeyReused(
+                            "This idempotency key was already used with a different request.",
+                            extra={"idempotency_key": op.key},
+                        )
+                    )
+                    continue
+                outcomes.append({**(prior[1] or {}), "duplicate": True})
+                continue
+            try:
+                result = self._apply_op(op, b)
+            except errors.InvoError as exc:
+                seen[(op.scope, op.key)] = (op.request_hash, None)
+                outcomes.append(exc)
+                continue
+            seen[(op.scope, op.key)] = (op.request_hash, result)
+            b.idem_rows.append((op.scope, op.key, op.request_hash, result["transaction_id"], json.dumps(result)))
+            if op.event is not None:
+                built = op.event(result)
+                if built is not None:
+                    b.events.append((op.tenant_id, built[0], json.dumps(built[1])))
+            outcomes.append({**result, "duplicate": False})
+        await self._write(conn, b)
+        return outcomes
+
+    async def _load_idempotency(
+        self, conn: asyncpg.Connection, ops: list[Op]
+    ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
+        rows = await conn.fetch(
+            "SELECT i.scope, i.key, i.request_hash, i.result FROM idempotency i"
+            " JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key",
+            [op.scope for op in ops],
+            [op.key for op in ops],
+        )
+        return {(r["scope"], r["key"]): (bytes(r["request_hash"]), json.loads(r["result"])) for r in rows}
+
+    async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: _Batch) -> None:
+        wanted = sorted({op.hold_id for op in ops if op.kind in ("post", "void")})
+        if not wanted:
+            return
+        rows = await conn.fetch(
+            "SELECT id, tenant_id, status, postings, expires_at FROM transactions WHERE id = ANY($1::text[])",
+            wanted,
+        )
+        for r in rows:
+            postings = [(p["account"], int(p["amount"])) for p in json.loads(r["postings"])]
+            b.holds[r["id"]] = _Hold(r["id"], r["tenant_id"], r["status"], postings, r["expires_at"])
+
+    async def _load_accounts(self, conn: asyncpg.Connection, ops: list[Op], b: _Batch) -> None:
+        codes: set[str] = set()
+        for op in ops:
+            codes.update(code for code, _ in op.postings)
+            hold = b.holds.get(op.hold_id)
+            if hold is not None:
+                codes.update(code for code, _ in hold.postings)
+        if not codes:
+            return
+        infos = {code: chart.parse(code) for code in codes}
+        ordered = sorted(codes)
+        await conn.execute(
+            "INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
+            " ON CONFLICT (code) DO NOTHING",
+            ordered,
+            [infos[c].kind for c in ordered],
+            [infos[c].tenant_id for c in ordered],
+            [infos[c].player_email for c in ordered],
+            [infos[c].constrained for c in ordered],
+        )
+        rows = await conn.fetch(
+            "SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending"
+            " FROM accounts WHERE code = ANY($1::text[])",
+            ordered,
+        )
+        for r in rows:
+            b.accounts[r["code"]] = _Account(
+                r["id"],
+                infos[r["code"]],
+                r["debits_posted"],
+                r["credits_posted"],
+                r["debits_pending"],
+                r["credits_pending"],
+            )
+
+    def _check_debits(self, op: Op, nets: dict[str, int], b: _Batch, *, releasing: dict[str, int]) -> None:
+        """Every constrained account debited keeps available >= 0, unless the op may leave a debt.
+        `releasing` is what this op takes off an account's pending debits (posting a hold)."""
+        for code, net in nets.items():
+            acct = b.accounts[code]
+            if net >= 0 or not acct.info.constrained or code in op.allow_debt:
+                continue
+            if acct.available + releasing.get(code, 0) + net < 0:
+                if acct.info.kind == "player":
+                    message = (
+                        "The player's wallet carries a debt; no spending until it is repaid."
+                        if acct.balance < 0
+                        else "The player's balance is too low for this purchase."
+                    )
+                else:
+                    message = f"Insufficient funds in {acct.info.kind} account."
+                raise InsufficientBalance(message)
+
+    def _post(self, txn_id: str, tenant_id: str, nets: dict[str, int], b: _Batch) -> None:
+        for code in sorted(nets):
+            acct = b.accounts[code]
+            net = nets[code]
+            if net < 0:
+                acct.debits_posted -= net
+            else:
+                acct.credits_posted += net
+            acct.dirty = True
+            b.entry_rows.append((txn_id, tenant_id, acct.id, net, acct.balance))
+
+    def _apply_op(self, op: Op, b: _Batch) -> dict[str, Any]:
+        if op.kind in ("transfer", "hold"):
+            nets = _nets(op.postings)
+            if sum(nets.values()) != 0 or not nets:
+                raise errors.InvalidRequest("postings must sum to zero and move something")
+            self._check_debits(op, nets, b, releasing={})
+            txn_id = ids.new_id("txn")
+            status = "posted" if op.kind == "transfer" else "pending"
+            expires_at = None
+            if op.kind == "transfer":
+                self._post(txn_id, op.tenant_id, nets, b)
+            else:
+                for code, net in nets.items():
+                    acct = b.accounts[code]
+                    if net < 0:
+                        acct.debits_pending -= net
+                    else:
+                        acct.credits_pending += net
+                    acct.dirty = True
+                expires_at = b.now + datetime.timedelta(milliseconds=op.expires_in_ms)
+            postings_json = json.dumps([{"account": c, "amount": a} for c, a in op.postings])
+            b.txn_rows.append(
+                (txn_id, op.tenant_id, op.txn_kind, status, postings_json, json.dumps(op.metadata), expires_at)
+            )
+            touched = nets
+        else:
+            hold = b.holds.get(op.hold_id)
+            if hold is None or hold.tenant_id != op.tenant_id:
+                raise errors.NotFound("No such hold.", error_code="HOLD_NOT_FOUND")
+            if hold.status != "pending":
+                if op.quiet:
+                    return {"transaction_id": hold.id, "status": hold.status, "balances": {}, **op.extra}
+                raise errors.Conflict(f"The hold is already {hold.status}.", error_code="HOLD_NOT_PENDING")
+            nets = _nets(hold.postings)
+            if op.kind == "post":
+                if hold.expires_at is not None and hold.expires_at <= b.now:
+                    raise errors.Conflict("The hold has expired.", error_code="HOLD_EXPIRED")
+                releasing = {code: -net for code, net in nets.items() if net < 0}
+                self._check_debits(op, nets, b, releasing=releasing)
+            for code, net in nets.items():
+                acct = b.accounts[code]
+                if net < 0:
+                    acct.debits_pending += net
+                else:
+                    acct.credits_pending -= net
+                acct.dirty = True
+            if op.kind == "post":
+                self._post(hold.id, hold.tenant_id, nets, b)
+            hold.status = "posted" if op.kind == "post" else "voided"
+            b.txn_status_updates.append((hold.id, hold.status))
+            txn_id = hold.id
+            status = hold.status
+            touched = nets
+        return {
+            "transaction_id": txn_id,
+            "status": status,
+            "created_at": b.now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "balances": {code: b.accounts[code].snapshot() for code in sorted(touched)},
+            **op.extra,
+        }
+
+    async def _write(self, conn: asyncpg.Connection, b: _Batch) -> None:
+        if b.txn_rows:
+            cols = list(zip(*b.txn_rows, strict=True))
+            await conn.execute(
+                "INSERT INTO transactions (id, tenant_id, kind, status, postings, metadata, expires_at, created_at)"
+                " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, $8"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+                " $7::timestamptz[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at)",
+                *[list(c) for c in cols],
+                b.now,
+            )
+        if b.txn_status_updates:
+            await conn.execute(
+                "UPDATE transactions t SET status = u.status, resolved_at = $3"
+                " FROM unnest($1::text[], $2::text[]) AS u(id, status) WHERE t.id = u.id AND t.status = 'pending'",
+                [u[0] for u in b.txn_status_updates],
+                [u[1] for u in b.txn_status_updates],
+                b.now,
+            )
+        if b.entry_rows:
+            cols = list(zip(*b.entry_rows, strict=True))
+            await conn.execute(
+                "INSERT INTO entries (txn_id, tenant_id, account_id, amount, balance_after, created_at)"
+                " SELECT e.*, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])"
+                " AS e(txn_id, tenant_id, account_id, amount, balance_after)",
+                *[list(c) for c in cols],
+                b.now,
+            )
+        dirty = [a for a in b.accounts.values() if a.dirty]
+        if dirty:
+            await conn.execute(
+                "UPDATE accounts a SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,"
+                " credits_pending = u.cpe, updated_at = $6"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])"
+                " AS u(id, dp, cp, dpe, cpe) WHERE a.id = u.id",
+                [a.id for a in dirty],
+                [a.debits_posted for a in dirty],
+                [a.credits_posted for a in dirty],
+                [a.debits_pending for a in dirty],
+                [a.credits_pending for a in dirty],
+                b.now,
+            )
+        if b.idem_rows:
+            cols = list(zip(*b.idem_rows, strict=True))
+            await conn.execute(
+                "INSERT INTO idempotency (scope, key, request_hash, txn_id, result)"
+                " SELECT i.scope, i.key, i.h, i.txn_id, i.result::jsonb"
+                " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])"
+                " AS i(scope, key, h, txn_id, result)",
+                *[list(c) for c in cols],
+            )
+        if b.events:
+            await events.emit_many(conn, b.events)
