@@ -115,7 +115,12 @@ PublishHook = Callable[[str], None]
 
 
 class OutboxRelay:
-    """Publishes one schema's outbox to JetStream, oldest first."""
+    """Publishes one schema's outbox to JetStream in `seq` order.
+
+    `seq` is allocated at INSERT, not at commit, so events of concurrent transactions (and of two
+    relays sharing the work) can be published out of order: consumers must not rely on stream
+    order, only on the event id and the state the event carries. (The ledger writes its events
+    under its write lock, so its own outbox is in commit order.)"""
 
     def __init__(
         self,
