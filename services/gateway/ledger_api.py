@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
 from services.common import errors, grpcutil, ids, money
-from services.common.logs import request_id_var
 from services.common.players import normalize_email
 from services.gateway.context import ctx_of
 from services.gateway.http import get_int, get_str, invalid, json_response, read_json, reject_unknown
@@ -249,7 +249,7 @@ async def ledger_entries(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor", "")
     after = _decode_cursor(cursor) if cursor else 0
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= ENTRIES_LIMIT_MAX:
+    if not re.fullmatch(r"[0-9]{1,4}", limit_text) or not 1 <= int(limit_text) <= ENTRIES_LIMIT_MAX:
         raise invalid("limit", f"limit must be a whole number from 1 to {ENTRIES_LIMIT_MAX}.")
     resp = await ctx.backends.call(
         ctx.backends.ledger.ListEntries,
@@ -334,8 +334,8 @@ async def _adjust(request: web.Request, *, direction: int) -> web.Response:
                 ledger_pb2.Posting(account="world:adjustments", amount=-direction * amount),
             ],
             idempotency=ledger_pb2.Idempotency(namespace="admin", key=key),
-            # The audit trail: who, why, and which request.
-            metadata_json=json.dumps({"reason": reason, "actor": "admin", "request_id": request_id_var.get()}),
+            # The audit trail: who and why (the ledger adds the request id to every transaction).
+            metadata_json=json.dumps({"reason": reason, "actor": "admin"}),
             event_type="balance.adjusted",
             event_data_json=json.dumps(event),
         ),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 import asyncpg
 
 from services.common import errors, events, ids
+from services.common.logs import request_id_var
 from services.ledger import chart
 
 log = logging.getLogger("invo.ledger.engine")
@@ -51,10 +51,6 @@ class InsufficientBalance(errors.PaymentRequired):
 class IdempotencyKeyReused(errors.InvalidRequest):
     default_error = "idempotency_error"
     default_error_code = "IDEMPOTENCY_KEY_REUSED"
-
-
-def request_hash(payload: dict[str, Any]) -> bytes:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 EventBuilder = Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None]
@@ -81,6 +77,8 @@ class Op:
     event: EventBuilder | None = None
     # A background expiry: a hold that is no longer pending is skipped, not an error.
     quiet: bool = False
+    # The request that asked for it, recorded with the transaction.
+    request_id: str = dataclasses.field(default_factory=request_id_var.get)
 
 
 @dataclasses.dataclass
@@ -360,8 +358,11 @@ class Engine:
                     acct.dirty = True
                 expires_at = b.now + datetime.timedelta(milliseconds=op.expires_in_ms)
             postings_json = json.dumps([{"account": c, "amount": a} for c, a in op.postings])
+            # The request id joins the stored metadata for the audit trail; it is not part of the
+            # idempotency hash, so a retry (a new request id) still replays.
+            stored = {**op.metadata, "request_id": op.request_id} if op.request_id else op.metadata
             b.txn_rows.append(
-                (txn_id, op.tenant_id, op.txn_kind, status, postings_json, json.dumps(op.metadata), expires_at)
+                (txn_id, op.tenant_id, op.txn_kind, status, postings_json, json.dumps(stored), expires_at)
             )
             touched = nets
         else:
