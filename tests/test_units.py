@@ -87,9 +87,12 @@ def test_amount_examples() -> None:
     ],
 )
 def test_errors_survive_the_grpc_round_trip(cls: type[errors.InvoError]) -> None:
-    sent = cls("something precise", error="custom_error", error_code="CUSTOM_CODE", retry_after_s=7)
+    sent = cls(
+        "something precise", error="custom_error", error_code="CUSTOM_CODE", retry_after_s=7, extra={"param": "x"}
+    )
     back = errors.from_grpc(sent.grpc_code, sent.message, errors.to_grpc_metadata(sent))
     assert type(back) is cls
+    assert back.extra == {"param": "x"}
     assert (back.error, back.error_code, back.message, back.retry_after_s, back.http_status) == (
         "custom_error",
         "CUSTOM_CODE",

@@ -85,6 +85,58 @@ class Settings:
         "INVO_OUTBOX_RETENTION_S", 7 * 86400, "Published events are pruned from the outbox after this."
     )
     log_level: str = _field("INVO_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    processor_api_base: str = _field(
+        "INVO_PROCESSOR_API_BASE", "", "Card processor REST base; empty: Stripe's. `make run` sets the simulator's."
+    )
+    processor_secret_key: str = _field("INVO_PROCESSOR_SECRET_KEY", "", "The processor's secret API key (sk_...).")
+    processor_webhook_secret: str = _field(
+        "INVO_PROCESSOR_WEBHOOK_SECRET", "", "Signing secret of processor webhooks (whsec_...)."
+    )
+    processor_timeout_s: float = _field("INVO_PROCESSOR_TIMEOUT_S", 10.0, "Timeout of each processor call.")
+    processor_sim_listen: str = _field(
+        "INVO_PROCESSOR_SIM_LISTEN", "127.0.0.1:12111", "host:port of the processor simulator (development)."
+    )
+    processor_sim_webhook_url: str = _field(
+        "INVO_PROCESSOR_SIM_WEBHOOK_URL", "", "Where the simulator posts processor webhooks (the gateway)."
+    )
+    purchase_min_usd_cents: int = _field("INVO_PURCHASE_MIN_USD_CENTS", 50, "Smallest currency purchase (USD cents).")
+    purchase_max_usd_cents: int = _field(
+        "INVO_PURCHASE_MAX_USD_CENTS", 100_000, "Largest single currency purchase (USD cents)."
+    )
+    caps_sandbox_hourly_usd_cents: int = _field(
+        "INVO_CAPS_SANDBOX_HOURLY_USD_CENTS", 50_000, "Default hourly spending cap per player, sandbox tenants."
+    )
+    caps_sandbox_daily_usd_cents: int = _field(
+        "INVO_CAPS_SANDBOX_DAILY_USD_CENTS", 200_000, "Default daily spending cap per player, sandbox tenants."
+    )
+    caps_sandbox_monthly_usd_cents: int = _field(
+        "INVO_CAPS_SANDBOX_MONTHLY_USD_CENTS", 1_000_000, "Default 30-day spending cap per player, sandbox tenants."
+    )
+    caps_production_hourly_usd_cents: int = _field(
+        "INVO_CAPS_PRODUCTION_HOURLY_USD_CENTS", 20_000, "Default hourly spending cap per player, production."
+    )
+    caps_production_daily_usd_cents: int = _field(
+        "INVO_CAPS_PRODUCTION_DAILY_USD_CENTS", 50_000, "Default daily spending cap per player, production."
+    )
+    caps_production_monthly_usd_cents: int = _field(
+        "INVO_CAPS_PRODUCTION_MONTHLY_USD_CENTS", 200_000, "Default 30-day spending cap per player, production."
+    )
+    purchase_attempts_per_minute_max: int = _field(
+        "INVO_PURCHASE_ATTEMPTS_PER_MINUTE_MAX", 10, "Currency purchase attempts per player per minute."
+    )
+    declines_max: int = _field(
+        "INVO_DECLINES_MAX", 5, "Card declines per player within the cool-down window before purchases pause."
+    )
+    decline_cooldown_s: int = _field("INVO_DECLINE_COOLDOWN_S", 900, "That window, and the pause, in seconds.")
+    breaker_failures_max: int = _field(
+        "INVO_BREAKER_FAILURES_MAX", 5, "Consecutive processor failures that open the circuit breaker."
+    )
+    breaker_cooldown_s: float = _field(
+        "INVO_BREAKER_COOLDOWN_S", 30.0, "How long the open breaker refuses before one probe call."
+    )
+    identity_key: str = _field(
+        "INVO_IDENTITY_KEY", "", "Secret keying identity_id, the pseudonymous id of a person across tenants."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

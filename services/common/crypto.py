@@ -12,7 +12,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import secrets
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -31,6 +33,11 @@ def random_base62(n_bytes: int) -> str:
         value, rem = divmod(value, 62)
         out.append(_BASE62[rem])
     return "".join(out)
+
+
+def request_hash(payload: dict[str, Any]) -> bytes:
+    """The fingerprint stored with an idempotency key: the same request always hashes the same."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 def keyed_hash(pepper: str, value: str) -> bytes:

@@ -8,6 +8,7 @@ error; the gateway renders it as the envelope
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import grpc
@@ -16,6 +17,8 @@ import grpc
 MD_ERROR = "invo-error"
 MD_ERROR_CODE = "invo-error-code"
 MD_RETRY_AFTER = "invo-retry-after-s"
+MD_EXTRA = "invo-error-extra"
+EXTRA_BYTES_MAX = 2048
 
 
 class InvoError(Exception):
@@ -40,7 +43,8 @@ class InvoError(Exception):
         self.error = error or self.default_error
         self.error_code = error_code or self.default_error_code
         self.retry_after_s = retry_after_s
-        # Extra fields merged into the HTTP body (never across gRPC).
+        # Extra fields merged into the HTTP body (`param`, `decline_code`, ...); they cross gRPC
+        # as JSON in trailing metadata, bounded in size.
         self.extra = extra or {}
 
     def envelope(self, request_id: str) -> dict[str, Any]:
@@ -176,6 +180,10 @@ def to_grpc_metadata(exc: InvoError) -> tuple[tuple[str, str], ...]:
     md = [(MD_ERROR, exc.error), (MD_ERROR_CODE, exc.error_code)]
     if exc.retry_after_s is not None:
         md.append((MD_RETRY_AFTER, str(exc.retry_after_s)))
+    if exc.extra:
+        text = json.dumps(exc.extra, separators=(",", ":"), default=str)
+        if len(text) <= EXTRA_BYTES_MAX:
+            md.append((MD_EXTRA, text))
     return tuple(md)
 
 
@@ -196,11 +204,20 @@ def from_grpc(code: grpc.StatusCode, details: str | None, trailing: Any) -> Invo
         }.get(cls, "An internal error occurred.")
         return (cls if cls in (Unavailable, Timeout) else Internal)(generic)
     retry = md.get(MD_RETRY_AFTER)
+    extra: dict[str, Any] = {}
+    if MD_EXTRA in md:
+        try:
+            decoded = json.loads(md[MD_EXTRA])
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            extra = decoded
     return cls(
         details or cls.default_error.replace("_", " "),
         error=md.get(MD_ERROR),
         error_code=md.get(MD_ERROR_CODE),
         retry_after_s=int(retry) if retry and retry.isdigit() else None,
+        extra=extra,
     )
 
 

@@ -61,6 +61,8 @@ def setup(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates what the gateway logs itself.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The stripe SDK logs every request at INFO; our own lines say what matters.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
 def fields(**kw: Any) -> dict[str, Any]:

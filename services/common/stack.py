@@ -35,7 +35,7 @@ from services.common.config import SERVICES, Settings
 from services.common.service import migrate_all
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-PROCESSES = (*SERVICES, "gateway")
+PROCESSES = ("processor_sim", *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 DEMO_TENANT = {"name": "Demo Game", "currency_name": "Demo Coins", "environment": "sandbox"}
@@ -111,23 +111,28 @@ class Stack:
         self.env: dict[str, str] = {}
         self.gateway_url = ""
         self.demo: dict[str, str] = {}
+        self.use_simulator = True
 
     # -- secrets and servers -------------------------------------------------------------
 
     def _secrets(self) -> dict[str, str]:
         """Development secrets, made on first run and kept (0600) so data stays readable."""
         path = self.home / "secrets.json"
-        if path.exists():
-            stored: dict[str, str] = json.loads(path.read_text())
-            return stored
-        made = {
-            "admin_token": "invo_admin_" + secrets.token_urlsafe(24),
-            "key_pepper": secrets.token_urlsafe(32),
-            "data_keys": crypto.Keyring.generate_spec("dev1"),
-            "pg_password": secrets.token_urlsafe(18),
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {
+            "admin_token": lambda: "invo_admin_" + secrets.token_urlsafe(24),
+            "key_pepper": lambda: secrets.token_urlsafe(32),
+            "data_keys": lambda: crypto.Keyring.generate_spec("dev1"),
+            "pg_password": lambda: secrets.token_urlsafe(18),
+            "identity_key": lambda: secrets.token_urlsafe(32),
+            "processor_secret_key": lambda: "sk_test_sim_" + secrets.token_urlsafe(18),
+            "processor_webhook_secret": lambda: "whsec_sim_" + secrets.token_urlsafe(24),
         }
-        _write_private(path, json.dumps(made, indent=2))
-        return made
+        missing = {name: make() for name, make in wanted.items() if name not in stored}
+        if missing:
+            stored.update(missing)
+            _write_private(path, json.dumps(stored, indent=2))
+        return stored
 
     def _database_url(self, pg_password: str) -> str:
         external = self.base_env.get("INVO_DATABASE_URL", "")
@@ -183,6 +188,7 @@ class Stack:
         env.setdefault("INVO_ADMIN_TOKEN", sec["admin_token"])
         env.setdefault("INVO_KEY_PEPPER", sec["key_pepper"])
         env.setdefault("INVO_DATA_KEYS", sec["data_keys"])
+        env.setdefault("INVO_IDENTITY_KEY", sec["identity_key"])
         env["INVO_DATABASE_URL"] = self._database_url(sec["pg_password"])
         env["INVO_NATS_URL"] = self._nats_url()
         if self.nats_namespace:
@@ -194,16 +200,28 @@ class Stack:
         port = wanted if devservers.port_is_free(wanted) else devservers.free_port()
         env["INVO_GATEWAY_PORT"] = str(port)
         env["INVO_GATEWAY_HOST"] = "127.0.0.1"
+        # The card processor: the simulator, unless a real processor is configured.
+        self.use_simulator = not env.get("INVO_PROCESSOR_API_BASE")
+        if self.use_simulator:
+            sim_port = devservers.free_port()
+            env["INVO_PROCESSOR_SIM_LISTEN"] = f"127.0.0.1:{sim_port}"
+            env["INVO_PROCESSOR_API_BASE"] = f"http://127.0.0.1:{sim_port}"
+            env["INVO_PROCESSOR_SECRET_KEY"] = sec["processor_secret_key"]
+            env["INVO_PROCESSOR_WEBHOOK_SECRET"] = sec["processor_webhook_secret"]
+            env["INVO_PROCESSOR_SIM_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/webhooks/processor"
         env.update(self.extra_env)
         env.pop("INVO_GRPC_LISTEN", None)
         self.env = env
         self.gateway_url = f"http://127.0.0.1:{port}"
         # Migrate once up front so a bad migration is one clear error, not six dying services.
         asyncio.run(migrate_all(Settings.from_env(env)))
-        for name in PROCESSES:
+        for name in self.process_names():
             self._spawn(name)
-        self._wait_ready()
+        self._wait_ready(self.process_names())
         self._ensure_demo_tenant()
+
+    def process_names(self) -> list[str]:
+        return [n for n in PROCESSES if n != "processor_sim" or self.use_simulator]
 
     def _spawn(self, name: str) -> None:
         with open(self.logs / f"{name}.log", "ab") as logf:
@@ -237,6 +255,8 @@ class Stack:
                     ok = status == 200
                 except OSError:
                     ok = False
+            elif name == "processor_sim":
+                ok = not devservers.port_is_free(int(self.env["INVO_PROCESSOR_SIM_LISTEN"].rpartition(":")[2]))
             else:
                 ok = _grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], 2.0)
             if ok:
@@ -294,6 +314,7 @@ class Stack:
         for name in SERVICES:
             key = f"INVO_{name.upper()}_ADDR"
             out[key] = self.env[key]
+        out["INVO_PROCESSOR_API_BASE"] = self.env["INVO_PROCESSOR_API_BASE"]
         return out
 
     def pids(self) -> list[int]:

@@ -174,6 +174,83 @@ def _ledger_paths() -> dict[str, Any]:
     }
 
 
+def _payments_paths() -> dict[str, Any]:
+    outcome = {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["success", "requires_action", "pending"]},
+            "transaction_id": _STR,
+            "order_id": _STR,
+            "new_balance": {"type": ["string", "null"]},
+            "client_secret": _STR,
+            "payment_intent_id": _STR,
+            "duplicate": {"type": "boolean"},
+            "already_processed": {"type": "boolean"},
+        },
+    }
+    return {
+        "/api/currency-purchases/purchase-currency": {
+            "post": {
+                "operationId": "purchaseCurrency",
+                "summary": "Charge a tokenised card and credit the player's branded currency (1 USD = 10 units).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["player_email", "usd_amount", "payment_method_id", "purchase_reference"],
+                                "properties": {
+                                    "player_email": {"type": "string", "format": "email"},
+                                    "usd_amount": {"type": "string", "examples": ["10.00"]},
+                                    "payment_method_id": _STR,
+                                    "purchase_reference": {"type": "string", "maxLength": 255},
+                                    "client_request_id": {"type": "string", "maxLength": 255, "deprecated": True},
+                                    "metadata": {"type": "object"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(outcome, "success (or its replay, duplicate: true) or requires_action (3-D Secure)."),
+                    "409": _json(outcome, "status: pending, duplicate: true: this purchase_reference is in flight."),
+                    **_errors(400, 401, 402, 403, 429, 503),
+                },
+            }
+        },
+        "/api/currency-purchases/confirm-payment": {
+            "post": {
+                "operationId": "confirmPayment",
+                "summary": "After 3-D Secure: credit the purchase (idempotent; already_processed on a repeat).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["payment_intent_id", "order_id"],
+                                "properties": {"payment_intent_id": _STR, "order_id": _STR},
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json(outcome, "Credited."), **_errors(400, 401, 402, 403, 404, 409, 429, 503)},
+            }
+        },
+        "/api/currency-purchases/order-details": {
+            "get": {
+                "operationId": "getOrderDetails",
+                "parameters": [{"name": "order_id", "in": "query", "required": True, "schema": _STR}],
+                "responses": {
+                    "200": _json({"type": "object"}, "The order, its timestamps and its audit trail (history)."),
+                    **_errors(400, 401, 403, 404, 429),
+                },
+            }
+        },
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -199,6 +276,7 @@ def document(server_url: str) -> dict[str, Any]:
                 }
             },
             **_ledger_paths(),
+            **_payments_paths(),
         },
         "components": {
             "securitySchemes": {"GameSecretKey": {"type": "apiKey", "in": "header", "name": "X-Game-Secret-Key"}},

@@ -16,9 +16,10 @@ from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
 from services.common import errors, money
 from services.common.config import Settings
+from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
 from services.ledger import chart
-from services.ledger.engine import Engine, Op, request_hash
+from services.ledger.engine import Engine, Op
 
 log = logging.getLogger("invo.ledger")
 

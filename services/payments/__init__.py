@@ -1,1 +1,2 @@
-"""The payments service. Its API arrives with its own issue; for now it serves health and reflection."""
+"""The payments service: currency purchases through the card processor, the order lifecycle,
+spending caps, velocity limits and the processor circuit breaker."""

@@ -1,0 +1,182 @@
+"""The card processor: Stripe through the `stripe` SDK (the simulator in development and tests, by
+base address only), behind a circuit breaker.
+
+The breaker counts consecutive processor failures (5xx, timeouts, connection errors; never a card
+decline). At `failures_max` it opens: calls are refused at once with 503 PROCESSOR_UNAVAILABLE for
+`cooldown_s`, then one probe call is let through; its success closes the breaker, its failure
+opens it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import stripe
+
+from services.common import errors
+
+log = logging.getLogger("invo.payments.processor")
+
+
+class ProcessorUnavailable(errors.Unavailable):
+    default_error = "processor_unavailable"
+    default_error_code = "PROCESSOR_UNAVAILABLE"
+
+
+class CircuitBreaker:
+    def __init__(self, *, failures_max: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures_max = failures_max
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self.open_until: float | None = None
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.open_until is None:
+            return "closed"
+        return "half_open" if self.clock() >= self.open_until else "open"
+
+    def check(self) -> None:
+        """Raise if a call would be refused now, without claiming the half-open probe."""
+        state = self.state
+        if state == "open" or (state == "half_open" and self.probing):
+            retry = max(1, int((self.open_until or 0) - self.clock()) + 1)
+            raise ProcessorUnavailable(
+                "The card processor is unavailable; nothing was charged. Retry shortly.", retry_after_s=retry
+            )
+
+    def before_call(self) -> None:
+        state = self.state
+        if state == "open" or (state == "half_open" and self.probing):
+            retry = max(1, int((self.open_until or 0) - self.clock()) + 1)
+            raise ProcessorUnavailable(
+                "The card processor is unavailable; nothing was charged. Retry shortly.", retry_after_s=retry
+            )
+        if state == "half_open":
+            self.probing = True
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.open_until = None
+        self.probing = False
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.probing or self.failures >= self.failures_max:
+            if self.open_until is None or self.probing:
+                log.warning("processor circuit breaker opens for %.0fs", self.cooldown_s)
+            self.open_until = self.clock() + self.cooldown_s
+            self.probing = False
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of a PaymentIntent: `status` is Stripe's (succeeded, requires_action, ...) or
+    "declined" for a card error."""
+
+    status: str
+    payment_intent_id: str = ""
+    client_secret: str = ""
+    failure_code: str = ""
+    failure_message: str = ""
+    decline_code: str = ""
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """The SDK's StripeObject as a plain dict (it refuses dict methods)."""
+    if obj is None:
+        return {}
+    to_dict = getattr(obj, "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else dict(obj)
+
+
+def _outcome(stripe_pi: Any) -> Outcome:
+    pi = _plain(stripe_pi)
+    err = pi.get("last_payment_error") or {}
+    return Outcome(
+        status=pi["status"],
+        payment_intent_id=pi["id"],
+        client_secret=pi.get("client_secret") or "",
+        failure_code=(err.get("code") or "") if err else "",
+        failure_message=(err.get("message") or "") if err else "",
+        decline_code=(err.get("decline_code") or "") if err else "",
+    )
+
+
+class Processor:
+    def __init__(self, *, api_key: str, api_base: str, timeout_s: float, failures_max: int, cooldown_s: float) -> None:
+        self.http = stripe.AIOHTTPClient(timeout=timeout_s)
+        base: Any = {"api": api_base} if api_base else None
+        self.client = stripe.StripeClient(api_key, base_addresses=base, http_client=self.http, max_network_retries=0)
+        self.breaker = CircuitBreaker(failures_max=failures_max, cooldown_s=cooldown_s)
+
+    async def _guarded(self, call: Any) -> Any:
+        self.breaker.before_call()
+        try:
+            result = await call
+        except stripe.CardError:
+            self.breaker.record_success()  # the processor answered: a decline is not an outage
+            raise
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, TimeoutError) as exc:
+            self.breaker.record_failure()
+            log.warning("processor call failed: %s", type(exc).__name__)
+            raise ProcessorUnavailable(
+                "The card processor did not answer; retry with the same purchase_reference.",
+            ) from exc
+        except stripe.StripeError:
+            self.breaker.record_success()
+            raise
+        self.breaker.record_success()
+        return result
+
+    async def charge(
+        self, *, order_id: str, usd_cents: int, payment_method_id: str, metadata: dict[str, str]
+    ) -> Outcome:
+        """Create and confirm a PaymentIntent. The idempotency key is the order id, so a retry after
+        a lost answer or a crash gets the same PaymentIntent, never a second charge."""
+        try:
+            pi = await self._guarded(
+                self.client.v1.payment_intents.create_async(
+                    params={
+                        "amount": usd_cents,
+                        "currency": "usd",
+                        "payment_method": payment_method_id,
+                        "confirm": True,
+                        "metadata": {**metadata, "order_id": order_id},
+                    },
+                    options={"idempotency_key": f"invo-order-{order_id}"},
+                )
+            )
+        except stripe.CardError as exc:
+            err = _plain(exc.error)
+            pi_obj = err.get("payment_intent") or {}
+            return Outcome(
+                status="declined",
+                payment_intent_id=pi_obj.get("id") or "",
+                failure_code=exc.code or "card_declined",
+                failure_message=exc.user_message or "Your card was declined.",
+                decline_code=err.get("decline_code") or "",
+            )
+        except stripe.InvalidRequestError as exc:
+            raise errors.InvalidRequest(
+                exc.user_message or "The payment method was refused by the processor.",
+                error_code="INVALID_PAYMENT_METHOD",
+                extra={"param": "payment_method_id"},
+            ) from exc
+        return _outcome(pi)
+
+    async def retrieve(self, payment_intent_id: str) -> Outcome:
+        try:
+            pi = await self._guarded(self.client.v1.payment_intents.retrieve_async(payment_intent_id))
+        except stripe.InvalidRequestError as exc:
+            raise errors.NotFound("No such payment intent.", error_code="PAYMENT_INTENT_NOT_FOUND") from exc
+        return _outcome(pi)
+
+    async def close(self) -> None:
+        await self.http.close_async()

@@ -1,0 +1,1 @@
+"""A card-processor simulator speaking Stripe's REST subset (development and tests only)."""
