@@ -56,7 +56,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         durable=False,  # the data is thrown away: skip fsync for speed
         database_name=f"invo_test_{token}" if external_db else "invo",
         nats_namespace=f"t{token}" if external_nats else "",
-        extra_env={"INVO_LOG_LEVEL": "INFO", "INVO_AUTH_CACHE_TTL_S": "5"},
+        extra_env={
+            "INVO_LOG_LEVEL": "INFO",
+            "INVO_AUTH_CACHE_TTL_S": "5",
+            # Short enough that failure tests do not wait long; the behaviour is the same.
+            "INVO_BREAKER_COOLDOWN_S": "1",
+            "INVO_PROCESSOR_TIMEOUT_S": "3",
+        },
     )
     s.start()
     yield s

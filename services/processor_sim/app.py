@@ -10,8 +10,8 @@ so production and tests run one code path. It implements:
   `payment_intent.payment_failed`, `payment_intent.canceled`, `charge.refunded`,
   `charge.dispute.created`, `charge.dispute.closed`, `radar.early_fraud_warning.created`.
 - Test controls under `/_sim/`: complete or fail a 3-D Secure challenge, make the next N calls fail
-  with 500s or time out, delay webhooks, send each webhook twice, hold webhooks back and release
-  them in reverse order, list what was sent.
+  with 500s, time out, or succeed but answer late; delay webhooks, send each webhook twice, hold
+  webhooks back and release them in reverse order; list what was called and sent.
 
 State is in memory: the simulator is a development and test tool, not a store of record.
 """
@@ -119,6 +119,8 @@ class Faults:
     fail_next: int = 0  # answer the next N API calls with 500
     timeout_next: int = 0  # hang the next N API calls for `timeout_s`, then 500
     timeout_s: float = 30.0
+    slow_next: int = 0  # process the next N calls (webhooks go out) but answer only after `slow_s`
+    slow_s: float = 2.0
     webhook_delay_s: float = 0.0
     webhook_duplicate: bool = False
     webhook_hold: bool = False  # queue webhooks until released (then sent newest first)
@@ -383,6 +385,10 @@ class Simulator:
             status, body = exc.status, {"error": exc.body}
         if request.method == "POST" and key and status < 500:
             self.idempotency[key] = (time.time() + IDEMPOTENCY_TTL_S, fingerprint, status, body)
+        if self.faults.slow_next > 0:
+            # The work is done and its webhook sent: only the answer is late (a lost response).
+            self.faults.slow_next -= 1
+            await asyncio.sleep(self.faults.slow_s)
         return web.json_response(body, status=status)
 
     def _route(self, method: str, path: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -518,10 +524,10 @@ class Simulator:
                 self._succeed(pi)
             return web.json_response(pi)
         if action == "faults":
-            for name in ("fail_next", "timeout_next"):
+            for name in ("fail_next", "timeout_next", "slow_next"):
                 if name in body:
                     setattr(self.faults, name, int(body[name]))
-            for name in ("timeout_s", "webhook_delay_s"):
+            for name in ("timeout_s", "slow_s", "webhook_delay_s"):
                 if name in body:
                     setattr(self.faults, name, float(body[name]))
             for name in ("webhook_duplicate", "webhook_hold"):
