@@ -129,7 +129,8 @@ def _result_message(result: dict[str, Any]) -> ledger_pb2.TransactionResult:
         transaction_id=result["transaction_id"],
         duplicate=bool(result.get("duplicate")),
         status=result["status"],
-        balances=[_balance_message(code, snap) for code, snap in result.get("balances", {}).items()],
+        # Sorted: a replay read back from jsonb must list the accounts as the first answer did.
+        balances=[_balance_message(code, snap) for code, snap in sorted(result.get("balances", {}).items())],
         created_at=_ts_iso(result["created_at"]) if "created_at" in result else None,
     )
 
