@@ -11,7 +11,7 @@ README = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_tex
 
 def test_every_environment_variable_is_in_the_readme() -> None:
     missing = [name for name in documented_variables() if f"`{name}`" not in README]
-    assert not missing, f"README.md does not document {missing}"
+    assert not missing, f"README.md does not document {missing}: run .venv/bin/python tools/readme_env.py"
 
 
 def test_the_two_commands() -> None:

@@ -134,6 +134,19 @@ class Settings:
     breaker_cooldown_s: float = _field(
         "INVO_BREAKER_COOLDOWN_S", 30.0, "How long the open breaker refuses before one probe call."
     )
+    webhook_retry_schedule_s: str = _field(
+        "INVO_WEBHOOK_RETRY_SCHEDULE_S",
+        "30,120,600,3600,21600,86400",
+        "Waits before each retry of a failed webhook delivery; after the last one it is `failed`.",
+    )
+    webhook_timeout_s: float = _field("INVO_WEBHOOK_TIMEOUT_S", 10.0, "Timeout of one webhook delivery attempt.")
+    webhook_concurrency_max: int = _field(
+        "INVO_WEBHOOK_CONCURRENCY_MAX", 64, "Webhook deliveries in flight at once, in all."
+    )
+    webhook_per_endpoint_max: int = _field(
+        "INVO_WEBHOOK_PER_ENDPOINT_MAX", 8, "Webhook deliveries in flight at once to one endpoint."
+    )
+    webhook_consumer: str = _field("INVO_WEBHOOK_CONSUMER", "webhooks", "Durable JetStream consumer of the webhooks.")
     identity_key: str = _field(
         "INVO_IDENTITY_KEY", "", "Secret keying identity_id, the pseudonymous id of a person across tenants."
     )

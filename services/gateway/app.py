@@ -13,7 +13,7 @@ from aiohttp import web
 from services.common import errors, logs
 from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
-from services.gateway import admin, ledger_api, openapi, payments_api
+from services.gateway import admin, ledger_api, openapi, payments_api, webhooks_api
 from services.gateway.backends import Backends
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import error_response, json_response
@@ -122,6 +122,8 @@ def create_app(settings: Settings, backends: Backends) -> web.Application:
     app.add_routes(ledger_api.public)
     app.add_routes(payments_api.public)
     app.add_routes(payments_api.webhooks)
+    app.add_routes(webhooks_api.public)
+    app.add_routes(webhooks_api.admin)
     app.add_routes(admin.routes)
     app.add_routes(ledger_api.admin)
     return app

@@ -251,6 +251,94 @@ def _payments_paths() -> dict[str, Any]:
     }
 
 
+def _webhooks_paths() -> dict[str, Any]:
+    delivery = {
+        "type": "object",
+        "properties": {
+            "delivery_id": _STR,
+            "event_id": _STR,
+            "event_type": _STR,
+            "url": _STR,
+            "status": {"enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"},
+            "attempt_log": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    page = {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": delivery},
+            "has_more": {"type": "boolean"},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+    one = {"200": _json(delivery, "The delivery."), **_errors(401, 403, 404, 429)}
+    query = [
+        {"name": n, "in": "query", "schema": _STR}
+        for n in ("event_type", "status", "since", "until", "cursor", "limit")
+    ]
+    return {
+        "/api/webhooks/deliveries": {
+            "get": {
+                "operationId": "listWebhookDeliveries",
+                "parameters": query,
+                "responses": {"200": _json(page, "Newest first."), **_errors(400, 401, 403, 429)},
+            }
+        },
+        "/api/webhooks/deliveries/{delivery_id}": {
+            "get": {
+                "operationId": "getWebhookDelivery",
+                "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": _STR}],
+                "responses": one,
+            }
+        },
+        "/api/webhooks/deliveries/{delivery_id}/redeliver": {
+            "post": {
+                "operationId": "redeliverWebhook",
+                "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": _STR}],
+                "responses": one,
+            }
+        },
+        "/api/webhooks/redeliver-failed": {
+            "post": {
+                "operationId": "redeliverFailedWebhooks",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["since"],
+                                "properties": {"since": {"type": "string", "format": "date-time"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json({"type": "object"}, "How many were queued again."),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/api/webhooks/test": {
+            "post": {
+                "operationId": "sendTestWebhook",
+                "responses": {
+                    "201": _json(delivery, "A webhook.test event on its way."),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/api/webhooks/rotate-secret": {
+            "post": {
+                "operationId": "rotateWebhookSecret",
+                "summary": "A new signing secret (shown once); the old one keeps signing for overlap_seconds.",
+                "responses": {"201": _json({"type": "object"}, "The new secret."), **_errors(400, 401, 403, 429)},
+            }
+        },
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -277,6 +365,7 @@ def document(server_url: str) -> dict[str, Any]:
             },
             **_ledger_paths(),
             **_payments_paths(),
+            **_webhooks_paths(),
         },
         "components": {
             "securitySchemes": {"GameSecretKey": {"type": "apiKey", "in": "header", "name": "X-Game-Secret-Key"}},

@@ -302,6 +302,50 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
         )
         return tenants_pb2.ListKeysResponse(keys=[key_message(r) for r in rows])
 
+    # -- webhook signing secrets ----------------------------------------------------------
+
+    async def GetWebhookSecrets(self, request: tenants_pb2.GetWebhookSecretsRequest, context: Any) -> Any:
+        tenant = await self._get_tenant_row(request.tenant_id)
+        rows = await self.pool.fetch(
+            "SELECT data_key_id, sealed FROM webhook_secrets WHERE tenant_id = $1"
+            " AND (expires_at IS NULL OR expires_at > now()) ORDER BY created_at DESC LIMIT 5",
+            request.tenant_id,
+        )
+        return tenants_pb2.WebhookSecrets(
+            secrets=[self.keyring.open(r["data_key_id"], bytes(r["sealed"]), aad=request.tenant_id) for r in rows],
+            webhook_url=tenant["webhook_url"],
+            environment=tenant["environment"],
+            status=tenant["status"],
+        )
+
+    async def RotateWebhookSecret(self, request: tenants_pb2.RotateWebhookSecretRequest, context: Any) -> Any:
+        await self._get_tenant_row(request.tenant_id)
+        overlap_s = (
+            request.overlap_seconds if request.HasField("overlap_seconds") else self.settings.key_rotation_overlap_s
+        )
+        if not 0 <= overlap_s <= ROTATION_OVERLAP_S_MAX:
+            raise errors.InvalidRequest(f"overlap_seconds must be between 0 and {ROTATION_OVERLAP_S_MAX}")
+        secret = WEBHOOK_SECRET_PREFIX + crypto.random_base62(32)
+        kid, sealed = self.keyring.seal(secret, aad=request.tenant_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE", request.tenant_id)
+            expires = await conn.fetchval(
+                "UPDATE webhook_secrets SET expires_at = LEAST(COALESCE(expires_at, 'infinity'),"
+                " now() + make_interval(secs => $2)) WHERE tenant_id = $1"
+                " AND (expires_at IS NULL OR expires_at > now()) RETURNING expires_at",
+                request.tenant_id,
+                float(overlap_s),
+            )
+            await conn.execute(
+                "INSERT INTO webhook_secrets (secret_id, tenant_id, data_key_id, sealed) VALUES ($1, $2, $3, $4)",
+                ids.new_id("whs"),
+                request.tenant_id,
+                kid,
+                sealed,
+            )
+            await _audit(conn, request.tenant_id, "webhook_secret.rotated", {"overlap_s": overlap_s})
+        return tenants_pb2.RotateWebhookSecretResponse(webhook_signing_secret=secret, previous_expires_at=_ts(expires))
+
     # -- tenants --------------------------------------------------------------------------
 
     async def _get_tenant_row(self, tenant_id: str) -> asyncpg.Record:

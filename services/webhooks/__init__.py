@@ -1,1 +1,1 @@
-"""The webhooks service. Its API arrives with its own issue; for now it serves health and reflection."""
+"""The webhooks service: signed, at-least-once delivery of every event, with a log and redelivery."""

@@ -1,0 +1,461 @@
+"""The webhooks service: every event on the stream reaches its tenant's endpoint, signed, at least once.
+
+Consume: a durable JetStream pull consumer. Each fetched batch is recorded in PostgreSQL (the event
+once, by event id, and a delivery per endpoint, unique per event and URL) in one transaction, and
+only then acknowledged. A crash before the commit redelivers the batch; a crash after it and
+before the ack redelivers messages whose rows already exist, which are skipped. So an event
+consumed twice is never delivered twice because of it.
+
+Send: a loop claims due deliveries with a lease (`FOR UPDATE SKIP LOCKED`), POSTs them with a
+bounded concurrency overall and per endpoint, records every attempt, and schedules the next one
+by the retry schedule; after the last retry a delivery is `failed` until redelivered. A sender
+that dies mid-attempt leaves a lease that runs out, and the delivery is tried again: at least
+once. Production tenants' URLs must be https and must not resolve to private, loopback or
+link-local addresses (checked after DNS resolution, at connect time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import socket
+import time
+import urllib.parse
+from typing import Any
+
+import aiohttp
+import asyncpg
+import nats
+from aiohttp.abc import AbstractResolver, ResolveResult
+from google.protobuf import timestamp_pb2
+from invo.v1 import tenants_pb2, tenants_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from services.common import errors, events, grpcutil, ids
+from services.common.config import Settings
+from services.common.grpcutil import GrpcService
+from services.common.signing import signature_header
+
+log = logging.getLogger("invo.webhooks")
+
+FETCH_BATCH = 200
+RESPONSE_BODY_MAX = 1024
+TENANT_CACHE_TTL_S = 5.0
+TENANT_CACHE_MAX = 10_000
+LIST_LIMIT_MAX = 100
+SEND_POLL_S = 0.2
+USER_AGENT = "INVO-Webhooks/1.0"
+
+
+def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+class RefusedAddress(OSError):
+    pass
+
+
+def check_public(ip_text: str) -> None:
+    ip = ipaddress.ip_address(ip_text)
+    if not ip.is_global or ip.is_multicast:
+        raise RefusedAddress(f"refused: {ip_text} is not a public address")
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves like aiohttp does, then refuses any private, loopback or link-local answer, so a
+    DNS name cannot point a production delivery inside our network."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        for entry in found:
+            check_public(entry["host"])
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class TenantCache:
+    def __init__(self, stub: Any, timeout_s: float) -> None:
+        self.stub = stub
+        self.timeout_s = timeout_s
+        self._entries: dict[str, tuple[float, tenants_pb2.WebhookSecrets]] = {}
+
+    async def get(self, tenant_id: str) -> tenants_pb2.WebhookSecrets:
+        hit = self._entries.get(tenant_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        info = await grpcutil.call(
+            self.stub.GetWebhookSecrets,
+            tenants_pb2.GetWebhookSecretsRequest(tenant_id=tenant_id),
+            timeout_s=self.timeout_s,
+        )
+        if len(self._entries) >= TENANT_CACHE_MAX:
+            self._entries.clear()
+        self._entries[tenant_id] = (time.monotonic() + TENANT_CACHE_TTL_S, info)
+        return info
+
+
+_DELIVERY_COLUMNS = (
+    "delivery_id, event_id, tenant_id, event_type, url, status, attempts, next_attempt_at, created_at, delivered_at"
+)
+
+
+class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, tenants: TenantCache) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.tenants = tenants
+        self.schedule_s = [float(x) for x in settings.webhook_retry_schedule_s.split(",") if x.strip()]
+        self.lease_s = settings.webhook_timeout_s + 5.0
+        self.wake = asyncio.Event()
+        self.in_flight: dict[str, int] = {}
+        self.global_slots = asyncio.Semaphore(settings.webhook_concurrency_max)
+        self.tasks: set[asyncio.Task[None]] = set()
+        timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
+        self.open_http = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        self.public_http = aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=0, resolver=PublicOnlyResolver())
+        )
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.open_http.close()
+        await self.public_http.close()
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def record(self, items: list[tuple[str, str, str, str]]) -> int:
+        """Record events (event_id, tenant_id, event_type, body) and their deliveries; returns how
+        many deliveries are new."""
+        urls: dict[str, str] = {}
+        for _, tenant_id, _, _ in items:
+            if tenant_id not in urls:
+                try:
+                    urls[tenant_id] = (await self.tenants.get(tenant_id)).webhook_url
+                except errors.NotFound:
+                    urls[tenant_id] = ""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO events (event_id, tenant_id, event_type, body)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+                [i[0] for i in items],
+                [i[1] for i in items],
+                [i[2] for i in items],
+                [i[3] for i in items],
+            )
+            wanted = [i for i in items if urls.get(i[1])]
+            if not wanted:
+                return 0
+            result = await conn.execute(
+                "INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at)"
+                " SELECT d.*, 'pending', now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+                " AS d ON CONFLICT (event_id, url) DO NOTHING",
+                [ids.new_id("whd") for _ in wanted],
+                [i[0] for i in wanted],
+                [i[1] for i in wanted],
+                [i[2] for i in wanted],
+                [urls[i[1]] for i in wanted],
+            )
+        self.wake.set()
+        return int(result.split()[-1])
+
+    async def consume(self, js: Any) -> None:
+        s = self.settings
+        sub = await js.pull_subscribe(
+            f"{s.nats_subject_prefix}.>",
+            durable=s.webhook_consumer,
+            stream=s.nats_stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0, max_ack_pending=10_000),
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            items = []
+            for msg in msgs:
+                try:
+                    env = json.loads(msg.data)
+                    items.append(
+                        (str(env["event_id"]), str(env["tenant_id"]), str(env["event_type"]), msg.data.decode())
+                    )
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    log.error("dropping a malformed event on %s", msg.subject)
+                    await msg.term()
+            try:
+                if items:
+                    await self.record(items)
+            except (asyncpg.PostgresError, OSError, errors.InvoError) as exc:
+                # Not acknowledged: JetStream redelivers them after ack_wait.
+                log.warning("could not record %d events: %s", len(items), exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await msg.ack()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $1)"
+            " FROM events e"
+            " WHERE e.event_id = d.event_id AND d.delivery_id IN ("
+            "   SELECT delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
+            "   AND (lease_until IS NULL OR lease_until < now()) ORDER BY next_attempt_at LIMIT $2"
+            "   FOR UPDATE SKIP LOCKED)"
+            " RETURNING d.delivery_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body",
+            self.lease_s,
+            limit,
+        )
+
+    async def send_loop(self) -> None:
+        while True:
+            free = self.settings.webhook_concurrency_max - sum(self.in_flight.values())
+            rows = await self.claim(free) if free > 0 else []
+            for row in rows:
+                url = row["url"]
+                if self.in_flight.get(url, 0) >= self.settings.webhook_per_endpoint_max:
+                    # This endpoint is busy: leave it for the next round, others go ahead.
+                    await self.pool.execute(
+                        "UPDATE deliveries SET lease_until = NULL WHERE delivery_id = $1", row["delivery_id"]
+                    )
+                    continue
+                self.in_flight[url] = self.in_flight.get(url, 0) + 1
+                task = asyncio.ensure_future(self._send(row))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            if not rows:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=SEND_POLL_S)
+                except TimeoutError:
+                    pass
+            elif free <= len(rows):
+                await asyncio.sleep(0.01)
+
+    async def _send(self, row: asyncpg.Record) -> None:
+        url = row["url"]
+        try:
+            await self._attempt(row)
+        except Exception:
+            log.exception("delivery %s crashed", row["delivery_id"])
+        finally:
+            self.in_flight[url] -= 1
+            if self.in_flight[url] <= 0:
+                del self.in_flight[url]
+            self.wake.set()
+
+    async def _attempt(self, row: asyncpg.Record) -> None:
+        started = datetime.datetime.now(datetime.UTC)
+        t0 = time.monotonic()
+        status_code: int | None = None
+        body_text = ""
+        error = ""
+        try:
+            info = await self.tenants.get(row["tenant_id"])
+            body = row["body"].encode()
+            event_id = json.loads(body)["event_id"]
+            production = info.environment == "production"
+            parsed = urllib.parse.urlsplit(row["url"])
+            if production:
+                if parsed.scheme != "https":
+                    raise RefusedAddress("refused: production webhooks must use https")
+                try:
+                    check_public(parsed.hostname or "")
+                except ValueError:
+                    pass  # a name, not an address literal: the resolver checks what it resolves to
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "X-Invo-Event-Id": event_id,
+                "X-Invo-Signature": signature_header(body, list(info.secrets), timestamp=int(time.time())),
+            }
+            http = self.public_http if production else self.open_http
+            async with http.post(row["url"], data=body, headers=headers, allow_redirects=False) as resp:
+                status_code = resp.status
+                body_text = (await resp.content.read(RESPONSE_BODY_MAX)).decode("utf-8", errors="replace")
+        except (aiohttp.ClientError, TimeoutError, OSError, errors.InvoError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        latency_ms = int((time.monotonic() - t0) * 1000)
+        ok = status_code is not None and 200 <= status_code < 300
+        cycle = row["cycle_attempts"] + 1
+        if ok:
+            status, next_at = "delivered", None
+        elif cycle > len(self.schedule_s):
+            status, next_at = "failed", None
+        else:
+            status = "pending"
+            next_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.schedule_s[cycle - 1])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+                " response_body, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                row["delivery_id"],
+                row["attempts"] + 1,
+                started,
+                status_code,
+                latency_ms,
+                body_text,
+                error,
+            )
+            await conn.execute(
+                "UPDATE deliveries SET status = $2, attempts = attempts + 1, cycle_attempts = $3,"
+                " next_attempt_at = $4, lease_until = NULL, updated_at = now(),"
+                " delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END"
+                " WHERE delivery_id = $1",
+                row["delivery_id"],
+                status,
+                cycle,
+                next_at,
+            )
+
+    # -- the API --------------------------------------------------------------------------
+
+    async def _message(self, row: asyncpg.Record, *, with_attempts: bool = False) -> webhooks_pb2.Delivery:
+        msg = webhooks_pb2.Delivery(
+            delivery_id=row["delivery_id"],
+            event_id=row["event_id"],
+            tenant_id=row["tenant_id"],
+            event_type=row["event_type"],
+            url=row["url"],
+            status=row["status"],
+            attempts=row["attempts"],
+            next_attempt_at=_ts(row["next_attempt_at"]),
+            created_at=_ts(row["created_at"]),
+            delivered_at=_ts(row["delivered_at"]),
+        )
+        if with_attempts:
+            attempts = await self.pool.fetch(
+                "SELECT attempt, started_at, status_code, latency_ms, response_body, error FROM delivery_attempts"
+                " WHERE delivery_id = $1 ORDER BY id LIMIT 100",
+                row["delivery_id"],
+            )
+            msg.attempt_log.extend(
+                webhooks_pb2.Attempt(
+                    attempt=a["attempt"],
+                    at=_ts(a["started_at"]),
+                    status_code=a["status_code"] or 0,
+                    latency_ms=a["latency_ms"],
+                    response_body=a["response_body"],
+                    error=a["error"],
+                )
+                for a in attempts
+            )
+        return msg
+
+    async def _get(self, tenant_id: str, delivery_id: str) -> asyncpg.Record:
+        row = await self.pool.fetchrow(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = $1 AND ($2 = '' OR tenant_id = $2)",
+            delivery_id,
+            tenant_id,
+        )
+        if row is None:
+            raise errors.NotFound("No such delivery.", error_code="DELIVERY_NOT_FOUND")
+        return row
+
+    async def ListDeliveries(self, request: webhooks_pb2.ListDeliveriesRequest, context: Any) -> Any:
+        limit = request.limit or 20
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise errors.InvalidRequest(f"limit must be from 1 to {LIST_LIMIT_MAX}")
+        if request.status and request.status not in ("pending", "delivered", "failed"):
+            raise errors.InvalidRequest("status must be pending, delivered or failed")
+        since = request.since.ToDatetime(tzinfo=datetime.UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=datetime.UTC) if request.HasField("until") else None
+        rows = await self.pool.fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+            " WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR event_type = $2) AND ($3 = '' OR status = $3)"
+            " AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)"
+            " AND ($6 = '' OR delivery_id < $6)"
+            " ORDER BY delivery_id DESC LIMIT $7",
+            request.tenant_id,
+            request.event_type,
+            request.status,
+            since,
+            until,
+            request.after_delivery_id,
+            limit + 1,
+        )
+        return webhooks_pb2.ListDeliveriesResponse(
+            deliveries=[await self._message(r) for r in rows[:limit]], has_more=len(rows) > limit
+        )
+
+    async def GetDelivery(self, request: webhooks_pb2.GetDeliveryRequest, context: Any) -> Any:
+        return await self._message(await self._get(request.tenant_id, request.delivery_id), with_attempts=True)
+
+    async def Redeliver(self, request: webhooks_pb2.GetDeliveryRequest, context: Any) -> Any:
+        await self._get(request.tenant_id, request.delivery_id)
+        await self.pool.execute(
+            "UPDATE deliveries SET status = 'pending', cycle_attempts = 0, next_attempt_at = now(),"
+            " updated_at = now() WHERE delivery_id = $1 AND (status <> 'pending' OR lease_until IS NULL)",
+            request.delivery_id,
+        )
+        self.wake.set()
+        return await self._message(await self._get(request.tenant_id, request.delivery_id))
+
+    async def RedeliverFailed(self, request: webhooks_pb2.RedeliverFailedRequest, context: Any) -> Any:
+        if not request.HasField("since"):
+            raise errors.InvalidRequest("since is required", error_code="MISSING_PARAMETER")
+        result = await self.pool.execute(
+            "UPDATE deliveries SET status = 'pending', cycle_attempts = 0, next_attempt_at = now(), updated_at = now()"
+            " WHERE status = 'failed' AND ($1 = '' OR tenant_id = $1) AND created_at >= $2",
+            request.tenant_id,
+            request.since.ToDatetime(tzinfo=datetime.UTC),
+        )
+        self.wake.set()
+        return webhooks_pb2.RedeliverFailedResponse(redelivered=int(result.split()[-1]))
+
+    async def SendTestEvent(self, request: webhooks_pb2.SendTestEventRequest, context: Any) -> Any:
+        info = await self.tenants.get(request.tenant_id)
+        if not info.webhook_url:
+            raise errors.InvalidRequest(
+                "This tenant has no webhook URL to send a test event to.", error_code="NO_WEBHOOK_URL"
+            )
+        event_id = ids.new_id("evt")
+        body = events.envelope(
+            event_id=event_id,
+            event_type="webhook.test",
+            tenant_id=request.tenant_id,
+            data={"message": "A test event from INVO Network."},
+        )
+        await self.record([(event_id, request.tenant_id, "webhook.test", body)])
+        row = await self.pool.fetchrow(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1", event_id)
+        return await self._message(row)
+
+
+async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> None:
+    settings.require("nats_url")
+    tenants_channel = grpcutil.channel(settings.tenants_addr)
+    svc.on_shutdown(tenants_channel.close)
+    tenants = TenantCache(tenants_pb2_grpc.TenantsServiceStub(tenants_channel), settings.rpc_timeout_s)
+    service = Webhooks(pool, settings, tenants)
+    svc.on_shutdown(service.close)
+    nc = await events.connect_nats(settings.nats_url, name="invo-webhooks")
+    svc.on_shutdown(nc.close)
+    js = nc.jetstream()
+    await events.ensure_stream(js, stream=settings.nats_stream, subject_prefix=settings.nats_subject_prefix)
+    svc.background(service.consume(js), "webhook-consumer")
+    svc.background(service.send_loop(), "webhook-sender")
+    svc.add(
+        webhooks_pb2_grpc.add_WebhooksServiceServicer_to_server,
+        service,
+        webhooks_pb2.DESCRIPTOR.services_by_name["WebhooksService"].full_name,
+    )
