@@ -62,6 +62,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Short enough that failure tests do not wait long; the behaviour is the same.
             "INVO_BREAKER_COOLDOWN_S": "1",
             "INVO_PROCESSOR_TIMEOUT_S": "3",
+            # The seed's schedule (30 s .. 24 h) shortened: same number of retries, same logic.
+            "INVO_WEBHOOK_RETRY_SCHEDULE_S": "0.2,0.2,0.3,0.3,0.4,0.4",
+            "INVO_WEBHOOK_TIMEOUT_S": "2",
         },
     )
     s.start()
