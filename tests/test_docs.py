@@ -16,3 +16,33 @@ def test_every_environment_variable_is_in_the_readme() -> None:
 
 def test_the_two_commands() -> None:
     assert "make run" in README and "make test" in README
+
+
+def test_the_receiver_guide_verifies_our_signatures() -> None:
+    """The README's standard-library verifier accepts what the webhooks service signs (with either
+    secret of a rotation) and refuses a tampered body and a stale timestamp."""
+    import json
+    import re
+    import time
+
+    import pytest
+
+    from services.common.signing import signature_header
+
+    match = re.search(r"Verifying, with the Python standard library only:\n\n```python\n(.*?)```", README, re.S)
+    assert match, "the receiver guide's code block is missing"
+    ns: dict[str, object] = {}
+    exec(match.group(1), ns)  # our own README
+    verify = ns["verify"]
+    assert callable(verify)
+    body = json.dumps({"event_id": "evt_1", "event_type": "webhook.test"}).encode()
+    header = signature_header(body, ["whsec_new", "whsec_old"], timestamp=int(time.time()))
+    assert verify(body, header, "whsec_new")["event_id"] == "evt_1"
+    assert verify(body, header, "whsec_old")["event_id"] == "evt_1"
+    with pytest.raises(ValueError, match="bad signature"):
+        verify(body + b" ", header, "whsec_new")
+    with pytest.raises(ValueError, match="bad signature"):
+        verify(body, header, "whsec_other")
+    stale = signature_header(body, ["whsec_new"], timestamp=int(time.time()) - 301)
+    with pytest.raises(ValueError, match="older than 5 minutes"):
+        verify(body, stale, "whsec_new")
