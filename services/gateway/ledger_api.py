@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -60,6 +61,12 @@ def _idempotency_key(body: dict[str, Any], *, required: bool) -> str | None:
     return key
 
 
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _metadata(body: dict[str, Any]) -> str:
     value = body.get("metadata")
     if value is None:
@@ -70,7 +77,11 @@ def _metadata(body: dict[str, Any]) -> str:
         raise invalid(
             "metadata", f"metadata holds at most {METADATA_KEYS_MAX} keys of at most {METADATA_KEY_LEN_MAX} characters."
         )
-    text = json.dumps(value, separators=(",", ":"), default=str)
+    # JSON numbers arrive as Decimal (never float, for amounts); in metadata they stay numbers.
+    try:
+        text = json.dumps(value, separators=(",", ":"), default=_json_number, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise invalid("metadata", "metadata holds a number out of range.") from exc
     if len(text.encode()) > METADATA_BYTES_MAX:
         raise invalid("metadata", f"metadata must be at most {METADATA_BYTES_MAX} bytes as JSON.")
     return text

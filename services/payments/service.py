@@ -199,12 +199,15 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         }
 
     def _failed_event(self, row: asyncpg.Record) -> dict[str, Any]:
+        # The seed's failure codes are "card_declined" and "payment_canceled"; the processor's own
+        # reason (a failed 3-D Secure, say) is in failure_message and in the order's history.
+        code = "payment_canceled" if row["status"] == "cancelled" else "card_declined"
         return {
             "payment_intent_id": row["payment_intent_id"],
             "order_id": row["order_id"],
             "player_email": row["player_email"],
             "usd_amount": money.format_usd(row["usd_cents"]),
-            "failure_code": row["failure_code"],
+            "failure_code": code,
             "failure_message": row["failure_message"],
         }
 
@@ -521,6 +524,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                     f" player_email, identity_id, usd_cents, currency_amount, currency_name, payment_method_id,"
                     f" status, metadata, processing_until)"
                     f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending_payment', $12::jsonb, $13)"
+                    # The same reference sent at once for another player holds another player's
+                    # lock: the unique key decides, and the loser answers as a replay.
+                    f" ON CONFLICT (tenant_id, purchase_reference) DO NOTHING"
                     f" RETURNING {_ORDER_COLUMNS}",
                     order_id,
                     tenant.tenant_id,
@@ -536,11 +542,18 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                     json.dumps(metadata),
                     datetime.datetime.now(datetime.UTC) + self.lease,
                 )
-                await conn.execute(
-                    "INSERT INTO order_transitions (order_id, from_status, to_status, source, reason)"
-                    " VALUES ($1, '', 'pending_payment', 'api', 'order created')",
-                    order_id,
-                )
+                if row is None:
+                    existing = await conn.fetchrow(
+                        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE tenant_id = $1 AND purchase_reference = $2",
+                        tenant.tenant_id,
+                        reference,
+                    )
+                else:
+                    await conn.execute(
+                        "INSERT INTO order_transitions (order_id, from_status, to_status, source, reason)"
+                        " VALUES ($1, '', 'pending_payment', 'api', 'order created')",
+                        order_id,
+                    )
         if existing is not None:
             return await self._replay(existing, digest)
         return await self._drive(row, source="api")
