@@ -46,8 +46,8 @@ test: $(GEN_STAMP) ## run every test against real PostgreSQL and NATS
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
-	$(BIN)/ruff check services tests tools
-	$(BIN)/ruff format --check services tests tools
+	$(BIN)/ruff check services tests tools bench
+	$(BIN)/ruff format --check services tests tools bench
 	$(BIN)/mypy
 
 bench: $(GEN_STAMP) ## measure the network end to end

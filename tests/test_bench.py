@@ -1,0 +1,66 @@
+"""`make bench --quick` against the session's network, so the harness cannot rot. It checks that
+the harness runs every scenario and records what it must; the speed itself is not tested here."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from services.common.stack import Stack
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -> None:
+    env_file = tmp_path / "dev.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in stack.dev_env().items()))
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--duration",
+            "1",
+            "--concurrency",
+            "8",
+            "--env-file",
+            str(env_file),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [result_file] = list(out.glob("*.json"))
+    result = json.loads(result_file.read_text())
+    assert set(result["scenarios"]) == {
+        "item-purchase-spread",
+        "item-purchase-hot-tenant",
+        "balance-read",
+        "currency-purchase",
+        "webhook-delivery",
+        "raw-sql-baseline",
+    }
+    for name, r in result["scenarios"].items():
+        assert r["requests"] > 0 and r["errors"] == 0, (name, r)
+        assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"]
+    assert result["scenarios"]["webhook-delivery"]["bad_signatures"] == 0
+    assert set(result["ratios"]) == {
+        "item-purchase-spread/raw-sql-baseline",
+        "item-purchase-hot-tenant/raw-sql-baseline",
+        "hot/spread",
+    }
+    assert result["ledger_check"]["ok"] is True and result["ledger_check"]["total_balance"] == "0"
+    assert list(out.glob("*.png")), "the chart was not written"
+    assert "item-purchase-spread" in proc.stdout and "ledger check: ok=True" in proc.stdout
