@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -112,6 +113,7 @@ class Stack:
         self.gateway_url = ""
         self.demo: dict[str, str] = {}
         self.use_simulator = True
+        self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
 
     # -- secrets and servers -------------------------------------------------------------
 
@@ -224,8 +226,13 @@ class Stack:
         return [n for n in PROCESSES if n != "processor_sim" or self.use_simulator]
 
     def _spawn(self, name: str) -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: every service is
+        # started from the Stack's own long-lived thread, so restart() from any thread is safe.
+        self.procs[name] = self._spawner.submit(self._popen, name).result()
+
+    def _popen(self, name: str) -> subprocess.Popen[bytes]:
         with open(self.logs / f"{name}.log", "ab") as logf:
-            self.procs[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
                 env=self.env,

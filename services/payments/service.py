@@ -50,7 +50,9 @@ TRANSITIONS = {
     "pending_payment": {"requires_action", "completed", "failed", "cancelled"},
     "requires_action": {"completed", "failed", "cancelled"},
     "completed": {"refunded", "disputed_lost"},
-    "failed": set(),
+    # After a failed 3-D Secure or a decline the PaymentIntent is requires_payment_method, and the
+    # cardholder may confirm it again: if the processor then reports it succeeded, it completes.
+    "failed": {"completed"},
     "cancelled": set(),
     "refunded": set(),
     "disputed_lost": set(),
@@ -221,8 +223,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         source: str,
         processor_event: tuple[str, str] | None = None,
     ) -> tuple[asyncpg.Record, bool]:
-        """Credit the player once and mark the order completed. Returns (order, already_processed)."""
-        if row["status"] not in UNSETTLED:
+        """Credit the player once and mark the order completed (called only when the processor
+        reports this order's PaymentIntent succeeded). Returns (order, already_processed)."""
+        if row["status"] not in (*UNSETTLED, "failed"):
             if processor_event is not None:
                 await self._record_event_only(processor_event)
             return row, True
