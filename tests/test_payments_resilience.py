@@ -355,6 +355,21 @@ async def test_concurrent_purchases_never_exceed_the_daily_cap(api: Api, sim: Si
     await check_ledger(api)
 
 
+async def test_twenty_concurrent_purchases_by_one_player_never_exceed_the_daily_cap(api: Api, sim: Sim) -> None:
+    """The acceptance case as written: 20 at once, together $140 against a $50 daily cap. Refused
+    purchases create no order, so they do not count as attempts either: all 13 are cap refusals."""
+    t = await tenant(api, spending_caps=CAPS_50_A_DAY)
+    player = email("cap20")
+    results = await asyncio.gather(*(purchase(api, t, player, ref(), "7.00") for _ in range(20)))
+    assert sorted(r.status for r in results) == [200] * 7 + [429] * 13, results
+    for r in results:
+        if r.status == 429:
+            assert_envelope(r, 429, "SPENDING_LIMIT_EXCEEDED")
+    # The credited total never exceeds the cap: $49 of $50, 490 units.
+    assert await balance(api, t, player) == "490"
+    await check_ledger(api)
+
+
 async def test_two_players_racing_each_stay_under_their_own_cap(api: Api, sim: Sim) -> None:
     t = await tenant(api, spending_caps=CAPS_50_A_DAY)
     players = [email("capa"), email("capb")]
