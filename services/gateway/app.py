@@ -65,6 +65,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = ctx_of(request)
     path = request.path
+    # PostgreSQL text cannot hold NUL: such a path or parameter is refused here, never a 500 later.
+    if "\x00" in path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+        raise errors.InvalidRequest("The URL must not contain NUL characters.", error_code="INVALID_REQUEST")
     if path.startswith("/admin/") or path == "/admin":
         admin.check_admin(ctx, request)
     elif path.startswith("/api/") or path == "/api":

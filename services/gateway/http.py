@@ -41,7 +41,20 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise errors.InvalidRequest("The request body is not valid JSON.", error_code="INVALID_JSON") from exc
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.", error_code="INVALID_JSON")
+    if _has_nul(body):
+        raise errors.InvalidRequest("Strings must not contain NUL characters.", error_code="INVALID_JSON")
     return body
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL text cannot hold U+0000: refuse it at the edge instead of failing deep inside."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 async def read_optional_json(request: web.Request) -> dict[str, Any]:

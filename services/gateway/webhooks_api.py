@@ -35,7 +35,10 @@ def _time(value: str, field: str) -> timestamp_pb2.Timestamp:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.UTC)
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(parsed)
+    try:
+        ts.FromDatetime(parsed)
+    except (ValueError, OverflowError) as exc:
+        raise invalid(field, f"{field} is out of range.") from exc
     return ts
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import ipaddress
 import json
 import logging
@@ -43,8 +44,6 @@ log = logging.getLogger("invo.webhooks")
 
 FETCH_BATCH = 200
 RESPONSE_BODY_MAX = 1024
-TENANT_CACHE_TTL_S = 5.0
-TENANT_CACHE_MAX = 10_000
 LIST_LIMIT_MAX = 100
 SEND_POLL_S = 0.2
 USER_AGENT = "INVO-Webhooks/1.0"
@@ -59,7 +58,9 @@ def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 class RefusedAddress(OSError):
-    pass
+    def __init__(self, message: str) -> None:
+        # errno and strerror set, so aiohttp's connection error carries the reason.
+        super().__init__(errno.EACCES, message)
 
 
 def check_public(ip_text: str) -> None:
@@ -88,24 +89,31 @@ class PublicOnlyResolver(AbstractResolver):
 
 
 class TenantCache:
+    """Tenants' webhook settings, read fresh for each batch or send round (one call per tenant in
+    it, never cached across rounds): a rotated secret or a changed URL applies to the very next
+    delivery."""
+
     def __init__(self, stub: Any, timeout_s: float) -> None:
         self.stub = stub
         self.timeout_s = timeout_s
-        self._entries: dict[str, tuple[float, tenants_pb2.WebhookSecrets]] = {}
 
     async def get(self, tenant_id: str) -> tenants_pb2.WebhookSecrets:
-        hit = self._entries.get(tenant_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        info = await grpcutil.call(
+        info: tenants_pb2.WebhookSecrets = await grpcutil.call(
             self.stub.GetWebhookSecrets,
             tenants_pb2.GetWebhookSecretsRequest(tenant_id=tenant_id),
             timeout_s=self.timeout_s,
         )
-        if len(self._entries) >= TENANT_CACHE_MAX:
-            self._entries.clear()
-        self._entries[tenant_id] = (time.monotonic() + TENANT_CACHE_TTL_S, info)
         return info
+
+    async def get_many(self, tenant_ids: set[str]) -> dict[str, tenants_pb2.WebhookSecrets | None]:
+        async def one(tenant_id: str) -> tenants_pb2.WebhookSecrets | None:
+            try:
+                return await self.get(tenant_id)
+            except errors.NotFound:
+                return None
+
+        ordered = sorted(tenant_ids)
+        return dict(zip(ordered, await asyncio.gather(*(one(t) for t in ordered)), strict=True))
 
 
 _DELIVERY_COLUMNS = (
@@ -142,13 +150,8 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
     async def record(self, items: list[tuple[str, str, str, str]]) -> int:
         """Record events (event_id, tenant_id, event_type, body) and their deliveries; returns how
         many deliveries are new."""
-        urls: dict[str, str] = {}
-        for _, tenant_id, _, _ in items:
-            if tenant_id not in urls:
-                try:
-                    urls[tenant_id] = (await self.tenants.get(tenant_id)).webhook_url
-                except errors.NotFound:
-                    urls[tenant_id] = ""
+        infos = await self.tenants.get_many({tenant_id for _, tenant_id, _, _ in items})
+        urls = {tenant_id: (info.webhook_url if info is not None else "") for tenant_id, info in infos.items()}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO events (event_id, tenant_id, event_type, body)"
@@ -188,17 +191,20 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, OSError) as exc:
-                log.warning("fetch failed: %s", exc)
+                log.warning("fetch failed: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
             items = []
+            valid = []
             for msg in msgs:
                 try:
                     env = json.loads(msg.data)
                     items.append(
                         (str(env["event_id"]), str(env["tenant_id"]), str(env["event_type"]), msg.data.decode())
                     )
+                    valid.append(msg)
                 except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    # Terminated, so never redelivered, and never acknowledged after that.
                     log.error("dropping a malformed event on %s", msg.subject)
                     await msg.term()
             try:
@@ -209,40 +215,53 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
                 log.warning("could not record %d events: %s", len(items), exc)
                 await asyncio.sleep(1.0)
                 continue
-            for msg in msgs:
+            for msg in valid:
                 await msg.ack()
 
     # -- sending ----------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[asyncpg.Record]:
+        """Due deliveries, at most the free slots of each endpoint, oldest first: an endpoint with
+        a backlog cannot crowd out the others. A row another sender leased meanwhile is skipped
+        (the UPDATE re-checks the lease)."""
+        busy = [url for url, n in self.in_flight.items() if n >= self.settings.webhook_per_endpoint_max]
         return await self.pool.fetch(
             "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $1)"
             " FROM events e"
-            " WHERE e.event_id = d.event_id AND d.delivery_id IN ("
-            "   SELECT delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
-            "   AND (lease_until IS NULL OR lease_until < now()) ORDER BY next_attempt_at LIMIT $2"
-            "   FOR UPDATE SKIP LOCKED)"
+            " WHERE e.event_id = d.event_id AND d.status = 'pending'"
+            " AND (d.lease_until IS NULL OR d.lease_until < now()) AND d.delivery_id IN ("
+            "   SELECT delivery_id FROM ("
+            "     SELECT delivery_id, next_attempt_at,"
+            "            row_number() OVER (PARTITION BY url ORDER BY next_attempt_at) AS n"
+            "     FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
+            "     AND (lease_until IS NULL OR lease_until < now()) AND url <> ALL($3::text[])"
+            "   ) due WHERE n <= $4 ORDER BY next_attempt_at LIMIT $2)"
             " RETURNING d.delivery_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body",
             self.lease_s,
             limit,
+            busy,
+            self.settings.webhook_per_endpoint_max,
         )
 
     async def send_loop(self) -> None:
         while True:
             free = self.settings.webhook_concurrency_max - sum(self.in_flight.values())
             rows = await self.claim(free) if free > 0 else []
+            infos = await self.tenants.get_many({r["tenant_id"] for r in rows}) if rows else {}
+            handed_back = []
             for row in rows:
                 url = row["url"]
                 if self.in_flight.get(url, 0) >= self.settings.webhook_per_endpoint_max:
-                    # This endpoint is busy: leave it for the next round, others go ahead.
-                    await self.pool.execute(
-                        "UPDATE deliveries SET lease_until = NULL WHERE delivery_id = $1", row["delivery_id"]
-                    )
+                    handed_back.append(row["delivery_id"])  # its endpoint filled up: next round
                     continue
                 self.in_flight[url] = self.in_flight.get(url, 0) + 1
-                task = asyncio.ensure_future(self._send(row))
+                task = asyncio.ensure_future(self._send(row, infos.get(row["tenant_id"])))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+            if handed_back:
+                await self.pool.execute(
+                    "UPDATE deliveries SET lease_until = NULL WHERE delivery_id = ANY($1::text[])", handed_back
+                )
             if not rows:
                 self.wake.clear()
                 try:
@@ -252,10 +271,10 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             elif free <= len(rows):
                 await asyncio.sleep(0.01)
 
-    async def _send(self, row: asyncpg.Record) -> None:
+    async def _send(self, row: asyncpg.Record, info: tenants_pb2.WebhookSecrets | None) -> None:
         url = row["url"]
         try:
-            await self._attempt(row)
+            await self._attempt(row, info)
         except Exception:
             log.exception("delivery %s crashed", row["delivery_id"])
         finally:
@@ -264,17 +283,19 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
                 del self.in_flight[url]
             self.wake.set()
 
-    async def _attempt(self, row: asyncpg.Record) -> None:
+    async def _attempt(self, row: asyncpg.Record, info: tenants_pb2.WebhookSecrets | None) -> None:
         started = datetime.datetime.now(datetime.UTC)
         t0 = time.monotonic()
         status_code: int | None = None
         body_text = ""
         error = ""
         try:
-            info = await self.tenants.get(row["tenant_id"])
+            if info is None:
+                raise RefusedAddress("refused: the tenant no longer exists")
             body = row["body"].encode()
             event_id = json.loads(body)["event_id"]
-            production = info.environment == "production"
+            # Production tenants, and every tenant of a production deployment: no private targets.
+            production = info.environment == "production" or self.settings.environment == "production"
             parsed = urllib.parse.urlsplit(row["url"])
             if production:
                 if parsed.scheme != "https":
@@ -416,7 +437,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             raise errors.InvalidRequest("since is required", error_code="MISSING_PARAMETER")
         result = await self.pool.execute(
             "UPDATE deliveries SET status = 'pending', cycle_attempts = 0, next_attempt_at = now(), updated_at = now()"
-            " WHERE status = 'failed' AND ($1 = '' OR tenant_id = $1) AND created_at >= $2",
+            " WHERE status = 'failed' AND ($1 = '' OR tenant_id = $1) AND updated_at >= $2",
             request.tenant_id,
             request.since.ToDatetime(tzinfo=datetime.UTC),
         )
