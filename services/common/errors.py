@@ -221,6 +221,18 @@ def from_grpc(code: grpc.StatusCode, details: str | None, trailing: Any) -> Invo
     )
 
 
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    return int(code.value[0])
+
+
+def from_code_number(number: int, message: str, metadata: Any) -> InvoError:
+    """Rebuild an error carried inside a batch answer (status number, message, metadata pairs)."""
+    return from_grpc(_CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN), message, metadata)
+
+
 def for_http_status(status: int, message: str) -> InvoError:
     """The error an HTTP status (an aiohttp routing 404/405/413, say) is rendered as."""
     return _BY_HTTP_STATUS.get(status, Internal)(message)

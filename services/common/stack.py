@@ -184,7 +184,8 @@ class Stack:
 
     def _start(self) -> None:
         sec = self._secrets()
-        env = dict(self.base_env)
+        # extra_env first too: a port or setting given there must shape the choices below.
+        env = {**self.base_env, **self.extra_env}
         env["INVO_HOME"] = str(self.home)
         env.setdefault("INVO_ENVIRONMENT", "development")
         env.setdefault("INVO_ADMIN_TOKEN", sec["admin_token"])

@@ -149,6 +149,7 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("gateway shutting down")
         await runner.cleanup()
+        await app[CTX].close()
         await backends.close()
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
 from services.common import errors, grpcutil, ids, money
+from services.common.logs import request_id_var
 from services.common.players import normalize_email
 from services.gateway.context import ctx_of
 from services.gateway.http import get_int, get_str, invalid, json_response, read_json, reject_unknown
@@ -126,8 +127,7 @@ async def purchase_item(request: web.Request) -> web.Response:
     price = _amount(body, "price")
     quantity = get_int(body, "quantity", lo=1, hi=1000) or 1
     key = _idempotency_key(body, required=True) or ""
-    resp: ledger_pb2.PurchaseItemResponse = await ctx.backends.call(
-        ctx.backends.ledger.PurchaseItem,
+    resp = await ctx.purchases.submit(
         ledger_pb2.PurchaseItemRequest(
             tenant_id=tenant.tenant_id,
             player_email=email,
@@ -139,6 +139,7 @@ async def purchase_item(request: web.Request) -> web.Response:
             metadata_json=_metadata(body),
             network_fee_bps=tenant.network_fee_bps,
             currency_name=tenant.currency_name,
+            request_id=request_id_var.get(),
         ),
     )
     return json_response(
@@ -165,11 +166,8 @@ async def player_balance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
     email = _email(request.query.get("player_email"))
-    resp = await ctx.backends.call(
-        ctx.backends.ledger.GetBalances,
-        ledger_pb2.GetBalancesRequest(accounts=[_player_account(tenant.tenant_id, email)]),
-    )
-    return json_response(_balance_json(email, resp.balances[0], tenant.currency_name))
+    balance = await ctx.balances.submit(_player_account(tenant.tenant_id, email))
+    return json_response(_balance_json(email, balance, tenant.currency_name))
 
 
 @public.post("/api/players/balances")

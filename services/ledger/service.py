@@ -18,6 +18,7 @@ from services.common import errors, money
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
+from services.common.logs import request_id_var
 from services.ledger import chart
 from services.ledger.engine import Engine, Op
 
@@ -219,6 +220,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 },
                 extra={"total": total, "partner_amount": partner, "network_fee": fee, "player": player},
                 event=event,
+                request_id=request.request_id or request_id_var.get(),
             )
         )
         return ledger_pb2.PurchaseItemResponse(
@@ -230,6 +232,26 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             duplicate=bool(result["duplicate"]),
             created_at=_ts_iso(result["created_at"]),
         )
+
+    async def PurchaseItems(self, request: ledger_pb2.PurchaseItemsRequest, context: Any) -> Any:
+        if len(request.items) > BALANCES_MAX:
+            raise errors.InvalidRequest(f"at most {BALANCES_MAX} purchases at once")
+
+        async def one(item: ledger_pb2.PurchaseItemRequest) -> ledger_pb2.PurchaseItemResult:
+            try:
+                return ledger_pb2.PurchaseItemResult(ok=await self.PurchaseItem(item, context))
+            except errors.InvoError as exc:
+                return ledger_pb2.PurchaseItemResult(
+                    error=ledger_pb2.ItemError(
+                        grpc_code=errors.code_number(exc.grpc_code),
+                        message=exc.message,
+                        metadata=[ledger_pb2.MetadataEntry(key=k, value=v) for k, v in errors.to_grpc_metadata(exc)],
+                    )
+                )
+
+        # Every item goes to the engine at once, so they share its next batches.
+        results = await asyncio.gather(*(one(item) for item in request.items))
+        return ledger_pb2.PurchaseItemsResponse(results=results)
 
     async def Transfer(self, request: ledger_pb2.TransferRequest, context: Any) -> Any:
         tenant_id = _tenant(request.tenant_id)
