@@ -61,24 +61,15 @@ async def emit(conn: asyncpg.Connection, *, tenant_id: str, event_type: str, dat
     return event_id
 
 
-async def emit_many(conn: asyncpg.Connection, items: list[tuple[str, str, str]]) -> list[str]:
-    """Write several events in one statement: (tenant_id, event_type, data as JSON text)."""
-    if not conn.is_in_transaction():
-        raise RuntimeError("events.emit_many must run inside the transaction of the change it announces")
+def outbox_rows(items: list[tuple[str, str, str]]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Outbox columns (event_id, tenant_id, event_type, body) for (tenant_id, event_type, data
+    as JSON text) items, for a caller that writes them inside a larger statement of its own."""
     event_ids = [ids.new_id("evt") for _ in items]
     bodies = [
         envelope(event_id=eid, event_type=etype, tenant_id=tid, data=json.loads(data))
         for eid, (tid, etype, data) in zip(event_ids, items, strict=True)
     ]
-    await conn.execute(
-        "INSERT INTO outbox (event_id, tenant_id, event_type, body)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])",
-        event_ids,
-        [tid for tid, _, _ in items],
-        [etype for _, etype, _ in items],
-        bodies,
-    )
-    return event_ids
+    return event_ids, [tid for tid, _, _ in items], [etype for _, etype, _ in items], bodies
 
 
 def subject(prefix: str, tenant_id: str, event_type: str) -> str:

@@ -283,20 +283,22 @@ class Engine:
             return
         infos = {code: chart.parse(code) for code in codes}
         ordered = sorted(codes)
-        await conn.execute(
-            "INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
-            " ON CONFLICT (code) DO NOTHING",
+        # One round trip: new accounts come back from the INSERT, existing ones from the table
+        # (the SELECT cannot see the CTE's rows: same snapshot, so nothing is read twice).
+        rows = await conn.fetch(
+            "WITH new AS ("
+            "  INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
+            "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
+            "  ON CONFLICT (code) DO NOTHING"
+            "  RETURNING id, code, debits_posted, credits_posted, debits_pending, credits_pending)"
+            " SELECT * FROM new UNION ALL"
+            " SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending"
+            " FROM accounts WHERE code = ANY($1::text[])",
             ordered,
             [infos[c].kind for c in ordered],
             [infos[c].tenant_id for c in ordered],
             [infos[c].player_email for c in ordered],
             [infos[c].constrained for c in ordered],
-        )
-        rows = await conn.fetch(
-            "SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending"
-            " FROM accounts WHERE code = ANY($1::text[])",
-            ordered,
         )
         for r in rows:
             b.accounts[r["code"]] = _Account(
@@ -402,39 +404,40 @@ class Engine:
         }
 
     async def _write(self, conn: asyncpg.Connection, b: _Batch) -> None:
+        """Everything the batch writes, in one statement (data-modifying CTEs all run, and the
+        foreign keys are checked at its end): one round trip instead of one per table."""
+        stmt = _Statement()
         if b.txn_rows:
-            cols = list(zip(*b.txn_rows, strict=True))
-            await conn.execute(
+            stmt.add(
                 "INSERT INTO transactions (id, tenant_id, kind, status, postings, metadata, expires_at, created_at)"
-                " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, $8"
-                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-                " $7::timestamptz[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at)",
-                *[list(c) for c in cols],
+                " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, {7}"
+                " FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::text[], {4}::text[], {5}::text[],"
+                " {6}::timestamptz[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at)",
+                *[list(c) for c in zip(*b.txn_rows, strict=True)],
                 b.now,
             )
         if b.txn_status_updates:
-            await conn.execute(
-                "UPDATE transactions t SET status = u.status, resolved_at = $3"
-                " FROM unnest($1::text[], $2::text[]) AS u(id, status) WHERE t.id = u.id AND t.status = 'pending'",
+            stmt.add(
+                "UPDATE transactions t SET status = u.status, resolved_at = {2}"
+                " FROM unnest({0}::text[], {1}::text[]) AS u(id, status) WHERE t.id = u.id AND t.status = 'pending'",
                 [u[0] for u in b.txn_status_updates],
                 [u[1] for u in b.txn_status_updates],
                 b.now,
             )
         if b.entry_rows:
-            cols = list(zip(*b.entry_rows, strict=True))
-            await conn.execute(
+            stmt.add(
                 "INSERT INTO entries (txn_id, tenant_id, account_id, amount, balance_after, created_at)"
-                " SELECT e.*, $6 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])"
+                " SELECT e.*, {5} FROM unnest({0}::text[], {1}::text[], {2}::bigint[], {3}::bigint[], {4}::bigint[])"
                 " AS e(txn_id, tenant_id, account_id, amount, balance_after)",
-                *[list(c) for c in cols],
+                *[list(c) for c in zip(*b.entry_rows, strict=True)],
                 b.now,
             )
         dirty = [a for a in b.accounts.values() if a.dirty]
         if dirty:
-            await conn.execute(
+            stmt.add(
                 "UPDATE accounts a SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,"
-                " credits_pending = u.cpe, updated_at = $6"
-                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])"
+                " credits_pending = u.cpe, updated_at = {5}"
+                " FROM unnest({0}::bigint[], {1}::bigint[], {2}::bigint[], {3}::bigint[], {4}::bigint[])"
                 " AS u(id, dp, cp, dpe, cpe) WHERE a.id = u.id",
                 [a.id for a in dirty],
                 [a.debits_posted for a in dirty],
@@ -444,13 +447,39 @@ class Engine:
                 b.now,
             )
         if b.idem_rows:
-            cols = list(zip(*b.idem_rows, strict=True))
-            await conn.execute(
+            stmt.add(
                 "INSERT INTO idempotency (scope, key, request_hash, txn_id, result)"
                 " SELECT i.scope, i.key, i.h, i.txn_id, i.result::jsonb"
-                " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])"
+                " FROM unnest({0}::text[], {1}::text[], {2}::bytea[], {3}::text[], {4}::text[])"
                 " AS i(scope, key, h, txn_id, result)",
-                *[list(c) for c in cols],
+                *[list(c) for c in zip(*b.idem_rows, strict=True)],
             )
         if b.events:
-            await events.emit_many(conn, b.events)
+            event_ids, tenant_ids, types, bodies = events.outbox_rows(b.events)
+            stmt.add(
+                "INSERT INTO outbox (event_id, tenant_id, event_type, body)"
+                " SELECT * FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::text[])",
+                event_ids,
+                tenant_ids,
+                types,
+                bodies,
+            )
+        if stmt.parts:
+            await conn.execute(stmt.sql(), *stmt.args)
+
+
+class _Statement:
+    """Several data-modifying statements as the CTEs of one. Each part numbers its own
+    parameters {0}, {1}, ...; they become $n in the whole."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, sql: str, *args: Any) -> None:
+        base = len(self.args)
+        self.parts.append(sql.format(*[f"${base + i + 1}" for i in range(len(args))]))
+        self.args.extend(args)
+
+    def sql(self) -> str:
+        return "WITH " + ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self.parts)) + " SELECT 1"
