@@ -12,6 +12,7 @@ turns a failed status back into the `InvoError` the server raised.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 import time
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -160,6 +162,15 @@ def channel(addr: str) -> grpc.aio.Channel:
 
 
 T = TypeVar("T")
+
+
+def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp of an aware datetime (None stays None, an unset field)."""
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import re
@@ -14,7 +13,7 @@ import asyncpg
 from google.protobuf import timestamp_pb2
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
-from services.common import errors, money
+from services.common import errors, grpcutil, money
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
@@ -43,12 +42,7 @@ EXPIRY_BATCH = 500
 PROBLEMS_MAX = 100
 
 
-def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = grpcutil.timestamp
 
 
 def _ts_iso(text: str) -> timestamp_pb2.Timestamp:

@@ -28,7 +28,6 @@ import re
 from typing import Any
 
 import asyncpg
-from google.protobuf import timestamp_pb2
 from invo.v1 import ledger_pb2, ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
 
 from services.common import errors, events, grpcutil, ids, money
@@ -76,17 +75,21 @@ class VelocityLimitExceeded(errors.RateLimited):
     default_error_code = "VELOCITY_LIMIT_EXCEEDED"
 
 
-def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = grpcutil.timestamp
 
 
 def identity_id(key: str, email: str) -> str:
     """A stable pseudonym of the person behind an email, the same in every tenant; never the email."""
     return hmac.new(key.encode(), email.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def _first_sight(conn: asyncpg.Connection, processor_event: tuple[str, str]) -> bool:
+    """Record a processor event (id, type); False if it was recorded before (a replay)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO processor_events (event_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING event_id",
+        *processor_event,
+    )
+    return inserted is not None
 
 
 _ORDER_COLUMNS = (
@@ -247,14 +250,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         )
         balance = next((b.balance for b in result.balances if b.account == player), None)
         async with self.pool.acquire() as conn, conn.transaction():
-            if processor_event is not None:
-                inserted = await conn.fetchval(
-                    "INSERT INTO processor_events (event_id, type) VALUES ($1, $2)"
-                    " ON CONFLICT DO NOTHING RETURNING event_id",
-                    *processor_event,
-                )
-                if inserted is None:
-                    return await self._get(row["order_id"]), True
+            if processor_event is not None and not await _first_sight(conn, processor_event):
+                return await self._get(row["order_id"]), True
             done = await self._transition(
                 conn,
                 row["order_id"],
@@ -289,14 +286,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         processor_event: tuple[str, str] | None = None,
     ) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():
-            if processor_event is not None:
-                inserted = await conn.fetchval(
-                    "INSERT INTO processor_events (event_id, type) VALUES ($1, $2)"
-                    " ON CONFLICT DO NOTHING RETURNING event_id",
-                    *processor_event,
-                )
-                if inserted is None:
-                    return await self._get(row["order_id"])
+            if processor_event is not None and not await _first_sight(conn, processor_event):
+                return await self._get(row["order_id"])
             failure_code = outcome.failure_code or ("payment_canceled" if to_status == "cancelled" else "card_declined")
             done = await self._transition(
                 conn,
@@ -320,9 +311,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             return done
 
     async def _record_event_only(self, processor_event: tuple[str, str]) -> None:
-        await self.pool.execute(
-            "INSERT INTO processor_events (event_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING", *processor_event
-        )
+        async with self.pool.acquire() as conn:
+            await _first_sight(conn, processor_event)
 
     async def _requires_action(self, row: asyncpg.Record, outcome: Outcome, *, source: str) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():

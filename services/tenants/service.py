@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import re
@@ -10,10 +9,9 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
-from google.protobuf import timestamp_pb2
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
-from services.common import crypto, errors, ids
+from services.common import crypto, errors, grpcutil, ids
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.logs import request_id_var
@@ -38,12 +36,7 @@ _TENANT_COLUMNS = (
 _KEY_COLUMNS = "key_id, tenant_id, prefix, environment, created_at, expires_at, revoked_at"
 
 
-def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = grpcutil.timestamp
 
 
 def tenant_message(row: asyncpg.Record) -> tenants_pb2.Tenant:

@@ -31,7 +31,6 @@ import aiohttp
 import asyncpg
 import nats
 from aiohttp.abc import AbstractResolver, ResolveResult
-from google.protobuf import timestamp_pb2
 from invo.v1 import tenants_pb2, tenants_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -49,12 +48,7 @@ SEND_POLL_S = 0.2
 USER_AGENT = "INVO-Webhooks/1.0"
 
 
-def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = grpcutil.timestamp
 
 
 class RefusedAddress(OSError):
