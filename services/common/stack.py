@@ -367,6 +367,8 @@ def _banner(stack: Stack) -> str:
         f'  curl -H "X-Game-Secret-Key: {key}" {stack.gateway_url}/api/tenant',
         "",
         "gRPC services: " + ", ".join(f"{n} {env[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
+        f"Card processor: {env['INVO_PROCESSOR_API_BASE']}"
+        + (" (the simulator; test cards such as pm_card_visa)" if stack.use_simulator else ""),
         f"Logs: {stack.logs}/<service>.log",
     ]
     return "\n".join(lines)
