@@ -187,27 +187,29 @@ class Bench:
             by_tenant.setdefault(tenants[w % len(tenants)]["tenant_id"], []).append(email)
         for tenant_id, emails in by_tenant.items():
             await self.fund(tenant_id, emails)
-        assert self.http is not None
-        http = self.http
 
         async def request(w: int, i: int) -> bool:
-            t = tenants[w % len(tenants)]
-            body = {
-                "player_email": players[w],
-                "item_id": "bench_item",
-                "item_name": "Bench Item",
-                "price": "0.01",
-                "idempotency_key": f"{name}-{self.run_id}-{w}-{i}",
-            }
-            async with http.post(
-                self.gateway + "/api/item-purchases/purchase-item",
-                json=body,
-                headers={"X-Game-Secret-Key": t["sdk_key"]},
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
+            return await self._purchase(
+                tenants[w % len(tenants)]["sdk_key"], players[w], f"{name}-{self.run_id}-{w}-{i}"
+            )
 
         return await drive(name, self.duration_s, self.concurrency, request)
+
+    async def _purchase(self, sdk_key: str, email: str, idempotency_key: str) -> bool:
+        """One item purchase of 0.01 unit through the gateway; True when it succeeded."""
+        assert self.http is not None
+        body = {
+            "player_email": email,
+            "item_id": "bench_item",
+            "item_name": "Bench Item",
+            "price": "0.01",
+            "idempotency_key": idempotency_key,
+        }
+        async with self.http.post(
+            self.gateway + "/api/item-purchases/purchase-item", json=body, headers={"X-Game-Secret-Key": sdk_key}
+        ) as resp:
+            await resp.read()
+            return resp.status == 200
 
     async def balance_reads(self) -> Run:
         t = await self.tenant()
@@ -289,27 +291,12 @@ class Bench:
             for k, t in enumerate(tenants):
                 await self.fund(t["tenant_id"], players[k::WEBHOOK_ENDPOINTS])
             received.clear()
-            assert self.http is not None
-            http = self.http
             # Held requests must not time out (10 s per attempt): make the backlog quickly.
             produce_s = min(self.duration_s, 6.0)
 
             async def request(w: int, i: int) -> bool:
                 t = tenants[w % WEBHOOK_ENDPOINTS]
-                body = {
-                    "player_email": players[w],
-                    "item_id": "hook",
-                    "item_name": "Hook",
-                    "price": "0.01",
-                    "idempotency_key": f"wh-{self.run_id}-{w}-{i}",
-                }
-                async with http.post(
-                    self.gateway + "/api/item-purchases/purchase-item",
-                    json=body,
-                    headers={"X-Game-Secret-Key": t["sdk_key"]},
-                ) as resp:
-                    await resp.read()
-                    return resp.status == 200
+                return await self._purchase(t["sdk_key"], players[w], f"wh-{self.run_id}-{w}-{i}")
 
             produced = await drive("webhook-delivery (events)", produce_s, self.concurrency, request)
             expected = len(produced.latencies_s) - produced.errors

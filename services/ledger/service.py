@@ -105,6 +105,15 @@ def _kind(kind: str) -> str:
     return kind
 
 
+def _postings_request(request: Any) -> tuple[str, str, str, list[tuple[str, int]], dict[str, Any], str]:
+    """What a Transfer and a CreateHold share, checked: (tenant_id, idempotency scope, key,
+    postings, metadata, kind)."""
+    tenant_id = _tenant(request.tenant_id)
+    namespace, key = _idempotency(request.idempotency)
+    postings = _postings(request.postings)
+    return tenant_id, f"{tenant_id}:{namespace}", key, postings, _metadata(request.metadata_json), _kind(request.kind)
+
+
 def _event(event_type: str, data_json: str) -> tuple[str, dict[str, Any]] | None:
     if not event_type:
         return None
@@ -248,15 +257,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.PurchaseItemsResponse(results=results)
 
     async def Transfer(self, request: ledger_pb2.TransferRequest, context: Any) -> Any:
-        tenant_id = _tenant(request.tenant_id)
-        scope_ns, key = _idempotency(request.idempotency)
-        postings = _postings(request.postings)
+        tenant_id, scope, key, postings, metadata, kind = _postings_request(request)
         allow_debt = frozenset(request.allow_debt)
         codes = {c for c, _ in postings}
         if not allow_debt <= codes or any(chart.parse(c).kind != "player" for c in allow_debt):
             raise errors.InvalidRequest("allow_debt names only player accounts of this transaction")
-        metadata = _metadata(request.metadata_json)
-        kind = _kind(request.kind)
         event = _event(request.event_type, request.event_data_json)
         digest = request_hash(
             {
@@ -271,7 +276,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             Op(
                 kind="transfer",
                 tenant_id=tenant_id,
-                scope=f"{tenant_id}:{scope_ns}",
+                scope=scope,
                 key=key,
                 request_hash=digest,
                 txn_kind=kind,
@@ -284,13 +289,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return _result_message(result)
 
     async def CreateHold(self, request: ledger_pb2.CreateHoldRequest, context: Any) -> Any:
-        tenant_id = _tenant(request.tenant_id)
-        scope_ns, key = _idempotency(request.idempotency)
-        postings = _postings(request.postings)
+        tenant_id, scope, key, postings, metadata, kind = _postings_request(request)
         if not 1 <= request.expires_in_ms <= HOLD_EXPIRY_MS_MAX:
             raise errors.InvalidRequest("expires_in_ms must be from 1 ms to 30 days")
-        metadata = _metadata(request.metadata_json)
-        kind = _kind(request.kind)
         digest = request_hash(
             {"op": "hold", "kind": kind, "postings": postings, "metadata": metadata, "expires": request.expires_in_ms}
         )
@@ -298,7 +299,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             Op(
                 kind="hold",
                 tenant_id=tenant_id,
-                scope=f"{tenant_id}:{scope_ns}",
+                scope=scope,
                 key=key,
                 request_hash=digest,
                 txn_kind=kind,
