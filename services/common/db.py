@@ -115,6 +115,13 @@ def service_migrations(service: str, directory: pathlib.Path, *, outbox: bool) -
     return found
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection skips asyncpg's reset query (`RESET ALL; UNLISTEN *; CLOSE ALL;
+    pg_advisory_unlock_all()`), a round trip on every release. Pooled connections carry no session
+    state to undo: settings are `SET LOCAL`, advisory locks `pg_advisory_xact_lock`, cursors live
+    inside transactions, and nothing LISTENs. asyncpg still rolls back an open transaction first."""
+
+
 async def create_pool(
     database_url: str,
     schema: str,
@@ -129,6 +136,7 @@ async def create_pool(
         min_size=1,
         max_size=max_size,
         timeout=10.0,
+        reset=_keep_session,
         command_timeout=max(1.0, statement_timeout_ms / 1000 + 1.0),
         server_settings={
             "search_path": schema,
