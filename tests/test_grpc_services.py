@@ -12,6 +12,7 @@ from invo.v1 import tenants_pb2, tenants_pb2_grpc
 from services.common import errors, grpcutil
 from services.common.config import SERVICES
 from services.common.stack import Stack
+from tests.helpers import Api
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -84,5 +85,44 @@ async def test_an_unreachable_service_is_unavailable_without_leaking_addresses()
         with pytest.raises(errors.Unavailable) as info:
             await grpcutil.call(stub.GetTenant, tenants_pb2.GetTenantRequest(tenant_id="tn_x"), timeout_s=2)
         assert "127.0.0.1" not in info.value.message
+    finally:
+        await ch.close()
+
+
+async def test_webhook_targets_come_in_one_call_and_secrets_only_when_asked(stack: Stack, api: Api) -> None:
+    a = await api.create_tenant(webhook_url="https://a.example.com/hook")
+    b = await api.create_tenant()  # no webhook URL
+    rotated = await api.post(
+        f"/admin/tenants/{a['tenant_id']}/webhook-secret/rotate", admin=True, json={"overlap_seconds": 60}
+    )
+    assert rotated.status == 201
+    new_secret = rotated.body["webhook_signing_secret"]
+    ch = grpcutil.channel(stack.env["INVO_TENANTS_ADDR"])
+    try:
+        stub = tenants_pb2_grpc.TenantsServiceStub(ch)
+        ids = [a["tenant_id"], b["tenant_id"], "tn_" + "0" * 26, "not-an-id"]
+        urls_only = await grpcutil.call(
+            stub.GetWebhookTargets, tenants_pb2.GetWebhookTargetsRequest(tenant_ids=ids), timeout_s=5
+        )
+        assert set(urls_only.targets) == {a["tenant_id"], b["tenant_id"]}  # unknown ids are left out
+        assert urls_only.targets[a["tenant_id"]].webhook_url == "https://a.example.com/hook"
+        assert urls_only.targets[b["tenant_id"]].webhook_url == ""
+        assert not any(t.secrets for t in urls_only.targets.values())
+
+        full = await grpcutil.call(
+            stub.GetWebhookTargets,
+            tenants_pb2.GetWebhookTargetsRequest(tenant_ids=ids, include_secrets=True),
+            timeout_s=5,
+        )
+        # Newest first, both during the overlap.
+        assert list(full.targets[a["tenant_id"]].secrets) == [new_secret, a["webhook_signing_secret"]]
+        assert list(full.targets[b["tenant_id"]].secrets) == [b["webhook_signing_secret"]]
+
+        with pytest.raises(errors.InvalidRequest):
+            await grpcutil.call(
+                stub.GetWebhookTargets,
+                tenants_pb2.GetWebhookTargetsRequest(tenant_ids=[a["tenant_id"]] * 1001),
+                timeout_s=5,
+            )
     finally:
         await ch.close()

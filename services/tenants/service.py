@@ -24,6 +24,7 @@ SDK_KEY_LEN_MAX = 100
 KEYS_PER_TENANT_MAX = 20
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 ROTATION_OVERLAP_S_MAX = 30 * 86400
+WEBHOOK_TARGETS_MAX = 1000
 TENANT_ID_RE = re.compile(r"^tn_[0-9A-Z]{26}$")
 KEY_ID_RE = re.compile(r"^key_[0-9A-Z]{26}$")
 
@@ -297,19 +298,33 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
 
     # -- webhook signing secrets ----------------------------------------------------------
 
-    async def GetWebhookSecrets(self, request: tenants_pb2.GetWebhookSecretsRequest, context: Any) -> Any:
-        tenant = await self._get_tenant_row(request.tenant_id)
-        rows = await self.pool.fetch(
-            "SELECT data_key_id, sealed FROM webhook_secrets WHERE tenant_id = $1"
-            " AND (expires_at IS NULL OR expires_at > now()) ORDER BY created_at DESC LIMIT 5",
-            request.tenant_id,
+    async def GetWebhookTargets(self, request: tenants_pb2.GetWebhookTargetsRequest, context: Any) -> Any:
+        if len(request.tenant_ids) > WEBHOOK_TARGETS_MAX:
+            raise errors.InvalidRequest(f"at most {WEBHOOK_TARGETS_MAX} tenant_ids per call")
+        wanted = sorted({t for t in request.tenant_ids if TENANT_ID_RE.match(t)})
+        tenants = await self.pool.fetch(
+            "SELECT tenant_id, webhook_url, environment, status FROM tenants WHERE tenant_id = ANY($1::text[])", wanted
         )
-        return tenants_pb2.WebhookSecrets(
-            secrets=[self.keyring.open(r["data_key_id"], bytes(r["sealed"]), aad=request.tenant_id) for r in rows],
-            webhook_url=tenant["webhook_url"],
-            environment=tenant["environment"],
-            status=tenant["status"],
-        )
+        out = {
+            r["tenant_id"]: tenants_pb2.WebhookSecrets(
+                webhook_url=r["webhook_url"], environment=r["environment"], status=r["status"]
+            )
+            for r in tenants
+        }
+        if request.include_secrets and out:
+            rows = await self.pool.fetch(
+                "SELECT tenant_id, data_key_id, sealed FROM ("
+                "  SELECT tenant_id, data_key_id, sealed,"
+                "         row_number() OVER (PARTITION BY tenant_id ORDER BY created_at DESC) AS n"
+                "  FROM webhook_secrets WHERE tenant_id = ANY($1::text[])"
+                "  AND (expires_at IS NULL OR expires_at > now())"
+                ") s WHERE n <= 5 ORDER BY tenant_id, n",
+                list(out),
+            )
+            for r in rows:
+                tenant_id = r["tenant_id"]
+                out[tenant_id].secrets.append(self.keyring.open(r["data_key_id"], bytes(r["sealed"]), aad=tenant_id))
+        return tenants_pb2.GetWebhookTargetsResponse(targets=out)
 
     async def RotateWebhookSecret(self, request: tenants_pb2.RotateWebhookSecretRequest, context: Any) -> Any:
         await self._get_tenant_row(request.tenant_id)

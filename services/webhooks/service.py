@@ -42,9 +42,13 @@ from services.common.signing import signature_header
 log = logging.getLogger("invo.webhooks")
 
 FETCH_BATCH = 200
+# After a short batch, wait this long before fetching again, so that a steady stream of events is
+# recorded in batches of dozens (one tenants lookup and one insert each) rather than a few at a time.
+CONSUME_LINGER_S = 0.05
 RESPONSE_BODY_MAX = 1024
 LIST_LIMIT_MAX = 100
 SEND_POLL_S = 0.2
+TENANT_LOOKUP_BATCH = 1000  # the tenants service's limit per GetWebhookTargets call
 USER_AGENT = "INVO-Webhooks/1.0"
 
 
@@ -83,31 +87,34 @@ class PublicOnlyResolver(AbstractResolver):
 
 
 class TenantCache:
-    """Tenants' webhook settings, read fresh for each batch or send round (one call per tenant in
-    it, never cached across rounds): a rotated secret or a changed URL applies to the very next
-    delivery."""
+    """Tenants' webhook settings, read fresh for each batch or send round (one call for all the
+    tenants in it, never cached across rounds): a rotated secret or a changed URL applies to the
+    very next delivery."""
 
     def __init__(self, stub: Any, timeout_s: float) -> None:
         self.stub = stub
         self.timeout_s = timeout_s
 
     async def get(self, tenant_id: str) -> tenants_pb2.WebhookSecrets:
-        info: tenants_pb2.WebhookSecrets = await grpcutil.call(
-            self.stub.GetWebhookSecrets,
-            tenants_pb2.GetWebhookSecretsRequest(tenant_id=tenant_id),
-            timeout_s=self.timeout_s,
-        )
+        info = (await self.get_many({tenant_id}, secrets=False)).get(tenant_id)
+        if info is None:
+            raise errors.NotFound("No such tenant.", error_code="TENANT_NOT_FOUND")
         return info
 
-    async def get_many(self, tenant_ids: set[str]) -> dict[str, tenants_pb2.WebhookSecrets | None]:
-        async def one(tenant_id: str) -> tenants_pb2.WebhookSecrets | None:
-            try:
-                return await self.get(tenant_id)
-            except errors.NotFound:
-                return None
-
+    async def get_many(self, tenant_ids: set[str], *, secrets: bool) -> dict[str, tenants_pb2.WebhookSecrets]:
+        """The tenants that exist, by id; the signing secrets only when `secrets` (for sending)."""
+        found: dict[str, tenants_pb2.WebhookSecrets] = {}
         ordered = sorted(tenant_ids)
-        return dict(zip(ordered, await asyncio.gather(*(one(t) for t in ordered)), strict=True))
+        for i in range(0, len(ordered), TENANT_LOOKUP_BATCH):
+            resp: tenants_pb2.GetWebhookTargetsResponse = await grpcutil.call(
+                self.stub.GetWebhookTargets,
+                tenants_pb2.GetWebhookTargetsRequest(
+                    tenant_ids=ordered[i : i + TENANT_LOOKUP_BATCH], include_secrets=secrets
+                ),
+                timeout_s=self.timeout_s,
+            )
+            found.update(resp.targets)
+        return found
 
 
 _DELIVERY_COLUMNS = (
@@ -144,8 +151,8 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
     async def record(self, items: list[tuple[str, str, str, str]]) -> int:
         """Record events (event_id, tenant_id, event_type, body) and their deliveries; returns how
         many deliveries are new."""
-        infos = await self.tenants.get_many({tenant_id for _, tenant_id, _, _ in items})
-        urls = {tenant_id: (info.webhook_url if info is not None else "") for tenant_id, info in infos.items()}
+        infos = await self.tenants.get_many({tenant_id for _, tenant_id, _, _ in items}, secrets=False)
+        urls = {tenant_id: info.webhook_url for tenant_id, info in infos.items()}
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO events (event_id, tenant_id, event_type, body)"
@@ -211,6 +218,8 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
                 continue
             for msg in valid:
                 await msg.ack()
+            if len(msgs) < FETCH_BATCH:
+                await asyncio.sleep(CONSUME_LINGER_S)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -241,7 +250,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
         while True:
             free = self.settings.webhook_concurrency_max - sum(self.in_flight.values())
             rows = await self.claim(free) if free > 0 else []
-            infos = await self.tenants.get_many({r["tenant_id"] for r in rows}) if rows else {}
+            infos = await self.tenants.get_many({r["tenant_id"] for r in rows}, secrets=True) if rows else {}
             handed_back = []
             for row in rows:
                 url = row["url"]
