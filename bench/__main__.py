@@ -33,6 +33,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from bench.client import Connection
 from services.common import db
 from services.common.devservers import free_port
 from services.common.stack import Stack, default_home
@@ -140,6 +141,8 @@ class Bench:
         self.concurrency = concurrency
         self.run_id = secrets.token_hex(4)
         self.http: aiohttp.ClientSession | None = None
+        # One keep-alive connection per simulated client, for the measured requests.
+        self.conns = [Connection(self.gateway, timeout_s=REQUEST_TIMEOUT_S) for _ in range(concurrency)]
 
     async def __aenter__(self) -> Bench:
         self.http = aiohttp.ClientSession(
@@ -151,6 +154,8 @@ class Bench:
     async def __aexit__(self, *exc: object) -> None:
         if self.http is not None:
             await self.http.close()
+        for conn in self.conns:
+            conn.close()
 
     async def _post(self, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
         assert self.http is not None
@@ -190,14 +195,13 @@ class Bench:
 
         async def request(w: int, i: int) -> bool:
             return await self._purchase(
-                tenants[w % len(tenants)]["sdk_key"], players[w], f"{name}-{self.run_id}-{w}-{i}"
+                w, tenants[w % len(tenants)]["sdk_key"], players[w], f"{name}-{self.run_id}-{w}-{i}"
             )
 
         return await drive(name, self.duration_s, self.concurrency, request)
 
-    async def _purchase(self, sdk_key: str, email: str, idempotency_key: str) -> bool:
-        """One item purchase of 0.01 unit through the gateway; True when it succeeded."""
-        assert self.http is not None
+    async def _purchase(self, w: int, sdk_key: str, email: str, idempotency_key: str) -> bool:
+        """One item purchase of 0.01 unit through the gateway by client `w`; True when it succeeded."""
         body = {
             "player_email": email,
             "item_id": "bench_item",
@@ -205,34 +209,28 @@ class Bench:
             "price": "0.01",
             "idempotency_key": idempotency_key,
         }
-        async with self.http.post(
-            self.gateway + "/api/item-purchases/purchase-item", json=body, headers={"X-Game-Secret-Key": sdk_key}
-        ) as resp:
-            await resp.read()
-            return resp.status == 200
+        status, _ = await self.conns[w].request(
+            "POST", "/api/item-purchases/purchase-item", headers={"X-Game-Secret-Key": sdk_key}, body=body
+        )
+        return status == 200
 
     async def balance_reads(self) -> Run:
         t = await self.tenant()
         players = [f"r{w}-{self.run_id}@bench.test" for w in range(self.concurrency)]
         await self.fund(t["tenant_id"], players)
-        assert self.http is not None
-        http = self.http
         headers = {"X-Game-Secret-Key": t["sdk_key"]}
 
         async def request(w: int, i: int) -> bool:
-            async with http.get(
-                self.gateway + "/api/players/balance", params={"player_email": players[w]}, headers=headers
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
+            status, _ = await self.conns[w].request(
+                "GET", "/api/players/balance", headers=headers, params={"player_email": players[w]}
+            )
+            return status == 200
 
         return await drive("balance-read", self.duration_s, self.concurrency, request)
 
     async def currency_purchases(self) -> Run:
         big = "1000000.00"
         t = await self.tenant(spending_caps={"hourly_usd": big, "daily_usd": big, "monthly_usd": big})
-        assert self.http is not None
-        http = self.http
         headers = {"X-Game-Secret-Key": t["sdk_key"]}
 
         async def request(w: int, i: int) -> bool:
@@ -243,11 +241,10 @@ class Bench:
                 "payment_method_id": "pm_card_visa",
                 "purchase_reference": f"cp-{self.run_id}-{w}-{i}",
             }
-            async with http.post(
-                self.gateway + "/api/currency-purchases/purchase-currency", json=body, headers=headers
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
+            status, _ = await self.conns[w].request(
+                "POST", "/api/currency-purchases/purchase-currency", headers=headers, body=body
+            )
+            return status == 200
 
         return await drive("currency-purchase", self.duration_s, self.concurrency, request)
 
@@ -296,7 +293,7 @@ class Bench:
 
             async def request(w: int, i: int) -> bool:
                 t = tenants[w % WEBHOOK_ENDPOINTS]
-                return await self._purchase(t["sdk_key"], players[w], f"wh-{self.run_id}-{w}-{i}")
+                return await self._purchase(w, t["sdk_key"], players[w], f"wh-{self.run_id}-{w}-{i}")
 
             produced = await drive("webhook-delivery (events)", produce_s, self.concurrency, request)
             expected = len(produced.latencies_s) - produced.errors
