@@ -6,9 +6,10 @@ only then acknowledged. A crash before the commit redelivers the batch; a crash 
 before the ack redelivers messages whose rows already exist, which are skipped. So an event
 consumed twice is never delivered twice because of it.
 
-Send: a loop claims due deliveries with a lease (`FOR UPDATE SKIP LOCKED`), POSTs them with a
-bounded concurrency overall and per endpoint, records every attempt, and schedules the next one
-by the retry schedule; after the last retry a delivery is `failed` until redelivered. A sender
+Send: a loop claims due deliveries with a lease (`FOR UPDATE SKIP LOCKED`), at most 100 times a
+second, POSTs them with a bounded concurrency overall and per endpoint, records every attempt
+(the attempts that finish together are committed together), and schedules the next one by the
+retry schedule; after the last retry a delivery is `failed` until redelivered. A sender
 that dies mid-attempt leaves a lease that runs out, and the delivery is tried again: at least
 once. Production tenants' URLs must be https and must not resolve to private, loopback or
 link-local addresses (checked after DNS resolution, at connect time).
@@ -17,6 +18,7 @@ link-local addresses (checked after DNS resolution, at connect time).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import errno
 import ipaddress
@@ -48,6 +50,10 @@ CONSUME_LINGER_S = 0.05
 RESPONSE_BODY_MAX = 1024
 LIST_LIMIT_MAX = 100
 SEND_POLL_S = 0.2
+# Between two claims, completions gather: one claim (which reads the due backlog) refills many
+# slots instead of one. It bounds claims to 100 a second.
+CLAIM_INTERVAL_S = 0.01
+OUTCOMES_BATCH_MAX = 500
 TENANT_LOOKUP_BATCH = 1000  # the tenants service's limit per GetWebhookTargets call
 USER_AGENT = "INVO-Webhooks/1.0"
 
@@ -117,6 +123,99 @@ class TenantCache:
         return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One attempt's result and what it makes of its delivery."""
+
+    delivery_id: str
+    attempt: int
+    started_at: datetime.datetime
+    status_code: int | None
+    latency_ms: int
+    response_body: str
+    error: str
+    status: str  # pending, delivered or failed
+    cycle_attempts: int
+    next_attempt_at: datetime.datetime | None
+
+
+class OutcomeWriter:
+    """Group commit for attempt outcomes: what finished while the previous batch was written goes
+    in the next one, as one statement (one round trip, one commit). `write` returns once its
+    outcome is committed, so a sender frees its slot only after the attempt is on record; if the
+    write fails the delivery keeps its lease and is tried again when the lease runs out."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._queue: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._ready = asyncio.Event()
+
+    async def write(self, outcome: Outcome) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, fut))
+        self._ready.set()
+        await fut
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            batch, self._queue = self._queue[:OUTCOMES_BATCH_MAX], self._queue[OUTCOMES_BATCH_MAX:]
+            if not self._queue:
+                self._ready.clear()
+            if not batch:
+                continue
+            try:
+                await self._write([o for o, _ in batch])
+            except Exception as exc:  # the writer must outlive any one batch
+                log.warning("could not record %d attempts together: %r", len(batch), exc)
+                # One by one, so that one bad outcome cannot keep the others off the record.
+                for item in batch if len(batch) > 1 else []:
+                    await self._write_alone(*item)
+                if len(batch) == 1 and not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _write_alone(self, outcome: Outcome, fut: asyncio.Future[None]) -> None:
+        try:
+            await self._write([outcome])
+        except Exception as exc:
+            log.warning("could not record the attempt of %s: %r", outcome.delivery_id, exc)
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(None)
+
+    async def _write(self, batch: list[Outcome]) -> None:
+        await self.pool.execute(
+            "WITH o AS (SELECT * FROM unnest($1::text[], $2::integer[], $3::timestamptz[], $4::integer[],"
+            "   $5::integer[], $6::text[], $7::text[], $8::text[], $9::integer[], $10::timestamptz[])"
+            "   AS o(delivery_id, attempt, started_at, status_code, latency_ms, response_body, error, status,"
+            "        cycle_attempts, next_attempt_at)),"
+            " a AS (INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+            "   response_body, error)"
+            "   SELECT delivery_id, attempt, started_at, status_code, latency_ms, response_body, error FROM o)"
+            " UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, cycle_attempts = o.cycle_attempts,"
+            " next_attempt_at = o.next_attempt_at, lease_until = NULL, updated_at = now(),"
+            " delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END"
+            " FROM o WHERE d.delivery_id = o.delivery_id",
+            [o.delivery_id for o in batch],
+            [o.attempt for o in batch],
+            [o.started_at for o in batch],
+            [o.status_code for o in batch],
+            [o.latency_ms for o in batch],
+            # PostgreSQL text cannot hold NUL, and a partner's answer might.
+            [o.response_body.replace("\x00", "\ufffd") for o in batch],
+            [o.error.replace("\x00", "\ufffd") for o in batch],
+            [o.status for o in batch],
+            [o.cycle_attempts for o in batch],
+            [o.next_attempt_at for o in batch],
+        )
+
+
 _DELIVERY_COLUMNS = (
     "delivery_id, event_id, tenant_id, event_type, url, status, attempts, next_attempt_at, created_at, delivered_at"
 )
@@ -127,6 +226,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
         self.pool = pool
         self.settings = settings
         self.tenants = tenants
+        self.outcomes = OutcomeWriter(pool)
         self.schedule_s = [float(x) for x in settings.webhook_retry_schedule_s.split(",") if x.strip()]
         self.lease_s = settings.webhook_timeout_s + 5.0
         self.wake = asyncio.Event()
@@ -239,7 +339,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             "     FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
             "     AND (lease_until IS NULL OR lease_until < now()) AND url <> ALL($3::text[])"
             "   ) due WHERE n <= $4 ORDER BY next_attempt_at LIMIT $2)"
-            " RETURNING d.delivery_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body",
+            " RETURNING d.delivery_id, d.event_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body",
             self.lease_s,
             limit,
             busy,
@@ -271,8 +371,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
                     await asyncio.wait_for(self.wake.wait(), timeout=SEND_POLL_S)
                 except TimeoutError:
                     pass
-            elif free <= len(rows):
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(CLAIM_INTERVAL_S)
 
     async def _send(self, row: asyncpg.Record, info: tenants_pb2.WebhookSecrets | None) -> None:
         url = row["url"]
@@ -296,7 +395,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             if info is None:
                 raise RefusedAddress("refused: the tenant no longer exists")
             body = row["body"].encode()
-            event_id = json.loads(body)["event_id"]
+            event_id = row["event_id"]
             # Production tenants, and every tenant of a production deployment: no private targets.
             production = info.environment == "production" or self.settings.environment == "production"
             parsed = urllib.parse.urlsplit(row["url"])
@@ -329,28 +428,20 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
         else:
             status = "pending"
             next_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.schedule_s[cycle - 1])
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
-                " response_body, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                row["delivery_id"],
-                row["attempts"] + 1,
-                started,
-                status_code,
-                latency_ms,
-                body_text,
-                error,
+        await self.outcomes.write(
+            Outcome(
+                delivery_id=row["delivery_id"],
+                attempt=row["attempts"] + 1,
+                started_at=started,
+                status_code=status_code,
+                latency_ms=latency_ms,
+                response_body=body_text,
+                error=error,
+                status=status,
+                cycle_attempts=cycle,
+                next_attempt_at=next_at,
             )
-            await conn.execute(
-                "UPDATE deliveries SET status = $2, attempts = attempts + 1, cycle_attempts = $3,"
-                " next_attempt_at = $4, lease_until = NULL, updated_at = now(),"
-                " delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END"
-                " WHERE delivery_id = $1",
-                row["delivery_id"],
-                status,
-                cycle,
-                next_at,
-            )
+        )
 
     # -- the API --------------------------------------------------------------------------
 
@@ -478,6 +569,7 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     await events.ensure_stream(js, stream=settings.nats_stream, subject_prefix=settings.nats_subject_prefix)
     svc.background(service.consume(js), "webhook-consumer")
     svc.background(service.send_loop(), "webhook-sender")
+    svc.background(service.outcomes.run(), "webhook-outcomes")
     svc.add(
         webhooks_pb2_grpc.add_WebhooksServiceServicer_to_server,
         service,

@@ -1,0 +1,137 @@
+"""The webhooks service records attempt outcomes in batches (group commit). Each test migrates its
+own schema with the webhooks migrations, so the running service never sees these rows."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.common import db
+from services.common.stack import Stack
+from services.webhooks.service import Outcome, OutcomeWriter
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "services" / "webhooks" / "migrations"
+
+
+@pytest.fixture
+async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    url = stack.env["INVO_DATABASE_URL"]
+    schema = f"test_outcomes_{secrets.token_hex(4)}"
+    await db.migrate_url(url, schema, db.service_migrations("webhooks", MIGRATIONS, outbox=False))
+    p = await db.create_pool(url, schema, application_name="test-outcomes", max_size=4, statement_timeout_ms=5000)
+    try:
+        yield p
+    finally:
+        await p.close()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def leased_deliveries(pool: asyncpg.Pool, n: int) -> list[str]:
+    ids = [f"whd_{i:04d}" for i in range(n)]
+    await pool.execute(
+        "INSERT INTO events (event_id, tenant_id, event_type, body)"
+        " SELECT 'evt_' || d, 'tn_x', 'item.purchased', '{}' FROM unnest($1::text[]) d",
+        ids,
+    )
+    await pool.execute(
+        "INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at,"
+        " lease_until) SELECT d, 'evt_' || d, 'tn_x', 'item.purchased', 'http://127.0.0.1:9/h', 'pending', now(),"
+        " now() + interval '1 minute' FROM unnest($1::text[]) d",
+        ids,
+    )
+    return ids
+
+
+def outcome(delivery_id: str, status: str, *, code: int | None = 200, retry_in_s: float | None = None) -> Outcome:
+    now = datetime.datetime.now(datetime.UTC)
+    return Outcome(
+        delivery_id=delivery_id,
+        attempt=1,
+        started_at=now,
+        status_code=code,
+        latency_ms=3,
+        response_body="ok" if code else "",
+        error="" if code else "ClientConnectorError: refused",
+        status=status,
+        cycle_attempts=1,
+        next_attempt_at=None if retry_in_s is None else now + datetime.timedelta(seconds=retry_in_s),
+    )
+
+
+async def test_concurrent_outcomes_are_each_recorded_once_and_release_their_lease(pool: asyncpg.Pool) -> None:
+    writer = OutcomeWriter(pool)
+    task = asyncio.ensure_future(writer.run())
+    try:
+        ids = await leased_deliveries(pool, 200)
+        # Half delivered, half failed with a retry scheduled: all finish at once.
+        await asyncio.gather(
+            *(
+                writer.write(outcome(d, "delivered") if i % 2 else outcome(d, "pending", code=None, retry_in_s=30))
+                for i, d in enumerate(ids)
+            )
+        )
+        rows = await pool.fetch("SELECT * FROM deliveries ORDER BY delivery_id")
+        assert [r["lease_until"] for r in rows] == [None] * 200
+        assert all(r["attempts"] == 1 and r["cycle_attempts"] == 1 for r in rows)
+        assert [r["status"] for r in rows] == ["pending", "delivered"] * 100
+        assert all((r["delivered_at"] is not None) == (r["status"] == "delivered") for r in rows)
+        assert all((r["next_attempt_at"] is None) == (r["status"] == "delivered") for r in rows)
+        attempts = await pool.fetch("SELECT delivery_id, status_code, error FROM delivery_attempts")
+        assert sorted(a["delivery_id"] for a in attempts) == ids  # one attempt each, none twice
+        assert {a["status_code"] for a in attempts} == {200, None}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batch_that_cannot_be_written_fails_its_writers_and_the_writer_goes_on(pool: asyncpg.Pool) -> None:
+    writer = OutcomeWriter(pool)
+    task = asyncio.ensure_future(writer.run())
+    try:
+        (good,) = await leased_deliveries(pool, 1)
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await writer.write(outcome("whd_gone", "delivered"))  # no such delivery
+        # Nothing of it was written; the delivery it would have touched keeps its lease.
+        assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 0
+        await writer.write(outcome(good, "delivered"))
+        row = await pool.fetchrow("SELECT status, lease_until FROM deliveries WHERE delivery_id = $1", good)
+        assert (row["status"], row["lease_until"]) == ("delivered", None)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_one_bad_outcome_in_a_batch_keeps_none_of_the_others_off_the_record(pool: asyncpg.Pool) -> None:
+    writer = OutcomeWriter(pool)
+    ids = await leased_deliveries(pool, 20)
+    # Queued before the writer starts, so they are one batch; one names no delivery, and one
+    # carries a partner's answer with a NUL byte in it (PostgreSQL text cannot hold NUL).
+    writes = [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[:10]]
+    writes.append(asyncio.ensure_future(writer.write(outcome("whd_gone", "delivered"))))
+    nul = dataclasses.replace(outcome(ids[10], "delivered"), response_body="ok\x00then binary")
+    writes.append(asyncio.ensure_future(writer.write(nul)))
+    writes += [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[11:]]
+    await asyncio.sleep(0)
+    task = asyncio.ensure_future(writer.run())
+    try:
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert [type(r).__name__ for r in results if r is not None] == ["ForeignKeyViolationError"]
+        rows = await pool.fetch("SELECT status, lease_until FROM deliveries")
+        assert {(r["status"], r["lease_until"]) for r in rows} == {("delivered", None)}
+        body = await pool.fetchval("SELECT response_body FROM delivery_attempts WHERE delivery_id = $1", ids[10])
+        assert body == "ok\ufffdthen binary"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
