@@ -141,21 +141,36 @@ class OutboxRelay:
                 " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch_max,
             )
-            for row in rows:
-                await self.js.publish(
-                    subject(self.subject_prefix, row["tenant_id"], row["event_type"]),
-                    row["body"].encode(),
-                    timeout=PUBLISH_TIMEOUT_S,
-                    headers={"Nats-Msg-Id": row["event_id"]},
-                )
-                if self.after_publish is not None:
-                    self.after_publish(row["event_id"])
+            await self._publish(rows)
             if rows:
                 await conn.execute(
                     "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                     [r["seq"] for r in rows],
                 )
             return len(rows)
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> None:
+        """Every row, pipelined: all are sent (in `seq` order, on one connection) before the first
+        acknowledgement is awaited, so a round costs one wait for NATS's fsync, not one per event.
+        Returns once every publish is acknowledged; raises if any is refused or times out."""
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                for row in rows:
+                    acks.append(
+                        await self.js.publish_async(
+                            subject(self.subject_prefix, row["tenant_id"], row["event_type"]),
+                            row["body"].encode(),
+                            headers={"Nats-Msg-Id": row["event_id"]},
+                        )
+                    )
+                for row, ack in zip(rows, acks, strict=True):
+                    await ack
+                    if self.after_publish is not None:
+                        self.after_publish(row["event_id"])
+        finally:
+            for ack in acks:
+                ack.cancel()  # frees its slot among the client's pending publishes
 
     async def prune(self) -> int:
         result = await self.pool.execute(
