@@ -61,12 +61,14 @@ async def emit(conn: asyncpg.Connection, *, tenant_id: str, event_type: str, dat
     return event_id
 
 
-def outbox_rows(items: list[tuple[str, str, str]]) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Outbox columns (event_id, tenant_id, event_type, body) for (tenant_id, event_type, data
-    as JSON text) items, for a caller that writes them inside a larger statement of its own."""
+def outbox_rows(
+    items: list[tuple[str, str, dict[str, Any]]],
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Outbox columns (event_id, tenant_id, event_type, body) for (tenant_id, event_type, data)
+    items, for a caller that writes them inside a larger statement of its own."""
     event_ids = [ids.new_id("evt") for _ in items]
     bodies = [
-        envelope(event_id=eid, event_type=etype, tenant_id=tid, data=json.loads(data))
+        envelope(event_id=eid, event_type=etype, tenant_id=tid, data=data)
         for eid, (tid, etype, data) in zip(event_ids, items, strict=True)
     ]
     return event_ids, [tid for tid, _, _ in items], [etype for _, etype, _ in items], bodies

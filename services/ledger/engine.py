@@ -42,6 +42,32 @@ log = logging.getLogger("invo.ledger.engine")
 LEDGER_WRITE_LOCK = 0x1ED6E2
 BATCH_RETRIES_MAX = 3
 
+# The accounts of a batch, created if new: new ones come back from the INSERT, existing ones from
+# the table (the SELECT cannot see the CTE's rows: same snapshot, so nothing is read twice). Rows
+# carry NULL idempotency columns, so they can share a result with the idempotency lookup.
+_ACCOUNTS_CTE = (
+    "new AS ("
+    "  INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
+    "  ON CONFLICT (code) DO NOTHING"
+    "  RETURNING id, code, debits_posted, credits_posted, debits_pending, credits_pending),"
+    " accounts_read AS ("
+    "  SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending,"
+    "         NULL::text AS scope, NULL::text AS key, NULL::bytea AS request_hash, NULL::jsonb AS result FROM new"
+    "  UNION ALL"
+    "  SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending, NULL, NULL, NULL, NULL"
+    "  FROM accounts WHERE code = ANY($1::text[]))"
+)
+_ACCOUNTS_SQL = f"WITH {_ACCOUNTS_CTE} SELECT * FROM accounts_read"
+# Stored results of the batch's idempotency keys ($n: scopes, $m: keys), shaped like accounts_read.
+_IDEMPOTENCY_SELECT = (
+    "SELECT NULL::bigint AS id, NULL::text AS code, NULL::bigint AS debits_posted, NULL::bigint AS credits_posted,"
+    " NULL::bigint AS debits_pending, NULL::bigint AS credits_pending, i.scope, i.key, i.request_hash, i.result"
+    " FROM idempotency i"
+    " JOIN unnest(${0}::text[], ${1}::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key"
+)
+_IDEMPOTENCY_SQL = _IDEMPOTENCY_SELECT.format(1, 2)
+
 
 class InsufficientBalance(errors.PaymentRequired):
     default_error = "insufficient_balance"
@@ -112,6 +138,17 @@ class _Hold:
     expires_at: datetime.datetime | None
 
 
+def _account_args(codes: list[str], infos: dict[str, chart.AccountInfo]) -> list[list[Any]]:
+    """The parameters $1..$5 of `_ACCOUNTS_CTE`."""
+    return [
+        codes,
+        [infos[c].kind for c in codes],
+        [infos[c].tenant_id for c in codes],
+        [infos[c].player_email for c in codes],
+        [infos[c].constrained for c in codes],
+    ]
+
+
 def _nets(postings: list[tuple[str, int]]) -> dict[str, int]:
     nets: dict[str, int] = {}
     for code, amount in postings:
@@ -130,7 +167,7 @@ class _Batch:
         self.txn_status_updates: list[tuple[str, str]] = []
         self.entry_rows: list[tuple[str, str, int, int, int]] = []
         self.idem_rows: list[tuple[str, str, bytes, str, str]] = []
-        self.events: list[tuple[str, str, str]] = []  # (tenant_id, event_type, data json)
+        self.events: list[tuple[str, str, dict[str, Any]]] = []  # (tenant_id, event_type, data)
 
 
 class Engine:
@@ -138,6 +175,7 @@ class Engine:
         self.pool = pool
         self.batch_max = batch_max
         self._queue: asyncio.Queue[tuple[Op, asyncio.Future[dict[str, Any]]]] = asyncio.Queue(queue_max)
+        self._tasks: set[asyncio.Task[None]] = set()
         # Batch-size statistics, for the README's measurements and the benchmark.
         self.batches = 0
         self.ops = 0
@@ -157,12 +195,29 @@ class Engine:
             batch = [first]
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._run_batch(batch)
+            writing = asyncio.Event()
+            task = asyncio.ensure_future(self._run_batch(batch, writing))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # Pipelining: the next batch opens its transaction and queues for the write lock while
+            # this one writes and commits, so it starts reading the moment this one commits.
+            # The lock still applies batches one at a time, each seeing the last one's commit.
+            wait_writing = asyncio.ensure_future(writing.wait())
+            try:
+                await asyncio.wait((task, wait_writing), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wait_writing.cancel()
 
-    async def _run_batch(self, batch: list[tuple[Op, asyncio.Future[dict[str, Any]]]]) -> None:
+    async def close(self) -> None:
+        """Waits for the batches in flight (their callers are owed an answer)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run_batch(
+        self, batch: list[tuple[Op, asyncio.Future[dict[str, Any]]]], writing: asyncio.Event | None = None
+    ) -> None:
         ops = [op for op, _ in batch]
         try:
-            outcomes = await self._apply_with_retries(ops)
+            outcomes = await self._apply_with_retries(ops, writing)
         except errors.InvoError as exc:
             if len(batch) == 1:
                 outcomes = [exc]
@@ -190,11 +245,13 @@ class Engine:
             else:
                 fut.set_result(outcome)
 
-    async def _apply_with_retries(self, ops: list[Op]) -> list[dict[str, Any] | errors.InvoError]:
+    async def _apply_with_retries(
+        self, ops: list[Op], writing: asyncio.Event | None = None
+    ) -> list[dict[str, Any] | errors.InvoError]:
         for attempt in range(BATCH_RETRIES_MAX):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    return await self._apply(conn, ops)
+                    return await self._apply(conn, ops, writing)
             except (
                 asyncpg.SerializationError,
                 asyncpg.DeadlockDetectedError,
@@ -211,12 +268,14 @@ class Engine:
 
     # -- one batch, inside one database transaction ------------------------------------------
 
-    async def _apply(self, conn: asyncpg.Connection, ops: list[Op]) -> list[dict[str, Any] | errors.InvoError]:
-        now = await conn.fetchval("SELECT now() FROM pg_advisory_xact_lock($1)", LEDGER_WRITE_LOCK)
+    async def _apply(
+        self, conn: asyncpg.Connection, ops: list[Op], writing: asyncio.Event | None = None
+    ) -> list[dict[str, Any] | errors.InvoError]:
+        # The time the lock was granted, not the transaction's start (now()): with batches
+        # pipelined, a transaction may begin well before its turn.
+        now = await conn.fetchval("SELECT clock_timestamp() FROM pg_advisory_xact_lock($1)", LEDGER_WRITE_LOCK)
         b = _Batch(now)
-        stored = await self._load_idempotency(conn, ops)
-        await self._load_holds(conn, ops, b)
-        await self._load_accounts(conn, ops, b)
+        stored = await self._load(conn, ops, b)
 
         outcomes: list[dict[str, Any] | errors.InvoError] = []
         seen: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = dict(stored)
@@ -244,26 +303,50 @@ class Engine:
             if op.event is not None:
                 built = op.event(result)
                 if built is not None:
-                    b.events.append((op.tenant_id, built[0], json.dumps(built[1])))
+                    b.events.append((op.tenant_id, built[0], built[1]))
             outcomes.append({**result, "duplicate": False})
+        if writing is not None:
+            writing.set()
         await self._write(conn, b)
         return outcomes
 
-    async def _load_idempotency(
-        self, conn: asyncpg.Connection, ops: list[Op]
+    async def _load(
+        self, conn: asyncpg.Connection, ops: list[Op], b: _Batch
     ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
-        rows = await conn.fetch(
-            "SELECT i.scope, i.key, i.request_hash, i.result FROM idempotency i"
-            " JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key",
-            [op.scope for op in ops],
-            [op.key for op in ops],
-        )
-        return {(r["scope"], r["key"]): (bytes(r["request_hash"]), json.loads(r["result"])) for r in rows}
+        """Stored idempotency results, and the accounts (and holds) the ops touch into `b`. Without
+        holds (a purchase, a transfer) that is one round trip; posting or voiding a hold takes
+        three, since the hold's postings name the accounts to read."""
+        keys = ([op.scope for op in ops], [op.key for op in ops])
+        if any(op.kind in ("post", "void") for op in ops):
+            rows = await conn.fetch(_IDEMPOTENCY_SQL, *keys)
+            await self._load_holds(conn, ops, b)
+            codes, infos = self._codes(ops, b)
+            if codes:
+                rows += await conn.fetch(_ACCOUNTS_SQL, *_account_args(codes, infos))
+        else:
+            codes, infos = self._codes(ops, b)
+            rows = await conn.fetch(
+                f"WITH {_ACCOUNTS_CTE} SELECT * FROM accounts_read UNION ALL {_IDEMPOTENCY_SELECT.format(6, 7)}",
+                *_account_args(codes, infos),
+                *keys,
+            )
+        stored: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = {}
+        for r in rows:
+            if r["code"] is not None:
+                b.accounts[r["code"]] = _Account(
+                    r["id"],
+                    infos[r["code"]],
+                    r["debits_posted"],
+                    r["credits_posted"],
+                    r["debits_pending"],
+                    r["credits_pending"],
+                )
+            else:
+                stored[(r["scope"], r["key"])] = (bytes(r["request_hash"]), json.loads(r["result"]))
+        return stored
 
     async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: _Batch) -> None:
         wanted = sorted({op.hold_id for op in ops if op.kind in ("post", "void")})
-        if not wanted:
-            return
         rows = await conn.fetch(
             "SELECT id, tenant_id, status, postings, expires_at FROM transactions WHERE id = ANY($1::text[])",
             wanted,
@@ -272,43 +355,15 @@ class Engine:
             postings = [(p["account"], int(p["amount"])) for p in json.loads(r["postings"])]
             b.holds[r["id"]] = _Hold(r["id"], r["tenant_id"], r["status"], postings, r["expires_at"])
 
-    async def _load_accounts(self, conn: asyncpg.Connection, ops: list[Op], b: _Batch) -> None:
+    @staticmethod
+    def _codes(ops: list[Op], b: _Batch) -> tuple[list[str], dict[str, chart.AccountInfo]]:
         codes: set[str] = set()
         for op in ops:
             codes.update(code for code, _ in op.postings)
             hold = b.holds.get(op.hold_id)
             if hold is not None:
                 codes.update(code for code, _ in hold.postings)
-        if not codes:
-            return
-        infos = {code: chart.parse(code) for code in codes}
-        ordered = sorted(codes)
-        # One round trip: new accounts come back from the INSERT, existing ones from the table
-        # (the SELECT cannot see the CTE's rows: same snapshot, so nothing is read twice).
-        rows = await conn.fetch(
-            "WITH new AS ("
-            "  INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
-            "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
-            "  ON CONFLICT (code) DO NOTHING"
-            "  RETURNING id, code, debits_posted, credits_posted, debits_pending, credits_pending)"
-            " SELECT * FROM new UNION ALL"
-            " SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending"
-            " FROM accounts WHERE code = ANY($1::text[])",
-            ordered,
-            [infos[c].kind for c in ordered],
-            [infos[c].tenant_id for c in ordered],
-            [infos[c].player_email for c in ordered],
-            [infos[c].constrained for c in ordered],
-        )
-        for r in rows:
-            b.accounts[r["code"]] = _Account(
-                r["id"],
-                infos[r["code"]],
-                r["debits_posted"],
-                r["credits_posted"],
-                r["debits_pending"],
-                r["credits_pending"],
-            )
+        return sorted(codes), {code: chart.parse(code) for code in codes}
 
     def _check_debits(self, op: Op, nets: dict[str, int], b: _Batch, *, releasing: dict[str, int]) -> None:
         """Every constrained account debited keeps available >= 0, unless the op may leave a debt.

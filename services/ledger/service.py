@@ -562,6 +562,7 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     engine = Engine(pool)
     servicer = LedgerServicer(pool, engine)
     svc.background(engine.run(), "ledger-writer")
+    svc.on_shutdown(engine.close)  # before the pool closes: batches in flight finish
     svc.background(servicer.run_expiry(), "hold-expiry")
     svc.add(
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
