@@ -135,3 +135,43 @@ async def test_one_bad_outcome_in_a_batch_keeps_none_of_the_others_off_the_recor
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_claims_walk_every_endpoint_in_turn_and_cap_each_one(pool: asyncpg.Pool) -> None:
+    """More endpoints than one claim looks at (256): every delivery is still claimed, once, and
+    no claim takes more than the per-endpoint cap from the endpoint with a backlog."""
+    from services.common.config import Settings
+    from services.webhooks.service import Webhooks
+
+    one_each = [(f"whd_{i:04d}", f"http://127.0.0.1:9/e{i:04d}") for i in range(400)]
+    backlog = [(f"whd_b{i:03d}", "http://127.0.0.1:9/backlog") for i in range(40)]
+    rows = one_each + backlog
+    await pool.execute(
+        "INSERT INTO events (event_id, tenant_id, event_type, body)"
+        " SELECT 'evt_' || d, 'tn_x', 'item.purchased', '{}' FROM unnest($1::text[]) d",
+        [d for d, _ in rows],
+    )
+    await pool.execute(
+        "INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at)"
+        " SELECT d, 'evt_' || d, 'tn_x', 'item.purchased', u, 'pending', now() - interval '1 minute'"
+        " FROM unnest($1::text[], $2::text[]) AS x(d, u)",
+        [d for d, _ in rows],
+        [u for _, u in rows],
+    )
+    settings = dataclasses.replace(Settings.from_env({}), webhook_per_endpoint_max=8)
+    webhooks = Webhooks(pool, settings, tenants=None)  # type: ignore[arg-type]  # claims never ask tenants
+    try:
+        claimed: list[str] = []
+        for _ in range(40):
+            got = await webhooks.claim(64)
+            per_url: dict[str, int] = {}
+            for r in got:
+                per_url[r["url"]] = per_url.get(r["url"], 0) + 1
+            assert max(per_url.values(), default=0) <= 8
+            claimed += [r["delivery_id"] for r in got]
+            if len(claimed) == len(rows):
+                break
+        assert sorted(claimed) == sorted(d for d, _ in rows)  # each once: a leased row is not claimed again
+        assert await webhooks.claim(64) == []
+    finally:
+        await webhooks.close()

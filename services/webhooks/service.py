@@ -54,6 +54,7 @@ SEND_POLL_S = 0.2
 # slots instead of one. It bounds claims to 100 a second.
 CLAIM_INTERVAL_S = 0.01
 OUTCOMES_BATCH_MAX = 500
+CLAIM_ENDPOINTS_MAX = 256  # endpoints a claim looks at; the next claim goes on from the last one
 TENANT_LOOKUP_BATCH = 1000  # the tenants service's limit per GetWebhookTargets call
 USER_AGENT = "INVO-Webhooks/1.0"
 
@@ -227,6 +228,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
         self.settings = settings
         self.tenants = tenants
         self.outcomes = OutcomeWriter(pool)
+        self._url_cursor = ""  # where the next claim's walk over endpoints starts
         self.schedule_s = [float(x) for x in settings.webhook_retry_schedule_s.split(",") if x.strip()]
         self.lease_s = settings.webhook_timeout_s + 5.0
         self.wake = asyncio.Event()
@@ -324,27 +326,54 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
     # -- sending ----------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[asyncpg.Record]:
-        """Due deliveries, at most the free slots of each endpoint, oldest first: an endpoint with
-        a backlog cannot crowd out the others. A row another sender leased meanwhile is skipped
-        (the UPDATE re-checks the lease)."""
+        """Due deliveries, at most `webhook_per_endpoint_max` per endpoint, oldest first: an
+        endpoint with a backlog cannot crowd out the others. A row another sender leased meanwhile
+        is skipped (the UPDATE re-checks the lease).
+
+        The endpoints are walked in URL order from where the last claim stopped, at most
+        `CLAIM_ENDPOINTS_MAX` per claim (a loose index scan), and each gives its oldest due rows
+        (an index range): the cost does not grow with the backlog, and with many endpoints every
+        one is visited in turn."""
         busy = [url for url, n in self.in_flight.items() if n >= self.settings.webhook_per_endpoint_max]
-        return await self.pool.fetch(
-            "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $1)"
-            " FROM events e"
-            " WHERE e.event_id = d.event_id AND d.status = 'pending'"
-            " AND (d.lease_until IS NULL OR d.lease_until < now()) AND d.delivery_id IN ("
-            "   SELECT delivery_id FROM ("
-            "     SELECT delivery_id, next_attempt_at,"
-            "            row_number() OVER (PARTITION BY url ORDER BY next_attempt_at) AS n"
-            "     FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
-            "     AND (lease_until IS NULL OR lease_until < now()) AND url <> ALL($3::text[])"
-            "   ) due WHERE n <= $4 ORDER BY next_attempt_at LIMIT $2)"
-            " RETURNING d.delivery_id, d.event_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body",
+        rows = await self.pool.fetch(
+            "WITH RECURSIVE urls(url, n) AS ("
+            "   (SELECT url, 1 FROM deliveries WHERE status = 'pending' AND url > $5 ORDER BY url LIMIT 1)"
+            "   UNION ALL"
+            "   SELECT (SELECT d.url FROM deliveries d WHERE d.status = 'pending' AND d.url > u.url"
+            "           ORDER BY d.url LIMIT 1), u.n + 1"
+            "   FROM urls u WHERE u.url IS NOT NULL AND u.n < $6),"
+            " visited AS (SELECT url FROM urls WHERE url IS NOT NULL),"
+            " due AS ("
+            "   SELECT c.delivery_id, c.next_attempt_at FROM visited v CROSS JOIN LATERAL ("
+            "     SELECT delivery_id, next_attempt_at FROM deliveries d"
+            "     WHERE d.status = 'pending' AND d.url = v.url AND d.next_attempt_at <= now()"
+            "     AND (d.lease_until IS NULL OR d.lease_until < now())"
+            "     ORDER BY d.next_attempt_at LIMIT $4) c"
+            "   WHERE v.url <> ALL($3::text[])"
+            "   ORDER BY c.next_attempt_at LIMIT $2),"
+            " claimed AS ("
+            # By primary key, whatever the planner thinks of the table (fresh tables have no stats).
+            "   UPDATE deliveries d SET lease_until = now() + make_interval(secs => $1)"
+            "   FROM events e"
+            "   WHERE d.delivery_id = ANY(ARRAY(SELECT delivery_id FROM due))"
+            "   AND e.event_id = d.event_id AND d.status = 'pending'"
+            "   AND (d.lease_until IS NULL OR d.lease_until < now())"
+            "   RETURNING d.delivery_id, d.event_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body)"
+            # One row at least, so the walk's position comes back even when nothing was claimed.
+            " SELECT claimed.*, (SELECT max(url) FROM visited) AS visited_to,"
+            " (SELECT count(*) FROM visited) AS visited"
+            " FROM (SELECT 1) one LEFT JOIN claimed ON true",
             self.lease_s,
             limit,
             busy,
             self.settings.webhook_per_endpoint_max,
+            self._url_cursor,
+            CLAIM_ENDPOINTS_MAX,
         )
+        # A walk that saw fewer endpoints than it may reached the last one: start over next time.
+        walked_to, walked = rows[0]["visited_to"], rows[0]["visited"]
+        self._url_cursor = walked_to if walked >= CLAIM_ENDPOINTS_MAX and walked_to is not None else ""
+        return [r for r in rows if r["delivery_id"] is not None]
 
     async def send_loop(self) -> None:
         while True:
