@@ -211,6 +211,11 @@ class Postgres:
             "max_connections=300",
             "-c",
             "shared_buffers=256MB",
+            # Fresh tables get statistics within seconds of filling up: until then the planner
+            # can cache a plan made for an empty table (sequential scans of idempotency keys and
+            # accounts that grow with every batch; measured 15% fewer purchases on a new stack).
+            "-c",
+            "autovacuum_naptime=5s",
         ]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
