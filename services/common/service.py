@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from services.common import db, events, logs
+from services.common import db, events, logs, runtime
 from services.common.config import SERVICES, Settings
 from services.common.grpcutil import GrpcService
 
@@ -86,6 +86,7 @@ async def _serve(name: str, setup: Setup) -> None:
         )
         svc.background(relay.run(), "outbox-relay")
     await setup(svc, settings, pool)
+    runtime.freeze_startup_heap()
     await svc.run()
 
 

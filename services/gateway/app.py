@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.common import errors, logs
+from services.common import errors, logs, runtime
 from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
 from services.gateway import admin, ledger_api, openapi, payments_api, webhooks_api
@@ -139,6 +139,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, backlog=1024)
     await site.start()
+    runtime.freeze_startup_heap()
     log.info("gateway listening on http://%s:%s", settings.gateway_host, settings.gateway_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
