@@ -1,8 +1,8 @@
 """The webhooks service: every event on the stream reaches its tenant's endpoint, signed, at least once.
 
 Consume: a durable JetStream pull consumer. Each fetched batch is recorded in PostgreSQL (the event
-once, by event id, and a delivery per endpoint, unique per event and URL) in one transaction, and
-only then acknowledged. A crash before the commit redelivers the batch; a crash after it and
+once, by event id, and a delivery per endpoint, unique per event and URL; an event of a tenant
+without a webhook URL is not kept) in one statement, and only then acknowledged. A crash before the commit redelivers the batch; a crash after it and
 before the ack redelivers messages whose rows already exist, which are skipped. So an event
 consumed twice is never delivered twice because of it.
 
@@ -252,33 +252,30 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
 
     async def record(self, items: list[tuple[str, str, str, str]]) -> int:
         """Record events (event_id, tenant_id, event_type, body) and their deliveries; returns how
-        many deliveries are new."""
+        many deliveries are new. An event of a tenant without a webhook URL has nothing to
+        deliver and is not kept (nothing reads an event without its delivery)."""
         infos = await self.tenants.get_many({tenant_id for _, tenant_id, _, _ in items}, secrets=False)
         urls = {tenant_id: info.webhook_url for tenant_id, info in infos.items()}
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO events (event_id, tenant_id, event_type, body)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-                [i[0] for i in items],
-                [i[1] for i in items],
-                [i[2] for i in items],
-                [i[3] for i in items],
-            )
-            wanted = [i for i in items if urls.get(i[1])]
-            if not wanted:
-                return 0
-            result = await conn.execute(
-                "INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at)"
-                " SELECT d.*, 'pending', now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
-                " AS d ON CONFLICT (event_id, url) DO NOTHING",
-                [ids.new_id("whd") for _ in wanted],
-                [i[0] for i in wanted],
-                [i[1] for i in wanted],
-                [i[2] for i in wanted],
-                [urls[i[1]] for i in wanted],
-            )
+        wanted = [i for i in items if urls.get(i[1])]
+        if not wanted:
+            return 0
+        # One statement, so one round trip and one commit (foreign keys are checked at its end).
+        new = await self.pool.fetchval(
+            "WITH e AS (INSERT INTO events (event_id, tenant_id, event_type, body)"
+            "   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING),"
+            " d AS (INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at)"
+            "   SELECT w.*, 'pending', now() FROM unnest($5::text[], $1::text[], $2::text[], $3::text[], $6::text[])"
+            "   AS w ON CONFLICT (event_id, url) DO NOTHING RETURNING 1)"
+            " SELECT count(*) FROM d",
+            [i[0] for i in wanted],
+            [i[1] for i in wanted],
+            [i[2] for i in wanted],
+            [i[3] for i in wanted],
+            [ids.new_id("whd") for _ in wanted],
+            [urls[i[1]] for i in wanted],
+        )
         self.wake.set()
-        return int(result.split()[-1])
+        return int(new)
 
     async def consume(self, js: Any) -> None:
         s = self.settings
