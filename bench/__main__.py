@@ -6,7 +6,7 @@ public HTTP gateway, then prints a table and writes `bench/results/<timestamp>.j
 The raw-SQL baseline issues the same database writes as one item purchase straight from asyncpg:
 what this machine can do for this work without HTTP, gRPC or batching.
 
-    python -m bench [--duration S] [--concurrency N] [--scenario NAME ...] [--quick] [--env-file F]
+    python -m bench [--duration S] [--warmup S] [--concurrency N] [--scenario NAME ...] [--quick] [--env-file F]
 """
 
 from __future__ import annotations
@@ -95,49 +95,66 @@ class Run:
         }
 
 
-async def drive(name: str, duration_s: float, concurrency: int, request: Callable[[int, int], Awaitable[bool]]) -> Run:
-    """`concurrency` workers each issue requests back to back for `duration_s`."""
+async def drive(
+    name: str,
+    duration_s: float,
+    concurrency: int,
+    request: Callable[[int, int], Awaitable[bool]],
+    *,
+    warmup_s: float = 0.0,
+) -> Run:
+    """`concurrency` workers each issue requests back to back for `warmup_s` + `duration_s`; only
+    requests started after the warm-up are measured (the first ones open connections and fill
+    caches: new players, new keys)."""
     from tqdm import tqdm
 
     run = Run()
-    deadline = time.monotonic() + duration_s
+    start = time.monotonic()
+    measured_from = start + warmup_s
+    deadline = measured_from + duration_s
 
     async def worker(w: int) -> None:
         i = 0
         while time.monotonic() < deadline:
+            measured = time.monotonic() >= measured_from
             t0 = time.perf_counter()
             try:
                 ok = await request(w, i)
             except (aiohttp.ClientError, TimeoutError, asyncpg.PostgresError, OSError):
                 ok = False
-            run.latencies_s.append(time.perf_counter() - t0)
-            run.errors += 0 if ok else 1
+            if measured:
+                run.latencies_s.append(time.perf_counter() - t0)
+                run.errors += 0 if ok else 1
             i += 1
 
+    total_s = warmup_s + duration_s
+
     async def progress() -> None:
-        with tqdm(total=round(duration_s, 1), desc=f"{name:<26}", unit="s", leave=True, file=sys.stderr) as bar:
-            start = time.monotonic()
+        with tqdm(
+            total=round(total_s, 1), desc=f"{name:<26}", unit="s", leave=True, file=sys.stderr, disable=None
+        ) as bar:
             while (now := time.monotonic()) < deadline:
                 await asyncio.sleep(0.25)
-                bar.n = round(min(duration_s, now - start), 1)
+                bar.n = round(min(total_s, now - start), 1)
                 bar.set_postfix(req=len(run.latencies_s), err=run.errors)
-            bar.n = round(duration_s, 1)
+            bar.n = round(total_s, 1)
             bar.refresh()
 
-    run.started = time.monotonic()
     bar_task = asyncio.ensure_future(progress())
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    run.elapsed_s = time.monotonic() - run.started
+    run.elapsed_s = time.monotonic() - max(measured_from, start)
+    run.started = measured_from
     await bar_task
     return run
 
 
 class Bench:
-    def __init__(self, env: dict[str, str], *, duration_s: float, concurrency: int) -> None:
+    def __init__(self, env: dict[str, str], *, duration_s: float, concurrency: int, warmup_s: float = 0.0) -> None:
         self.env = env
         self.gateway = env["INVO_GATEWAY_URL"]
         self.admin = {"Authorization": f"Bearer {env['INVO_ADMIN_TOKEN']}"}
         self.duration_s = duration_s
+        self.warmup_s = warmup_s
         self.concurrency = concurrency
         self.run_id = secrets.token_hex(4)
         self.http: aiohttp.ClientSession | None = None
@@ -198,7 +215,7 @@ class Bench:
                 w, tenants[w % len(tenants)]["sdk_key"], players[w], f"{name}-{self.run_id}-{w}-{i}"
             )
 
-        return await drive(name, self.duration_s, self.concurrency, request)
+        return await drive(name, self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
 
     async def _purchase(self, w: int, sdk_key: str, email: str, idempotency_key: str) -> bool:
         """One item purchase of 0.01 unit through the gateway by client `w`; True when it succeeded."""
@@ -226,7 +243,7 @@ class Bench:
             )
             return status == 200
 
-        return await drive("balance-read", self.duration_s, self.concurrency, request)
+        return await drive("balance-read", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
 
     async def currency_purchases(self) -> Run:
         big = "1000000.00"
@@ -246,7 +263,7 @@ class Bench:
             )
             return status == 200
 
-        return await drive("currency-purchase", self.duration_s, self.concurrency, request)
+        return await drive("currency-purchase", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
 
     async def webhook_deliveries(self) -> Run:
         """Events pile up while the receiver holds its first requests; then the gate opens and
@@ -402,7 +419,7 @@ class Bench:
                     )
                 return True
 
-            return await drive("raw-sql-baseline", self.duration_s, self.concurrency, request)
+            return await drive("raw-sql-baseline", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
         finally:
             await pool.close()
             conn = await asyncpg.connect(url)
@@ -470,7 +487,7 @@ def _env_from_file(path: pathlib.Path) -> dict[str, str]:
 
 async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
-    async with Bench(env, duration_s=args.duration, concurrency=args.concurrency) as b:
+    async with Bench(env, duration_s=args.duration, concurrency=args.concurrency, warmup_s=args.warmup) as b:
         for name in args.scenario:
             if name == "item-purchase-spread":
                 r = await b.item_purchases(name, hot=False)
@@ -502,7 +519,12 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     return {
         "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "options": {"duration_s": args.duration, "concurrency": args.concurrency, "quick": args.quick},
+        "options": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrency": args.concurrency,
+            "quick": args.quick,
+        },
         "scenarios": results,
         "ratios": ratios,
         "targets": TARGETS,
@@ -513,6 +535,9 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (default 10)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds per scenario before measuring starts (default 1)"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
     parser.add_argument("--quick", action="store_true", help="2 s per scenario: a smoke run")
@@ -521,9 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 2.0)
+        args.warmup = min(args.warmup, 0.5)
     args.scenario = args.scenario or list(SCENARIOS)
-    if not 1 <= args.concurrency <= 512 or not 0.5 <= args.duration <= 600:
-        parser.error("concurrency 1..512 and duration 0.5..600 s")
+    if not 1 <= args.concurrency <= 512 or not 0.5 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("concurrency 1..512, duration 0.5..600 s and warmup 0..60 s")
 
     stack: Stack | None = None
     env_file = args.env_file or (default_home() / "dev.env")
