@@ -22,6 +22,7 @@ import os
 import pathlib
 import platform
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -558,8 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"using the running network of {env_file}", file=sys.stderr)
     else:
         print("starting the network (PostgreSQL with fsync, NATS, every service)...", file=sys.stderr)
+        home = pathlib.Path(tempfile.mkdtemp(prefix="invo-bench-"))
         stack = Stack(
-            pathlib.Path(tempfile.mkdtemp(prefix="invo-bench-")),
+            home,
             env={k: v for k, v in os.environ.items() if k != "INVO_GATEWAY_PORT"}
             | {"INVO_LOG_LEVEL": "WARNING", "INVO_GATEWAY_PORT": str(free_port())},
         )
@@ -570,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if stack is not None:
             stack.stop()
+            shutil.rmtree(home, ignore_errors=True)  # its databases: hundreds of MB a run
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = result["timestamp"].replace(":", "").replace("-", "")
     json_path = args.out / f"{stamp}.json"
