@@ -2,17 +2,19 @@
 
 Consume: a durable JetStream pull consumer. Each fetched batch is recorded in PostgreSQL (the event
 once, by event id, and a delivery per endpoint, unique per event and URL; an event of a tenant
-without a webhook URL is not kept) in one statement, and only then acknowledged. A crash before the commit redelivers the batch; a crash after it and
-before the ack redelivers messages whose rows already exist, which are skipped. So an event
-consumed twice is never delivered twice because of it.
+without a webhook URL is not kept) in one statement, and only then acknowledged. A crash before
+the commit redelivers the batch; a crash after it and before the ack redelivers messages whose
+rows already exist, which are skipped. So an event consumed twice is never delivered twice
+because of it.
 
-Send: a loop claims due deliveries with a lease (`FOR UPDATE SKIP LOCKED`), at most 100 times a
-second, POSTs them with a bounded concurrency overall and per endpoint, records every attempt
-(the attempts that finish together are committed together), and schedules the next one by the
-retry schedule; after the last retry a delivery is `failed` until redelivered. A sender
-that dies mid-attempt leaves a lease that runs out, and the delivery is tried again: at least
-once. Production tenants' URLs must be https and must not resolve to private, loopback or
-link-local addresses (checked after DNS resolution, at connect time).
+Send: a loop claims due deliveries with a lease (an UPDATE that re-checks the lease), at most 100
+times a second, walking the endpoints so that each gets its share; POSTs them with a bounded
+concurrency overall and per endpoint, records every attempt (the attempts that finish together
+are committed together), and schedules the next one by the retry schedule; after the last retry
+a delivery is `failed` until redelivered. A sender that dies mid-attempt leaves a lease that runs
+out, and the delivery is tried again: at least once. Production tenants' URLs must be https and
+must not resolve to private, loopback or link-local addresses (checked after DNS resolution, at
+connect time).
 """
 
 from __future__ import annotations
