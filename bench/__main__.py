@@ -423,11 +423,7 @@ class Bench:
             return await drive("raw-sql-baseline", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
         finally:
             await pool.close()
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-            finally:
-                await conn.close()
+            await db.drop_schema(url, schema)
 
     async def ledger_check(self) -> dict[str, Any]:
         assert self.http is not None

@@ -107,11 +107,7 @@ async def outbox(stack: Stack) -> AsyncIterator[Outbox]:
         finally:
             await nc.close()
             await pool.close()
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
+            await db.drop_schema(url, schema)
 
 
 async def emit_committed(ob: Outbox, specs: list[tuple[str, str, dict[str, Any]]]) -> list[str]:

@@ -30,11 +30,7 @@ async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         await p.close()
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await db.drop_schema(url, schema)
 
 
 async def leased_deliveries(pool: asyncpg.Pool, n: int) -> list[str]:

@@ -157,3 +157,13 @@ async def migrate_url(database_url: str, schema: str, migrations: list[Migration
         return await migrate(conn, schema, migrations)
     finally:
         await conn.close()
+
+
+async def drop_schema(database_url: str, schema: str) -> None:
+    """Drops a scratch schema (a test's or the benchmark's) and everything in it."""
+    check_schema_name(schema)
+    conn = await asyncpg.connect(database_url, timeout=10.0)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
