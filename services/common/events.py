@@ -152,27 +152,27 @@ class OutboxRelay:
             return len(rows)
 
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
-        """Every row, pipelined: all are sent (in `seq` order, on one connection) before the first
+        """Every row, pipelined: all are sent (in `seq` order, on one connection) before any
         acknowledgement is awaited, so a round costs one wait for NATS's fsync, not one per event.
-        Returns once every publish is acknowledged; raises if any is refused or times out."""
-        acks: list[asyncio.Future[Any]] = []
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                for row in rows:
-                    acks.append(
-                        await self.js.publish_async(
-                            subject(self.subject_prefix, row["tenant_id"], row["event_type"]),
-                            row["body"].encode(),
-                            headers={"Nats-Msg-Id": row["event_id"]},
-                        )
-                    )
-                for row, ack in zip(rows, acks, strict=True):
-                    await ack
-                    if self.after_publish is not None:
-                        self.after_publish(row["event_id"])
-        finally:
-            for ack in acks:
-                ack.cancel()  # frees its slot among the client's pending publishes
+        Returns once every publish is acknowledged; raises if any is refused or times out, after
+        all of them have finished. Each is a plain request with its own timeout: nats-py's
+        publish_async keeps a pending slot for ever when the send itself fails (a reconnect
+        buffer full during an outage), and enough of those stop every later round."""
+
+        async def one(row: asyncpg.Record) -> None:
+            await self.js.publish(
+                subject(self.subject_prefix, row["tenant_id"], row["event_type"]),
+                row["body"].encode(),
+                timeout=PUBLISH_TIMEOUT_S,
+                headers={"Nats-Msg-Id": row["event_id"]},
+            )
+            if self.after_publish is not None:
+                self.after_publish(row["event_id"])
+
+        results = await asyncio.gather(*(one(row) for row in rows), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def prune(self) -> int:
         result = await self.pool.execute(
