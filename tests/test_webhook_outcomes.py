@@ -95,11 +95,12 @@ async def test_a_batch_that_cannot_be_written_fails_its_writers_and_the_writer_g
     writer = OutcomeWriter(pool)
     task = asyncio.ensure_future(writer.run())
     try:
-        (good,) = await leased_deliveries(pool, 1)
-        with pytest.raises(asyncpg.ForeignKeyViolationError):
-            await writer.write(outcome("whd_gone", "delivered"))  # no such delivery
-        # Nothing of it was written; the delivery it would have touched keeps its lease.
+        good, other = await leased_deliveries(pool, 2)
+        with pytest.raises(asyncpg.DataError):
+            await writer.write(outcome(other, "delivered", code=2**40))  # no integer column holds it
+        # Nothing of it was written; the delivery keeps its lease (and is tried again later).
         assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 0
+        assert await pool.fetchval("SELECT lease_until FROM deliveries WHERE delivery_id = $1", other) is not None
         await writer.write(outcome(good, "delivered"))
         row = await pool.fetchrow("SELECT status, lease_until FROM deliveries WHERE delivery_id = $1", good)
         assert (row["status"], row["lease_until"]) == ("delivered", None)
@@ -109,23 +110,59 @@ async def test_a_batch_that_cannot_be_written_fails_its_writers_and_the_writer_g
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_an_outcome_written_twice_or_late_changes_nothing(pool: asyncpg.Pool) -> None:
+    writer = OutcomeWriter(pool)
+    task = asyncio.ensure_future(writer.run())
+    try:
+        (d,) = await leased_deliveries(pool, 1)
+        first = outcome(d, "pending", code=None, retry_in_s=30)
+        await writer.write(first)
+        await writer.write(first)  # a retry after a write whose answer was lost
+        row = await pool.fetchrow("SELECT status, attempts FROM deliveries WHERE delivery_id = $1", d)
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        second = dataclasses.replace(outcome(d, "delivered"), attempt=2, cycle_attempts=2)
+        await writer.write(second)
+        await writer.write(first)  # attempt 1's outcome arriving late
+        row = await pool.fetchrow("SELECT status, attempts FROM deliveries WHERE delivery_id = $1", d)
+        assert (row["status"], row["attempts"]) == ("delivered", 2)
+        attempts = await pool.fetch("SELECT attempt FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id", d)
+        assert [a["attempt"] for a in attempts] == [1, 2]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_queued_outcomes_are_written_by_flush_once_the_writer_is_stopped(pool: asyncpg.Pool) -> None:
+    writer = OutcomeWriter(pool)  # never run: as at shutdown, after the background task is cancelled
+    ids = await leased_deliveries(pool, 3)
+    waiting = [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # its sender was cancelled; the attempt still reached the partner
+    await writer.flush()
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = 'delivered'") == 3
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
 async def test_one_bad_outcome_in_a_batch_keeps_none_of_the_others_off_the_record(pool: asyncpg.Pool) -> None:
     writer = OutcomeWriter(pool)
     ids = await leased_deliveries(pool, 20)
     # Queued before the writer starts, so they are one batch; one names no delivery, and one
     # carries a partner's answer with a NUL byte in it (PostgreSQL text cannot hold NUL).
     writes = [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[:10]]
-    writes.append(asyncio.ensure_future(writer.write(outcome("whd_gone", "delivered"))))
+    writes.append(asyncio.ensure_future(writer.write(outcome("whd_gone", "delivered"))))  # ignored
+    writes.append(asyncio.ensure_future(writer.write(outcome(ids[19], "delivered", code=2**40))))  # refused
     nul = dataclasses.replace(outcome(ids[10], "delivered"), response_body="ok\x00then binary")
     writes.append(asyncio.ensure_future(writer.write(nul)))
-    writes += [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[11:]]
+    writes += [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[11:19]]
     await asyncio.sleep(0)
     task = asyncio.ensure_future(writer.run())
     try:
         results = await asyncio.gather(*writes, return_exceptions=True)
-        assert [type(r).__name__ for r in results if r is not None] == ["ForeignKeyViolationError"]
-        rows = await pool.fetch("SELECT status, lease_until FROM deliveries")
-        assert {(r["status"], r["lease_until"]) for r in rows} == {("delivered", None)}
+        assert [type(r).__name__ for r in results if r is not None] == ["DataError"]
+        rows = await pool.fetch(
+            "SELECT delivery_id, status, lease_until FROM deliveries WHERE delivery_id <> $1", ids[19]
+        )
+        assert len(rows) == 19 and {(r["status"], r["lease_until"]) for r in rows} == {("delivered", None)}
         body = await pool.fetchval("SELECT response_body FROM delivery_attempts WHERE delivery_id = $1", ids[10])
         assert body == "ok\ufffdthen binary"
     finally:

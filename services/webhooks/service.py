@@ -146,7 +146,11 @@ class OutcomeWriter:
     """Group commit for attempt outcomes: what finished while the previous batch was written goes
     in the next one, as one statement (one round trip, one commit). `write` returns once its
     outcome is committed, so a sender frees its slot only after the attempt is on record; if the
-    write fails the delivery keeps its lease and is tried again when the lease runs out."""
+    write fails the delivery keeps its lease and is tried again when the lease runs out.
+
+    An outcome applies only to the attempt it reports (the delivery's attempt count must be one
+    less): written twice (a retry after a write whose answer was lost) or late (another sender
+    has attempted since), it changes nothing."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -162,24 +166,33 @@ class OutcomeWriter:
     async def run(self) -> None:
         while True:
             await self._ready.wait()
-            batch, self._queue = self._queue[:OUTCOMES_BATCH_MAX], self._queue[OUTCOMES_BATCH_MAX:]
-            if not self._queue:
-                self._ready.clear()
-            if not batch:
-                continue
-            try:
-                await self._write([o for o, _ in batch])
-            except Exception as exc:  # the writer must outlive any one batch
-                log.warning("could not record %d attempts together: %r", len(batch), exc)
-                # One by one, so that one bad outcome cannot keep the others off the record.
-                for item in batch if len(batch) > 1 else []:
-                    await self._write_alone(*item)
-                if len(batch) == 1 and not batch[0][1].done():
-                    batch[0][1].set_exception(exc)
-                continue
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+            await self._write_next()
+
+    async def flush(self) -> None:
+        """Writes whatever is queued (at shutdown, once `run` is cancelled): attempts that reached
+        a partner are on record, not sent again when their lease runs out."""
+        while self._queue:
+            await self._write_next()
+
+    async def _write_next(self) -> None:
+        batch, self._queue = self._queue[:OUTCOMES_BATCH_MAX], self._queue[OUTCOMES_BATCH_MAX:]
+        if not self._queue:
+            self._ready.clear()
+        if not batch:
+            return
+        try:
+            await self._write([o for o, _ in batch])
+        except Exception as exc:  # the writer must outlive any one batch
+            log.warning("could not record %d attempts together: %r", len(batch), exc)
+            # One by one, so that one bad outcome cannot keep the others off the record.
+            for item in batch if len(batch) > 1 else []:
+                await self._write_alone(*item)
+            if len(batch) == 1 and not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
     async def _write_alone(self, outcome: Outcome, fut: asyncio.Future[None]) -> None:
         try:
@@ -198,13 +211,14 @@ class OutcomeWriter:
             "   $5::integer[], $6::text[], $7::text[], $8::text[], $9::integer[], $10::timestamptz[])"
             "   AS o(delivery_id, attempt, started_at, status_code, latency_ms, response_body, error, status,"
             "        cycle_attempts, next_attempt_at)),"
-            " a AS (INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
+            " u AS (UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1,"
+            "   cycle_attempts = o.cycle_attempts, next_attempt_at = o.next_attempt_at, lease_until = NULL,"
+            "   updated_at = now(), delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END"
+            "   FROM o WHERE d.delivery_id = o.delivery_id AND d.attempts = o.attempt - 1 RETURNING d.delivery_id)"
+            " INSERT INTO delivery_attempts (delivery_id, attempt, started_at, status_code, latency_ms,"
             "   response_body, error)"
-            "   SELECT delivery_id, attempt, started_at, status_code, latency_ms, response_body, error FROM o)"
-            " UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, cycle_attempts = o.cycle_attempts,"
-            " next_attempt_at = o.next_attempt_at, lease_until = NULL, updated_at = now(),"
-            " delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END"
-            " FROM o WHERE d.delivery_id = o.delivery_id",
+            " SELECT o.delivery_id, o.attempt, o.started_at, o.status_code, o.latency_ms, o.response_body, o.error"
+            " FROM o JOIN u ON u.delivery_id = o.delivery_id",
             [o.delivery_id for o in batch],
             [o.attempt for o in batch],
             [o.started_at for o in batch],
@@ -247,6 +261,10 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        try:
+            await self.outcomes.flush()
+        except Exception:  # shutting down: the leases run out and the deliveries are tried again
+            log.exception("could not record the last attempts")
         await self.open_http.close()
         await self.public_http.close()
 
