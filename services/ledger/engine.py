@@ -225,6 +225,14 @@ class Engine:
                 for item in batch:
                     await self._run_batch([item])
                 return
+        except asyncpg.QueryCanceledError:
+            # The statement timeout: the write lock or the database is stalled, not one bad op.
+            # Retrying the ops one by one would wait the whole timeout again for each.
+            log.warning("ledger batch of %d timed out waiting for the database", len(batch))
+            outcomes = [
+                errors.Unavailable("The ledger is busy; retry with the same idempotency key.", retry_after_s=1)
+                for _ in batch
+            ]
         except Exception:
             if len(batch) == 1:
                 log.exception("ledger op failed")
