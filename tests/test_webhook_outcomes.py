@@ -4,6 +4,7 @@ own schema with the webhooks migrations, so the running service never sees these
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import secrets
@@ -31,6 +32,18 @@ async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
     finally:
         await p.close()
         await db.drop_schema(url, schema)
+
+
+@contextlib.asynccontextmanager
+async def running(writer: OutcomeWriter) -> AsyncIterator[OutcomeWriter]:
+    """The writer's loop runs for the block, as the service's background task does."""
+    task = asyncio.ensure_future(writer.run())
+    try:
+        yield writer
+    finally:
+        assert not task.done(), "the writer's loop ended"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def leased_deliveries(pool: asyncpg.Pool, n: int) -> list[str]:
@@ -66,9 +79,7 @@ def outcome(delivery_id: str, status: str, *, code: int | None = 200, retry_in_s
 
 
 async def test_concurrent_outcomes_are_each_recorded_once_and_release_their_lease(pool: asyncpg.Pool) -> None:
-    writer = OutcomeWriter(pool)
-    task = asyncio.ensure_future(writer.run())
-    try:
+    async with running(OutcomeWriter(pool)) as writer:
         ids = await leased_deliveries(pool, 200)
         # Half delivered, half failed with a retry scheduled: all finish at once.
         await asyncio.gather(
@@ -86,15 +97,10 @@ async def test_concurrent_outcomes_are_each_recorded_once_and_release_their_leas
         attempts = await pool.fetch("SELECT delivery_id, status_code, error FROM delivery_attempts")
         assert sorted(a["delivery_id"] for a in attempts) == ids  # one attempt each, none twice
         assert {a["status_code"] for a in attempts} == {200, None}
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_batch_that_cannot_be_written_fails_its_writers_and_the_writer_goes_on(pool: asyncpg.Pool) -> None:
-    writer = OutcomeWriter(pool)
-    task = asyncio.ensure_future(writer.run())
-    try:
+    async with running(OutcomeWriter(pool)) as writer:
         good, other = await leased_deliveries(pool, 2)
         with pytest.raises(asyncpg.DataError):
             await writer.write(outcome(other, "delivered", code=2**40))  # no integer column holds it
@@ -104,16 +110,10 @@ async def test_a_batch_that_cannot_be_written_fails_its_writers_and_the_writer_g
         await writer.write(outcome(good, "delivered"))
         row = await pool.fetchrow("SELECT status, lease_until FROM deliveries WHERE delivery_id = $1", good)
         assert (row["status"], row["lease_until"]) == ("delivered", None)
-        assert not task.done()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_an_outcome_written_twice_or_late_changes_nothing(pool: asyncpg.Pool) -> None:
-    writer = OutcomeWriter(pool)
-    task = asyncio.ensure_future(writer.run())
-    try:
+    async with running(OutcomeWriter(pool)) as writer:
         (d,) = await leased_deliveries(pool, 1)
         first = outcome(d, "pending", code=None, retry_in_s=30)
         await writer.write(first)
@@ -127,9 +127,6 @@ async def test_an_outcome_written_twice_or_late_changes_nothing(pool: asyncpg.Po
         assert (row["status"], row["attempts"]) == ("delivered", 2)
         attempts = await pool.fetch("SELECT attempt FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id", d)
         assert [a["attempt"] for a in attempts] == [1, 2]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_queued_outcomes_are_written_by_flush_once_the_writer_is_stopped(pool: asyncpg.Pool) -> None:
@@ -155,8 +152,7 @@ async def test_one_bad_outcome_in_a_batch_keeps_none_of_the_others_off_the_recor
     writes.append(asyncio.ensure_future(writer.write(nul)))
     writes += [asyncio.ensure_future(writer.write(outcome(d, "delivered"))) for d in ids[11:19]]
     await asyncio.sleep(0)
-    task = asyncio.ensure_future(writer.run())
-    try:
+    async with running(writer):
         results = await asyncio.gather(*writes, return_exceptions=True)
         assert [type(r).__name__ for r in results if r is not None] == ["DataError"]
         rows = await pool.fetch(
@@ -165,9 +161,6 @@ async def test_one_bad_outcome_in_a_batch_keeps_none_of_the_others_off_the_recor
         assert len(rows) == 19 and {(r["status"], r["lease_until"]) for r in rows} == {("delivered", None)}
         body = await pool.fetchval("SELECT response_body FROM delivery_attempts WHERE delivery_id = $1", ids[10])
         assert body == "ok\ufffdthen binary"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_claims_walk_every_endpoint_in_turn_and_cap_each_one(pool: asyncpg.Pool) -> None:
