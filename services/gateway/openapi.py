@@ -25,6 +25,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 _STR = {"type": "string"}
 _UNITS = {"type": "string", "description": 'currency units as a decimal string, e.g. "100" or "0.35"'}
 _BALANCE = {
@@ -45,26 +50,21 @@ def _ledger_paths() -> dict[str, Any]:
             "post": {
                 "operationId": "purchaseItem",
                 "summary": "Debit a player for an item; split the price between the partner and the network.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["player_email", "item_id", "item_name", "price", "idempotency_key"],
-                                "properties": {
-                                    "player_email": {"type": "string", "format": "email"},
-                                    "item_id": {"type": "string", "maxLength": 255},
-                                    "item_name": {"type": "string", "maxLength": 255},
-                                    "price": _UNITS,
-                                    "quantity": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
-                                    "idempotency_key": {"type": "string", "maxLength": 255},
-                                    "metadata": {"type": "object", "maxProperties": 50},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["player_email", "item_id", "item_name", "price", "idempotency_key"],
+                        "properties": {
+                            "player_email": {"type": "string", "format": "email"},
+                            "item_id": {"type": "string", "maxLength": 255},
+                            "item_name": {"type": "string", "maxLength": 255},
+                            "price": _UNITS,
+                            "quantity": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+                            "idempotency_key": {"type": "string", "maxLength": 255},
+                            "metadata": {"type": "object", "maxProperties": 50},
+                        },
+                    }
+                ),
                 "responses": {
                     "200": _json(
                         {
@@ -98,17 +98,12 @@ def _ledger_paths() -> dict[str, Any]:
         "/api/players/balances": {
             "post": {
                 "operationId": "getPlayerBalances",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"player_emails": {"type": "array", "items": _STR, "maxItems": 1000}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "properties": {"player_emails": {"type": "array", "items": _STR, "maxItems": 1000}},
+                    }
+                ),
                 "responses": {
                     "200": _json(
                         {
@@ -193,25 +188,20 @@ def _payments_paths() -> dict[str, Any]:
             "post": {
                 "operationId": "purchaseCurrency",
                 "summary": "Charge a tokenised card and credit the player's branded currency (1 USD = 10 units).",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["player_email", "usd_amount", "payment_method_id", "purchase_reference"],
-                                "properties": {
-                                    "player_email": {"type": "string", "format": "email"},
-                                    "usd_amount": {"type": "string", "examples": ["10.00"]},
-                                    "payment_method_id": _STR,
-                                    "purchase_reference": {"type": "string", "maxLength": 255},
-                                    "client_request_id": {"type": "string", "maxLength": 255, "deprecated": True},
-                                    "metadata": {"type": "object"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["player_email", "usd_amount", "payment_method_id", "purchase_reference"],
+                        "properties": {
+                            "player_email": {"type": "string", "format": "email"},
+                            "usd_amount": {"type": "string", "examples": ["10.00"]},
+                            "payment_method_id": _STR,
+                            "purchase_reference": {"type": "string", "maxLength": 255},
+                            "client_request_id": {"type": "string", "maxLength": 255, "deprecated": True},
+                            "metadata": {"type": "object"},
+                        },
+                    }
+                ),
                 "responses": {
                     "200": _json(outcome, "success (or its replay, duplicate: true) or requires_action (3-D Secure)."),
                     "409": _json(outcome, "status: pending, duplicate: true: this purchase_reference is in flight."),
@@ -223,18 +213,13 @@ def _payments_paths() -> dict[str, Any]:
             "post": {
                 "operationId": "confirmPayment",
                 "summary": "After 3-D Secure: credit the purchase (idempotent; already_processed on a repeat).",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["payment_intent_id", "order_id"],
-                                "properties": {"payment_intent_id": _STR, "order_id": _STR},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["payment_intent_id", "order_id"],
+                        "properties": {"payment_intent_id": _STR, "order_id": _STR},
+                    }
+                ),
                 "responses": {"200": _json(outcome, "Credited."), **_errors(400, 401, 402, 403, 404, 409, 429, 503)},
             }
         },
@@ -302,18 +287,13 @@ def _webhooks_paths() -> dict[str, Any]:
         "/api/webhooks/redeliver-failed": {
             "post": {
                 "operationId": "redeliverFailedWebhooks",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["since"],
-                                "properties": {"since": {"type": "string", "format": "date-time"}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["since"],
+                        "properties": {"since": {"type": "string", "format": "date-time"}},
+                    }
+                ),
                 "responses": {
                     "200": _json({"type": "object"}, "How many were queued again."),
                     **_errors(400, 401, 403, 429),
