@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 import secrets
@@ -63,18 +64,20 @@ class Outbox:
         return int(info.state.messages)
 
     async def consume_all(self) -> list[Msg]:
-        """Everything in the stream, in stream order, through a fresh pull consumer."""
+        """Everything in the stream, in stream order, through a fresh pull consumer: as many
+        messages as the stream holds (not "until a fetch times out", which a slow fetch would
+        cut short), then the consumer must have nothing left."""
+        expected = await self.stream_count()
         sub = await self.js.pull_subscribe(f"{self.prefix}.>", durable=None, stream=self.stream)
         got: list[Msg] = []
         try:
-            while True:
-                try:
-                    batch = await sub.fetch(256, timeout=0.5)
-                except TimeoutError:  # nats.errors.TimeoutError and asyncio's both: nothing more
-                    break
+            while len(got) < expected:
+                batch = await sub.fetch(min(256, expected - len(got)), timeout=5.0)
                 for msg in batch:
                     await msg.ack()
                 got.extend(batch)
+            info = await sub.consumer_info()
+            assert info.num_pending == 0, info
         finally:
             await sub.unsubscribe()
         return got
@@ -486,5 +489,53 @@ async def test_after_an_outage_that_failed_rounds_the_relay_publishes_everything
         got = [m.headers["Nats-Msg-Id"] if m.headers else "" for m in await outbox.consume_all()]
         assert sorted(got) == sorted(ids)  # each once: JetStream dropped any copy a failed round sent
     finally:
+        await nc.close()
+        await proxy.stop()
+
+
+async def test_the_relay_task_outlives_an_outage_and_then_publishes_what_waited(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run()` itself (the service's background task), not single rounds: NATS going away fails
+    its rounds, which are logged and retried; the task never ends, and once NATS is back every
+    event that waited is published, each once."""
+    monkeypatch.setattr(events, "PUBLISH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(events, "RELAY_BACKOFF_MAX_S", 0.5)  # so the test does not wait out 5 s
+    proxy = CuttableProxy(int(outbox.nats_url.rpartition(":")[2]))
+    await proxy.start()
+    nc = await nats.connect(
+        f"nats://127.0.0.1:{proxy.port}", connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    )
+    task = asyncio.ensure_future(outbox.relay(js=nc.jetstream()).run())
+    try:
+        with caplog.at_level(logging.WARNING, logger=events.log.name):
+            ids = await emit_committed(outbox, [("ten_a", "x.y", {"i": i}) for i in range(5)])
+
+            async def published(n: int) -> bool:
+                return await outbox.stream_count() == n
+
+            await eventually(lambda: published(5), timeout_s=10)
+            await proxy.stop()
+            ids += await emit_committed(outbox, [("ten_a", "x.y", {"i": i}) for i in range(5, 10)])
+
+            async def a_round_failed() -> bool:
+                return any("outbox-relay round failed" in r.getMessage() for r in caplog.records)
+
+            await eventually(a_round_failed, timeout_s=15)
+            assert not task.done(), "the relay task ended in the outage"
+            assert await outbox.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 5
+            await proxy.start()
+            await eventually(lambda: published(10), timeout_s=15)
+            assert not task.done()
+
+            async def all_marked() -> bool:
+                return await outbox.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+
+            await eventually(all_marked, timeout_s=10)
+        got = [m.headers["Nats-Msg-Id"] if m.headers else "" for m in await outbox.consume_all()]
+        assert sorted(got) == sorted(ids)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await nc.close()
         await proxy.stop()

@@ -13,7 +13,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import nats
@@ -22,12 +22,15 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from services.common import ids
+from services.common import ids, loops
 
 log = logging.getLogger("invo.events")
 
 DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
+PRUNE_EVERY_ROUNDS = 3000
+# Events wait out the backoff once their dependency is back: keep it short (a round is cheap).
+RELAY_BACKOFF_MAX_S = 5.0
 
 
 def envelope(*, event_id: str, event_type: str, tenant_id: str, data: dict[str, Any]) -> str:
@@ -134,6 +137,7 @@ class OutboxRelay:
         self.retention_s = retention_s
         # Test hook: runs after a publish is acknowledged and before the row is marked sent.
         self.after_publish = after_publish
+        self._rounds = 0
 
     async def relay_once(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -181,18 +185,21 @@ class OutboxRelay:
         )
         return int(result.split()[-1])
 
-    async def run(self) -> None:
-        rounds = 0
-        while True:
-            try:
-                sent = await self.relay_once()
-                rounds += 1
-                if rounds % 3000 == 0:
-                    await self.prune()
-            except (TimeoutError, asyncpg.PostgresError, OSError, nats.errors.Error) as exc:
-                # The database or NATS is away: nothing was marked, so nothing is lost. Try again.
-                log.warning("outbox relay round failed: %s", exc)
-                sent = 0
-                await asyncio.sleep(1.0)
-            if sent < self.batch_max:
-                await asyncio.sleep(self.poll_interval_s)
+    async def relay_round(self) -> float:
+        """One round: publish a batch; the wait before the next (none after a full batch)."""
+        sent = await self.relay_once()
+        self._rounds += 1
+        if self._rounds % PRUNE_EVERY_ROUNDS == 0:
+            await self.prune()
+        return 0.0 if sent >= self.batch_max else self.poll_interval_s
+
+    async def run(self) -> NoReturn:
+        """Relays for ever. A round that fails (the database or NATS away) marked nothing, so
+        nothing is lost: it is retried with backoff, and the task never ends because of it."""
+        await loops.supervised(
+            "outbox-relay",
+            self.relay_round,
+            interval_s=self.poll_interval_s,
+            log=log,
+            backoff_max_s=RELAY_BACKOFF_MAX_S,
+        )
