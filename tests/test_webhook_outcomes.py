@@ -16,7 +16,7 @@ import pytest
 
 from services.common import db
 from services.common.stack import Stack
-from services.webhooks.service import Outcome, OutcomeWriter
+from services.webhooks.outcomes import Outcome, OutcomeWriter
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services" / "webhooks" / "migrations"
 
@@ -167,7 +167,7 @@ async def test_claims_walk_every_endpoint_in_turn_and_cap_each_one(pool: asyncpg
     """More endpoints than one claim looks at (256): every delivery is still claimed, once, and
     no claim takes more than the per-endpoint cap from the endpoint with a backlog."""
     from services.common.config import Settings
-    from services.webhooks.service import Webhooks
+    from services.webhooks.sender import Sender
 
     one_each = [(f"whd_{i:04d}", f"http://127.0.0.1:9/e{i:04d}") for i in range(400)]
     backlog = [(f"whd_b{i:03d}", "http://127.0.0.1:9/backlog") for i in range(40)]
@@ -185,7 +185,7 @@ async def test_claims_walk_every_endpoint_in_turn_and_cap_each_one(pool: asyncpg
         [u for _, u in rows],
     )
     settings = dataclasses.replace(Settings.from_env({}), webhook_per_endpoint_max=8)
-    webhooks = Webhooks(pool, settings, tenants=None)  # type: ignore[arg-type]  # claims never ask tenants
+    webhooks = Sender(pool, settings, tenants=None, wake=asyncio.Event())  # type: ignore[arg-type]  # claims never ask tenants
     try:
         claimed: list[str] = []
         for _ in range(40):

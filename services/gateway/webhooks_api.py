@@ -70,11 +70,12 @@ def delivery_json(d: webhooks_pb2.Delivery) -> dict[str, Any]:
     return out
 
 
-async def _list(request: web.Request, tenant_id: str) -> web.Response:
+async def _list(request: web.Request, tenant_id: str, *, all_tenants: bool = False) -> web.Response:
     ctx = ctx_of(request)
     q = request.query
     req = webhooks_pb2.ListDeliveriesRequest(
         tenant_id=tenant_id,
+        all_tenants=all_tenants,
         event_type=q.get("event_type", "")[:100],
         status=q.get("status", ""),
         after_delivery_id=q.get("cursor", "")[:64],
@@ -96,19 +97,25 @@ async def _list(request: web.Request, tenant_id: str) -> web.Response:
     )
 
 
-async def _get(request: web.Request, tenant_id: str, *, redeliver: bool = False) -> web.Response:
+async def _get(
+    request: web.Request, tenant_id: str, *, all_tenants: bool = False, redeliver: bool = False
+) -> web.Response:
     ctx = ctx_of(request)
-    req = webhooks_pb2.GetDeliveryRequest(tenant_id=tenant_id, delivery_id=request.match_info["delivery_id"][:64])
+    req = webhooks_pb2.GetDeliveryRequest(
+        tenant_id=tenant_id, all_tenants=all_tenants, delivery_id=request.match_info["delivery_id"][:64]
+    )
     method = ctx.backends.webhooks.Redeliver if redeliver else ctx.backends.webhooks.GetDelivery
     return json_response(delivery_json(await ctx.backends.call(method, req)))
 
 
-async def _redeliver_failed(request: web.Request, tenant_id: str, body: dict[str, Any]) -> web.Response:
+async def _redeliver_failed(
+    request: web.Request, tenant_id: str, body: dict[str, Any], *, all_tenants: bool = False
+) -> web.Response:
     ctx = ctx_of(request)
     since = get_str(body, "since", max_len=64, required=True) or ""
     resp = await ctx.backends.call(
         ctx.backends.webhooks.RedeliverFailed,
-        webhooks_pb2.RedeliverFailedRequest(tenant_id=tenant_id, since=_time(since, "since")),
+        webhooks_pb2.RedeliverFailedRequest(tenant_id=tenant_id, all_tenants=all_tenants, since=_time(since, "since")),
     )
     return json_response({"redelivered": resp.redelivered})
 
@@ -181,17 +188,19 @@ def _admin_tenant(request: web.Request) -> str:
 
 @admin.get("/admin/webhooks/deliveries")
 async def admin_list(request: web.Request) -> web.Response:
-    return await _list(request, _admin_tenant(request))
+    tenant_id = _admin_tenant(request)
+    # No tenant named: the operator lists every tenant's, and says so explicitly.
+    return await _list(request, tenant_id, all_tenants=not tenant_id)
 
 
 @admin.get("/admin/webhooks/deliveries/{delivery_id}")
 async def admin_get(request: web.Request) -> web.Response:
-    return await _get(request, "")
+    return await _get(request, "", all_tenants=True)
 
 
 @admin.post("/admin/webhooks/deliveries/{delivery_id}/redeliver")
 async def admin_redeliver(request: web.Request) -> web.Response:
-    return await _get(request, "", redeliver=True)
+    return await _get(request, "", all_tenants=True, redeliver=True)
 
 
 @admin.post("/admin/webhooks/redeliver-failed")
@@ -199,7 +208,7 @@ async def admin_redeliver_failed(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, {"since", "tenant_id"})
     tenant_id = get_str(body, "tenant_id", max_len=64) or ""
-    return await _redeliver_failed(request, tenant_id, body)
+    return await _redeliver_failed(request, tenant_id, body, all_tenants=not tenant_id)
 
 
 @admin.post("/admin/tenants/{tenant_id}/webhook-secret/rotate")
