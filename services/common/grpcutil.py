@@ -185,6 +185,24 @@ async def call(method: Callable[..., Any], request: Any, *, timeout_s: float) ->
         raise errors.from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
 
 
+def deadline_of(context: Any) -> float | None:
+    """The absolute deadline (`time.monotonic()` clock) of an incoming call, None without one: a
+    handler passes it on so that the calls it makes in turn end before its caller gives up."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def timeout_within(deadline: float | None, *, cap_s: float) -> float:
+    """The timeout of an outgoing call: what is left of `deadline`, at most `cap_s`. Nothing left
+    is a Timeout at once: a call that cannot be answered in time is not worth sending."""
+    if deadline is None:
+        return cap_s
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        raise errors.Timeout("The request ran out of time before it could finish; retry it.")
+    return min(cap_s, left_s)
+
+
 async def stream(method: Callable[..., Any], request: Any, *, timeout_s: float) -> Any:
     """A server-streaming call, yielded item by item, with the same error mapping as `call`."""
     try:
