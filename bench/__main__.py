@@ -38,6 +38,7 @@ from bench.client import Connection
 from services.common import db
 from services.common.devservers import free_port
 from services.common.stack import Stack, default_home
+from services.ledger import chart
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -191,7 +192,13 @@ class Bench:
         async def one(email: str) -> None:
             status, out = await self._post(
                 "/admin/players/credit",
-                {"tenant_id": tenant_id, "player_email": email, "amount": FUNDING_UNITS, "reason": "benchmark"},
+                {
+                    "tenant_id": tenant_id,
+                    "player_email": email,
+                    "amount": FUNDING_UNITS,
+                    "reason": "benchmark",
+                    "idempotency_key": f"bench-fund-{tenant_id}-{email}",
+                },
                 self.admin,
             )
             if status != 200:
@@ -351,7 +358,7 @@ class Bench:
         )
         try:
             tenants = [f"tn_BENCH{t:020d}" for t in range(SPREAD_TENANTS)]
-            codes = [f"player:{tenants[w % SPREAD_TENANTS]}:w{w}@bench.test" for w in range(self.concurrency)]
+            codes = [chart.player(tenants[w % SPREAD_TENANTS], f"w{w}@bench.test") for w in range(self.concurrency)]
             async with pool.acquire() as conn:
                 await conn.execute(
                     "INSERT INTO accounts (code, kind, constrained, credits_posted)"
@@ -361,10 +368,10 @@ class Bench:
                 await conn.execute(
                     "INSERT INTO accounts (code, kind, constrained)"
                     " SELECT c, 'revenue', true FROM unnest($1::text[]) c",
-                    [f"tenant:{t}:revenue" for t in tenants],
+                    [chart.revenue(t) for t in tenants],
                 )
                 await conn.execute(
-                    "INSERT INTO accounts (code, kind, constrained) VALUES ('network:fees', 'network', true)"
+                    "INSERT INTO accounts (code, kind, constrained) VALUES ($1, 'network', true)", chart.NETWORK_FEES
                 )
                 rows = await conn.fetch("SELECT id, code FROM accounts")
             account_id = {r["code"]: r["id"] for r in rows}
@@ -372,8 +379,8 @@ class Bench:
             async def request(w: int, i: int) -> bool:
                 tenant = tenants[w % SPREAD_TENANTS]
                 player = account_id[codes[w]]
-                revenue = account_id[f"tenant:{tenant}:revenue"]
-                network = account_id["network:fees"]
+                revenue = account_id[chart.revenue(tenant)]
+                network = account_id[chart.NETWORK_FEES]
                 txn = f"txn_raw{self.run_id}{w:04d}{i:010d}"
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute(

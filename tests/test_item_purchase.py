@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import nats
@@ -21,7 +22,13 @@ async def fund(api: Api, tenant_id: str, email: str, amount: str) -> None:
     resp = await api.post(
         "/admin/players/credit",
         admin=True,
-        json={"tenant_id": tenant_id, "player_email": email, "amount": amount, "reason": "test funding"},
+        json={
+            "tenant_id": tenant_id,
+            "player_email": email,
+            "amount": amount,
+            "reason": "test funding",
+            "idempotency_key": uuid.uuid4().hex,
+        },
     )
     assert resp.status == 200, resp
 
@@ -106,7 +113,8 @@ async def test_insufficient_balance_is_402_and_changes_nothing(api: Api) -> None
     ok = await api.post(PURCHASE, key=t["sdk_key"], json=body("too-much", price="5.01"))
     assert ok.status == 200 and ok.body["new_balance"] == "0.99"
     revenue = (await api.get("/api/revenue", key=t["sdk_key"])).body
-    assert revenue["owed_units"] == "4.50"  # 5.01 x 90% = 4.509, rounded down; the network gets 0.51
+    # The fee, 10% of 5.01 = 0.501, is rounded down to 0.50: the partner earns 4.51.
+    assert revenue["owed_units"] == "4.51"
     await check_ledger(api)
 
 
@@ -180,13 +188,13 @@ FEE_SETTINGS_BPS = [0, 1, 250, 333, 999, 1000, 1250, 3333, 5000, 9999, 10000]
 
 def test_fee_arithmetic_for_every_price_up_to_1000_units() -> None:
     """partner + network == price exactly, for every price 0.01 .. 1,000.00 and every fee tested;
-    the partner's share is the one rounded down."""
+    the network's fee is the one rounded down (a fee never exceeds its rate)."""
     for bps in FEE_SETTINGS_BPS:
         for price in range(1, 100_001):
             partner, fee = money.split_item_purchase(price, network_fee_bps=bps)
             assert partner + fee == price
             assert 0 <= fee <= price
-            assert partner == price * (10_000 - bps) // 10_000
+            assert fee == price * bps // 10_000
 
 
 async def test_split_through_the_api_with_a_negotiated_fee(api: Api) -> None:

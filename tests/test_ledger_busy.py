@@ -20,7 +20,13 @@ async def test_purchases_waiting_on_a_stalled_write_lock_get_503_once_and_then_s
     credit = await api.post(
         "/admin/players/credit",
         admin=True,
-        json={"tenant_id": t["tenant_id"], "player_email": "p@example.com", "amount": "10", "reason": "test"},
+        json={
+            "tenant_id": t["tenant_id"],
+            "player_email": "p@example.com",
+            "amount": "10",
+            "reason": "test",
+            "idempotency_key": "busy-fund",
+        },
     )
     assert credit.status == 200, credit
 
@@ -30,7 +36,8 @@ async def test_purchases_waiting_on_a_stalled_write_lock_get_503_once_and_then_s
             player_email="p@example.com",
             item_id="gem",
             item_name="Gem",
-            price=100,  # 1.00: minor units are hundredths
+            price_minor=100,  # 1.00: minor units are hundredths
+            network_fee_bps=1000,
             quantity=1,
             idempotency=ledger_pb2.Idempotency(namespace="api", key=f"busy-{i}"),
         )
@@ -57,7 +64,7 @@ async def test_purchases_waiting_on_a_stalled_write_lock_get_503_once_and_then_s
         assert balance.body["balance"] == "10"  # nothing was taken
         done = await asyncio.gather(*(grpcutil.call(stub.PurchaseItem, purchase(i), timeout_s=30) for i in range(3)))
         assert [d.duplicate for d in done] == [False, False, False]
-        assert sorted(d.new_balance for d in done) == [700, 800, 900]
+        assert sorted(d.new_balance_minor for d in done) == [700, 800, 900]
     finally:
         await ch.close()
         await holder.close()

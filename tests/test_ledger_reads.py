@@ -37,8 +37,20 @@ BALANCE_KEYS = {"player_email", "balance", "available_balance", "pending"}
 
 
 async def credit(api: Api, tenant_id: str, email: str, amount: str = "50", **extra: Any) -> Response:
-    body = {"tenant_id": tenant_id, "player_email": email, "amount": amount, "reason": "test funding", **extra}
+    body = {
+        "tenant_id": tenant_id,
+        "player_email": email,
+        "amount": amount,
+        "reason": "test funding",
+        "idempotency_key": ids.new_id("fund"),
+        **extra,
+    }
     return await api.post("/admin/players/credit", admin=True, json=body)
+
+
+def with_key(body: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """An adjustment body with a fresh idempotency key (the admin API requires one)."""
+    return {**body, **changes, "idempotency_key": ids.new_id("adj")}
 
 
 async def funded(api: Api, tenant_id: str, email: str, amount: str = "50") -> dict[str, Any]:
@@ -268,7 +280,7 @@ async def test_entries_feed_pages_every_entry_once_in_order(api: Api) -> None:
     purchases = [
         await purchase(api, key, "p1@x.com", "10"),
         await purchase(api, key, "p2@x.com", "3.33", quantity=3),
-        await purchase(api, key, "p1@x.com", "0.07"),  # 0.06 to the partner, 0.01 to the network
+        await purchase(api, key, "p1@x.com", "0.17"),  # 0.16 to the partner, 0.01 (0.017 down) to the network
     ]
     credits.append(await funded(api, tid, "p2@x.com", "1.50"))
 
@@ -322,8 +334,8 @@ async def test_entries_feed_pages_every_entry_once_in_order(api: Api) -> None:
         purchases,
         [
             ("p1@x.com", "-10", "9", "1", "40", "9"),
-            ("p2@x.com", "-9.99", "8.99", "1", "40.01", "17.99"),
-            ("p1@x.com", "-0.07", "0.06", "0.01", "39.93", "18.05"),
+            ("p2@x.com", "-9.99", "9", "0.99", "40.01", "18"),  # the fee, 0.999, rounds down
+            ("p1@x.com", "-0.17", "0.16", "0.01", "39.83", "18.16"),
         ],
         strict=True,
     ):
@@ -399,16 +411,16 @@ async def test_revenue_with_a_fractional_fee_percentage(api: Api) -> None:
     assert t["tenant"]["network_fee_percentage"] == "12.5"
     await funded(api, t["tenant_id"], "buyer@x.com", "5")
     bought = await purchase(api, t["sdk_key"], "buyer@x.com", "1")
-    # 87.5% of 1 is 0.875: the partner's share rounds down, the network takes the rest.
-    assert (bought["total"], bought["partner_amount"], bought["network_fee"]) == ("1", "0.87", "0.13")
+    # 12.5% of 1 is 0.125: the network's fee rounds down to 0.12, the partner keeps the rest.
+    assert (bought["total"], bought["partner_amount"], bought["network_fee"]) == ("1", "0.88", "0.12")
     assert bought["new_balance"] == "4"
     resp = await api.get("/api/revenue", key=t["sdk_key"])
-    assert resp.body["lifetime_units"] == "0.87"
-    assert resp.body["owed_units"] == "0.87"
+    assert resp.body["lifetime_units"] == "0.88"
+    assert resp.body["owed_units"] == "0.88"
     assert resp.body["paid_out_units"] == "0"
-    assert resp.body["lifetime_usd"] == "0.08"  # 0.87 units = $0.087, whole cents only
+    assert resp.body["lifetime_usd"] == "0.08"  # 0.88 units = $0.088, whole cents only
     fee = [e for e in await all_entries(api, t["sdk_key"]) if e["account"] == "network_fee"]
-    assert [e["amount"] for e in fee] == ["0.13"]
+    assert [e["amount"] for e in fee] == ["0.12"]
 
 
 # -- 6. the export ----------------------------------------------------------------------------
@@ -650,27 +662,27 @@ async def test_admin_credit_and_debit(api: Api) -> None:
     assert (resp.body["currency_name"], resp.body["reason"]) == ("Gold Coins", "test funding")
 
     debit = {"tenant_id": tid, "player_email": "admin@x.com", "amount": "20.5", "reason": "chargeback"}
-    resp = await api.post("/admin/players/debit", admin=True, json=debit)
+    resp = await api.post("/admin/players/debit", admin=True, json=with_key(debit))
     assert resp.status == 200, resp
     assert (resp.body["amount"], resp.body["new_balance"]) == ("20.50", "29.50")
     assert await balance_of(api, key, "admin@x.com") == "29.50"
 
     # More than the balance: refused, nothing moves.
     entries_before = await all_entries(api, key)
-    resp = await api.post("/admin/players/debit", admin=True, json={**debit, "amount": "29.51"})
+    resp = await api.post("/admin/players/debit", admin=True, json=with_key(debit, amount="29.51"))
     assert_envelope(resp, 402, "INSUFFICIENT_BALANCE")
     assert await balance_of(api, key, "admin@x.com") == "29.50"
     assert await all_entries(api, key) == entries_before
-    resp = await api.post("/admin/players/debit", admin=True, json={**debit, "amount": "29.50"})
+    resp = await api.post("/admin/players/debit", admin=True, json=with_key(debit, amount="29.50"))
     assert resp.body["new_balance"] == "0"
     assert_envelope(
-        await api.post("/admin/players/debit", admin=True, json={**debit, "amount": "0.01"}),
+        await api.post("/admin/players/debit", admin=True, json=with_key(debit, amount="0.01")),
         402,
         "INSUFFICIENT_BALANCE",
     )
     # An unknown player has nothing to debit.
     assert_envelope(
-        await api.post("/admin/players/debit", admin=True, json={**debit, "player_email": "ghost@x.com"}),
+        await api.post("/admin/players/debit", admin=True, json=with_key(debit, player_email="ghost@x.com")),
         402,
         "INSUFFICIENT_BALANCE",
     )
@@ -705,9 +717,12 @@ async def test_admin_credit_retry_with_the_same_idempotency_key_replays(api: Api
 async def test_admin_adjustments_refuse_bad_requests(api: Api) -> None:
     t = await api.create_tenant()
     tid = t["tenant_id"]
-    good = {"tenant_id": tid, "player_email": "p@x.com", "amount": "1", "reason": "why"}
+    good = {"tenant_id": tid, "player_email": "p@x.com", "amount": "1", "reason": "why", "idempotency_key": "adj-1"}
     for path in ("/admin/players/credit", "/admin/players/debit"):
         cases: list[tuple[dict[str, Any], int, str]] = [
+            # Required: a key invented by the server would make a retried request move money twice.
+            ({k: v for k, v in good.items() if k != "idempotency_key"}, 400, "MISSING_IDEMPOTENCY_KEY"),
+            ({**good, "idempotency_key": ""}, 400, "INVALID_IDEMPOTENCY_KEY"),
             ({k: v for k, v in good.items() if k != "reason"}, 400, "MISSING_PARAMETER"),
             ({**good, "reason": "   "}, 400, "INVALID_PARAMETER"),
             ({k: v for k, v in good.items() if k != "amount"}, 400, "MISSING_PARAMETER"),

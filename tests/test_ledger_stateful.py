@@ -57,16 +57,16 @@ def _idem(key: str | None = None) -> ledger_pb2.Idempotency:
 
 
 def _posting(account: str, amount: int) -> ledger_pb2.Posting:
-    return ledger_pb2.Posting(account=account, amount=amount)
+    return ledger_pb2.Posting(account=account, amount_minor=amount)
 
 
 def _triples(balances: Any) -> list[tuple[str, int, int, int]]:
-    return [(b.account, b.balance, b.pending, b.available) for b in balances]
+    return [(b.account, b.balance_minor, b.pending_minor, b.available_minor) for b in balances]
 
 
 def _check_ok(check: ledger_pb2.CheckResponse) -> None:
     """The global invariants over the whole shared database: every test must leave them true."""
-    assert check.total_balance == 0, check
+    assert check.total_balance_minor == 0, check
     assert list(check.negative_accounts) == [], check
     assert list(check.unbalanced_transactions) == [], check
     assert list(check.drifted_accounts) == [], check
@@ -170,7 +170,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def read(self, codes: list[str]) -> dict[str, tuple[int, int, int]]:
         resp = self.call("GetBalances", ledger_pb2.GetBalancesRequest(accounts=codes))
         assert [b.account for b in resp.balances] == codes
-        return {b.account: (b.balance, b.pending, b.available) for b in resp.balances}
+        return {b.account: (b.balance_minor, b.pending_minor, b.available_minor) for b in resp.balances}
 
     def expect_result(self, res: ledger_pb2.TransactionResult, status: str, touched: list[str]) -> None:
         """A fresh write's answer: not a duplicate, the status, and the touched model accounts
@@ -179,7 +179,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert res.duplicate is False, res
         assert res.status == status, res
         assert res.transaction_id.startswith("txn_"), res
-        got = {b.account: (b.balance, b.pending, b.available) for b in res.balances}
+        got = {b.account: (b.balance_minor, b.pending_minor, b.available_minor) for b in res.balances}
         for code in touched:
             assert got.get(code) == self.model[code].triple(), (code, res)
 
@@ -271,7 +271,7 @@ class LedgerMachine(RuleBasedStateMachine):
             player_email=self.emails[p],
             item_id=f"item_{price}",
             item_name="Model Item",
-            price=price,
+            price_minor=price,
             quantity=quantity,
             idempotency=_idem(),
             network_fee_bps=bps,
@@ -284,8 +284,8 @@ class LedgerMachine(RuleBasedStateMachine):
         res = self.call("PurchaseItem", req)
         acct.balance -= total
         self.model[self.revenue].balance += partner
-        assert (res.total, res.partner_amount, res.network_fee) == (total, partner, fee), res
-        assert res.new_balance == acct.balance, res
+        assert (res.total_minor, res.partner_amount_minor, res.network_fee_minor) == (total, partner, fee), res
+        assert res.new_balance_minor == acct.balance, res
         assert res.duplicate is False, res
         event("purchase ok")
         fees_after = self.read([chart.NETWORK_FEES])[chart.NETWORK_FEES][0]
@@ -369,7 +369,9 @@ class LedgerMachine(RuleBasedStateMachine):
             # Expired but maybe not yet voided (HOLD_EXPIRED), or the background expiry was first.
             self.fails("PostHold", self._resolve_request(hold.hold_id), {"HOLD_EXPIRED", "HOLD_NOT_PENDING"})
         expired = self.call("ExpireHolds", ledger_pb2.ExpireHoldsRequest(limit=EXPIRY_LIMIT))
-        assert 0 <= expired.voided <= EXPIRY_LIMIT
+        # Only this hold has expired (the machine's other holds live for minutes): the call voids
+        # it, or finds it voided already by the background expiry, never more than one.
+        assert expired.voided in (0, 1), expired
         txn = self.call(
             "GetTransaction", ledger_pb2.GetTransactionRequest(transaction_id=hold.hold_id, tenant_id=self.tenant_id)
         )
@@ -412,14 +414,14 @@ class LedgerMachine(RuleBasedStateMachine):
         if method in ("Transfer", "CreateHold"):
             if variant:
                 for posting in changed.postings:
-                    posting.amount *= 2
+                    posting.amount_minor *= 2
             elif method == "Transfer":
                 changed.kind = changed.kind + "_other"
             else:
                 changed.expires_in_ms += 1
         elif method == "PurchaseItem":
             if variant:
-                changed.price += 1
+                changed.price_minor += 1
             else:
                 changed.item_id += "_other"
         elif variant:
@@ -500,7 +502,7 @@ async def _entries(ledger: Any, tenant_id: str, account: str) -> list[ledger_pb2
 async def _balance(ledger: Any, account: str) -> tuple[int, int, int]:
     resp = await _call(ledger.GetBalances, ledger_pb2.GetBalancesRequest(accounts=[account]))
     (b,) = resp.balances
-    return (b.balance, b.pending, b.available)
+    return (b.balance_minor, b.pending_minor, b.available_minor)
 
 
 def _purchase(tenant_id: str, email: str, price: int, key: str | None = None) -> ledger_pb2.PurchaseItemRequest:
@@ -509,7 +511,7 @@ def _purchase(tenant_id: str, email: str, price: int, key: str | None = None) ->
         player_email=email,
         item_id="potion",
         item_name="Potion",
-        price=price,
+        price_minor=price,
         quantity=1,
         idempotency=_idem(key),
         network_fee_bps=1000,
@@ -531,9 +533,9 @@ async def test_a_hundred_concurrent_purchases_never_overdraw(api: Api, ledger: A
     refused = [o for o in outcomes if isinstance(o, errors.InvoError)]
     assert len(ok) == 20 and len(refused) == 80, outcomes
     assert {e.error_code for e in refused} == {"INSUFFICIENT_BALANCE"}
-    assert sorted(o.new_balance for o in ok) == list(range(0, 2000, 100))
+    assert sorted(o.new_balance_minor for o in ok) == list(range(0, 2000, 100))
     assert len({o.transaction_id for o in ok}) == 20
-    assert all(o.duplicate is False and o.total == 100 for o in ok)
+    assert all(o.duplicate is False and o.total_minor == 100 for o in ok)
     assert await _balance(ledger, player) == (0, 0, 0)
 
     # Never below zero, at any point: every entry's running balance, in commit order.
@@ -542,12 +544,12 @@ async def test_a_hundred_concurrent_purchases_never_overdraw(api: Api, ledger: A
     assert [e.entry_id for e in entries] == sorted(e.entry_id for e in entries)
     running = 0
     for e in entries:
-        running += e.amount
-        assert e.balance_after == running, entries
-        assert e.balance_after >= 0, entries
+        running += e.amount_minor
+        assert e.balance_after_minor == running, entries
+        assert e.balance_after_minor >= 0, entries
     assert {e.transaction_id for e in entries if e.kind == "item_purchase"} == {o.transaction_id for o in ok}
     revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
-    assert revenue.owed == 20 * 90
+    assert revenue.owed_minor == 20 * 90
     _check_ok(await _call(ledger.Check, ledger_pb2.CheckRequest()))
 
 
@@ -575,9 +577,9 @@ async def test_one_key_sent_fifty_times_at_once_moves_money_once(api: Api, ledge
     assert [a.duplicate for a in answers].count(False) == 1
     assert [a.duplicate for a in answers].count(True) == 49
     if write == "purchase":
-        assert {a.new_balance for a in answers} == {1000 + moved}
+        assert {a.new_balance_minor for a in answers} == {1000 + moved}
     assert await _balance(ledger, player) == (1000 + moved, 0, 1000 + moved)
     entries = await _entries(ledger, tenant_id, player)
-    assert [e.amount for e in entries] == [1000, moved]
+    assert [e.amount_minor for e in entries] == [1000, moved]
     assert entries[1].transaction_id == answers[0].transaction_id
     _check_ok(await _call(ledger.Check, ledger_pb2.CheckRequest()))

@@ -55,17 +55,41 @@ def format_scaled(value: int, *, places: int, trim: bool = False) -> str:
 
 BPS_WHOLE = 10_000
 
+# The one rounding rule of every fee split (README, "Fees and rounding"): a fee is computed first
+# and rounded DOWN to the minor unit, so nobody is charged more than the rate; a tenant's share
+# of a fee is rounded down too, and the network's share is what is left. The parts always add up
+# to the whole exactly.
+TRANSFER_FEE_BPS = 1000  # the sender pays 10% on top of the amount (the seed)
+TRANSFER_DESTINATION_BPS = 350  # the destination tenant's kickback, always 3.5%
+
+
+def fee_of(amount: int, *, bps: int) -> int:
+    """`bps` basis points of `amount`, rounded down."""
+    if amount < 0 or not 0 <= bps <= BPS_WHOLE:
+        raise ValueError("amount must be >= 0 and bps within 0..10000")
+    return amount * bps // BPS_WHOLE
+
 
 def split_item_purchase(total: int, *, network_fee_bps: int) -> tuple[int, int]:
-    """(partner_amount, network_fee) of an item purchase, in minor units.
+    """(partner_amount, network_fee) of an item purchase, in minor units: the network's fee is
+    rounded down, the partner keeps the rest (a 0.35 item at 10% gives the partner 0.32)."""
+    fee = fee_of(total, bps=network_fee_bps)
+    return total - fee, fee
 
-    The partner's share is rounded down and the remainder goes to the network, so the two
-    always add up to the total exactly.
+
+def split_transfer_fee(amount: int, *, source_bps: int) -> tuple[int, int, int, int]:
+    """(fee, source_share, destination_share, network_share) of a transfer of `amount`.
+
+    The sender pays `fee` (10% of the amount) on top. The source tenant's share is its
+    `transfer_fee_percentage` (at most the 6.5% that 10% less the destination's 3.5% leaves), the
+    destination's is 3.5%, and a source share above 3.5% comes out of the network's 3%.
     """
-    if total < 0 or not 0 <= network_fee_bps <= BPS_WHOLE:
-        raise ValueError("total must be >= 0 and the fee within 0..10000 bps")
-    partner = total * (BPS_WHOLE - network_fee_bps) // BPS_WHOLE
-    return partner, total - partner
+    if not 0 <= source_bps <= TRANSFER_FEE_BPS - TRANSFER_DESTINATION_BPS:
+        raise ValueError("source_bps must be within 0..650")
+    fee = fee_of(amount, bps=TRANSFER_FEE_BPS)
+    source = fee_of(amount, bps=source_bps)
+    destination = fee_of(amount, bps=TRANSFER_DESTINATION_BPS)
+    return fee, source, destination, fee - source - destination
 
 
 def format_units(minor: int) -> str:

@@ -22,18 +22,22 @@ class GatewayContext:
         self.backends = backends
         self.keys = KeyCache(backends, ttl_s=settings.auth_cache_ttl_s, size_max=settings.auth_cache_size_max)
         self.limiter = RateLimiter(burst_s=settings.rate_limit_burst_s)
-        self.balances: Coalescer[str, ledger_pb2.AccountBalance] = Coalescer(self._read_balances)
+        # Keyed by (tenant_id, normalised email).
+        self.balances: Coalescer[tuple[str, str], ledger_pb2.AccountBalance] = Coalescer(self._read_balances)
         self.purchases: Coalescer[ledger_pb2.PurchaseItemRequest, ledger_pb2.PurchaseItemResponse] = Coalescer(
             self._purchase_items
         )
 
-    async def _read_balances(self, accounts: list[str]) -> list[ledger_pb2.AccountBalance | BaseException]:
-        unique = list(dict.fromkeys(accounts))
+    async def _read_balances(self, players: list[tuple[str, str]]) -> list[ledger_pb2.AccountBalance | BaseException]:
+        unique = list(dict.fromkeys(players))
         resp = await self.backends.call(
-            self.backends.ledger.GetBalances, ledger_pb2.GetBalancesRequest(accounts=unique)
+            self.backends.ledger.GetPlayerBalances,
+            ledger_pb2.GetPlayerBalancesRequest(
+                players=[ledger_pb2.PlayerRef(tenant_id=t, player_email=e) for t, e in unique]
+            ),
         )
-        by_account = {b.account: b for b in resp.balances}
-        return [by_account[a] for a in accounts]
+        by_player = dict(zip(unique, resp.balances, strict=True))
+        return [by_player[p] for p in players]
 
     async def _purchase_items(
         self, items: list[ledger_pb2.PurchaseItemRequest]

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
-from services.common import errors, grpcutil, ids, money
+from services.common import errors, grpcutil, money
 from services.common.logs import request_id_var
 from services.common.players import normalize_email
 from services.gateway.context import ctx_of
@@ -30,11 +30,9 @@ METADATA_BYTES_MAX = 8192
 BATCH_EMAILS_MAX = 1000
 ENTRIES_LIMIT_MAX = 1000
 EXPORT_TIMEOUT_S = 600.0
+# Until operators have identities (issue 10, item 6), the bootstrap token acts as this operator.
+BOOTSTRAP_OPERATOR = "op_bootstrap"
 PURCHASE_FIELDS = {"player_email", "item_id", "item_name", "price", "quantity", "idempotency_key", "metadata"}
-
-
-def _player_account(tenant_id: str, email: str) -> str:
-    return f"player:{tenant_id}:{email}"
 
 
 def _email(value: Any, field: str = "player_email") -> str:
@@ -106,9 +104,9 @@ def _amount(body: dict[str, Any], field: str) -> int:
 def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "player_email": email,
-        "balance": money.format_units(b.balance),
-        "available_balance": money.format_units(b.available),
-        "pending": money.format_units(b.pending),
+        "balance": money.format_units(b.balance_minor),
+        "available_balance": money.format_units(b.available_minor),
+        "pending": money.format_units(b.pending_minor),
     }
     if currency_name is not None:
         out["currency_name"] = currency_name
@@ -133,7 +131,7 @@ async def purchase_item(request: web.Request) -> web.Response:
             player_email=email,
             item_id=item_id,
             item_name=item_name,
-            price=price,
+            price_minor=price,
             quantity=quantity,
             idempotency=ledger_pb2.Idempotency(namespace="api", key=key),
             metadata_json=_metadata(body),
@@ -150,10 +148,10 @@ async def purchase_item(request: web.Request) -> web.Response:
             "item_id": item_id,
             "quantity": quantity,
             "price": money.format_units(price),
-            "total": money.format_units(resp.total),
-            "new_balance": money.format_units(resp.new_balance),
-            "partner_amount": money.format_units(resp.partner_amount),
-            "network_fee": money.format_units(resp.network_fee),
+            "total": money.format_units(resp.total_minor),
+            "new_balance": money.format_units(resp.new_balance_minor),
+            "partner_amount": money.format_units(resp.partner_amount_minor),
+            "network_fee": money.format_units(resp.network_fee_minor),
             "currency_name": tenant.currency_name,
             "duplicate": resp.duplicate,
             "created_at": iso(resp.created_at),
@@ -166,7 +164,7 @@ async def player_balance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
     email = _email(request.query.get("player_email"))
-    balance = await ctx.balances.submit(_player_account(tenant.tenant_id, email))
+    balance = await ctx.balances.submit((tenant.tenant_id, email))
     return json_response(_balance_json(email, balance, tenant.currency_name))
 
 
@@ -183,8 +181,10 @@ async def player_balances(request: web.Request) -> web.Response:
         raise invalid("player_emails", f"player_emails holds at most {BATCH_EMAILS_MAX} emails.")
     emails = list(dict.fromkeys(_email(e, "player_emails") for e in raw))
     resp = await ctx.backends.call(
-        ctx.backends.ledger.GetBalances,
-        ledger_pb2.GetBalancesRequest(accounts=[_player_account(tenant.tenant_id, e) for e in emails]),
+        ctx.backends.ledger.GetPlayerBalances,
+        ledger_pb2.GetPlayerBalancesRequest(
+            players=[ledger_pb2.PlayerRef(tenant_id=tenant.tenant_id, player_email=e) for e in emails]
+        ),
     )
     return json_response(
         {
@@ -219,7 +219,7 @@ async def export_balances(request: web.Request) -> web.StreamResponse:
             }
             await resp.write((json.dumps(summary) + "\n").encode())
             break
-        lines = "".join(json.dumps(_balance_json(b.account, b, None)) + "\n" for b in chunk.balances)
+        lines = "".join(json.dumps(_balance_json(b.player_email, b, None)) + "\n" for b in chunk.balances)
         await resp.write(lines.encode())  # waits while the client is slow: backpressure, not buffering
         chunk = await anext(chunks)
     await resp.write_eof()
@@ -241,16 +241,6 @@ def _decode_cursor(cursor: str) -> int:
         raise invalid("cursor", "cursor is not one this API returned.") from exc
 
 
-def _entry_account(code: str, tenant_id: str) -> dict[str, Any]:
-    if code.startswith(f"player:{tenant_id}:"):
-        return {"account": "player", "player_email": code.split(":", 2)[2]}
-    if code.startswith("player:"):
-        return {"account": "player_other_tenant"}
-    if code == f"tenant:{tenant_id}:revenue":
-        return {"account": "revenue"}
-    return {"account": {"network:fees": "network_fee", "world:processor": "processor"}.get(code, code.split(":")[0])}
-
-
 @public.get("/api/ledger/entries")
 async def ledger_entries(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
@@ -266,17 +256,19 @@ async def ledger_entries(request: web.Request) -> web.Response:
     )
     data = []
     for e in resp.entries:
-        account = _entry_account(e.account, tenant.tenant_id)
         # Balances of accounts that are not the tenant's own (the network's, the processor's)
         # are not the tenant's business.
-        own = account["account"] in ("player", "revenue")
+        own = e.account_kind in ("player", "revenue")
+        account: dict[str, Any] = {"account": e.account_kind}
+        if e.account_kind == "player":
+            account["player_email"] = e.player_email
         data.append(
             {
                 "entry_id": _encode_cursor(e.entry_id),
                 "transaction_id": e.transaction_id,
                 **account,
-                "amount": money.format_units(e.amount),
-                "balance_after": money.format_units(e.balance_after) if own else None,
+                "amount": money.format_units(e.amount_minor),
+                "balance_after": money.format_units(e.balance_after_minor) if own else None,
                 "kind": e.kind,
                 "created_at": iso(e.created_at),
             }
@@ -298,12 +290,12 @@ async def revenue(request: web.Request) -> web.Response:
     )
     return json_response(
         {
-            "owed_usd": _usd(r.owed),
-            "paid_out_usd": _usd(r.paid_out),
-            "lifetime_usd": _usd(r.lifetime),
-            "owed_units": money.format_units(r.owed),
-            "paid_out_units": money.format_units(r.paid_out),
-            "lifetime_units": money.format_units(r.lifetime),
+            "owed_usd": _usd(r.owed_minor),
+            "paid_out_usd": _usd(r.paid_out_minor),
+            "lifetime_usd": _usd(r.lifetime_minor),
+            "owed_units": money.format_units(r.owed_minor),
+            "paid_out_units": money.format_units(r.paid_out_minor),
+            "lifetime_units": money.format_units(r.lifetime_minor),
             "currency_name": tenant.currency_name,
         }
     )
@@ -322,11 +314,12 @@ async def _adjust(request: web.Request, *, direction: int) -> web.Response:
     reason = (get_str(body, "reason", max_len=500, required=True) or "").strip()
     if not reason:
         raise invalid("reason", "reason must say why the balance is adjusted.")
-    key = _idempotency_key(body, required=False) or ids.new_id("adj")
+    # Required: an invented key would make a retried request credit twice.
+    key = _idempotency_key(body, required=True) or ""
     tenant: tenants_pb2.Tenant = await ctx.backends.call(
         ctx.backends.tenants.GetTenant, tenants_pb2.GetTenantRequest(tenant_id=tenant_id)
     )
-    player = _player_account(tenant_id, email)
+    operator_id = request.get("operator_id", BOOTSTRAP_OPERATOR)
     event = {
         "player_email": email,
         "amount": money.format_units(direction * amount),
@@ -334,22 +327,19 @@ async def _adjust(request: web.Request, *, direction: int) -> web.Response:
         "currency_name": tenant.currency_name,
     }
     result = await ctx.backends.call(
-        ctx.backends.ledger.Transfer,
-        ledger_pb2.TransferRequest(
+        ctx.backends.ledger.AdjustBalance,
+        ledger_pb2.AdjustBalanceRequest(
             tenant_id=tenant_id,
-            kind="adjustment_credit" if direction > 0 else "adjustment_debit",
-            postings=[
-                ledger_pb2.Posting(account=player, amount=direction * amount),
-                ledger_pb2.Posting(account="world:adjustments", amount=-direction * amount),
-            ],
+            player_email=email,
+            amount_minor=direction * amount,
             idempotency=ledger_pb2.Idempotency(namespace="admin", key=key),
             # The audit trail: who and why (the ledger adds the request id to every transaction).
-            metadata_json=json.dumps({"reason": reason, "actor": "admin"}),
-            event_type="balance.adjusted",
-            event_data_json=json.dumps(event),
+            reason=reason,
+            operator_id=operator_id,
+            event=ledger_pb2.OutboxEvent(event_type="balance.adjusted", data_json=json.dumps(event)),
         ),
     )
-    balance = next(b for b in result.balances if b.account == player) if result.balances else None
+    balance = next((b for b in result.balances if b.player_email == email), None)
     return json_response(
         {
             "status": "success",
@@ -357,7 +347,7 @@ async def _adjust(request: web.Request, *, direction: int) -> web.Response:
             "tenant_id": tenant_id,
             "player_email": email,
             "amount": money.format_units(amount),
-            "new_balance": money.format_units(balance.balance) if balance else None,
+            "new_balance": money.format_units(balance.balance_minor) if balance else None,
             "currency_name": tenant.currency_name,
             "reason": reason,
             "duplicate": result.duplicate,
@@ -382,12 +372,12 @@ async def ledger_check(request: web.Request) -> web.Response:
     return json_response(
         {
             "ok": r.ok,
-            "total_balance": money.format_units(r.total_balance),
+            "total_balance": money.format_units(r.total_balance_minor),
             "negative_accounts": [
                 {
                     "account": b.account,
-                    "balance": money.format_units(b.balance),
-                    "pending": money.format_units(b.pending),
+                    "balance": money.format_units(b.balance_minor),
+                    "pending": money.format_units(b.pending_minor),
                 }
                 for b in r.negative_accounts
             ],

@@ -10,6 +10,13 @@ below zero.
 | `tenant:<tenant>:revenue`     | revenue | no                                                |
 | `network:fees`                | network | no                                                |
 | `transfers:held`              | held    | no                                                |
+
+Only the ledger spells these codes: every other service asks for a domain write (a purchase
+credit, a clawback, a transfer, a payout) and the ledger builds its postings here. A posting may
+touch only accounts of the request's tenant or the network's own (`world:*`, `network:fees`,
+`transfers:held`); a transfer between two tenants is built by the ledger itself.
+Each entry is tagged with its account's tenant (the transaction's tenant for the network's own
+accounts), so a movement between two tenants shows in both tenants' entries.
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ class AccountInfo:
     player_email: str | None = None
 
 
+# How an entry's account is shown to a partner (`GET /api/ledger/entries`).
+PUBLIC_KIND = {
+    WORLD_PROCESSOR: "processor",
+    WORLD_ADJUSTMENTS: "world",  # as partners have always seen operators' adjustments
+    WORLD_PAYOUTS: "payouts",
+    NETWORK_FEES: "network_fee",
+    TRANSFERS_HELD: "transfers_held",
+}
+
+
 def player(tenant_id: str, email: str) -> str:
     return f"player:{tenant_id}:{normalize_email(email)}"
 
@@ -69,3 +86,26 @@ def parse(code: str) -> AccountInfo:
     if m:
         return AccountInfo(code, "revenue", True, tenant_id=m.group(1))
     raise errors.InvalidRequest(f"unknown account {code[:80]!r}", error_code="UNKNOWN_ACCOUNT")
+
+
+def is_network(info: AccountInfo) -> bool:
+    """The network's own accounts: no tenant owns them."""
+    return info.tenant_id is None
+
+
+def check_owned(codes: list[str] | set[str], tenant_id: str) -> None:
+    """Refuse a posting to another tenant's account: a caller acting for one tenant can move only
+    that tenant's money (and the network's)."""
+    for code in codes:
+        info = parse(code)
+        if info.tenant_id is not None and info.tenant_id != tenant_id:
+            raise errors.Forbidden("A posting names an account of another tenant.", error_code="ACCOUNT_NOT_OWNED")
+
+
+def entry_tenant(info: AccountInfo, txn_tenant_id: str) -> str:
+    """The tenant an entry is tagged with: its account's, or the transaction's for the network's own."""
+    return info.tenant_id or txn_tenant_id
+
+
+def public_kind(info: AccountInfo) -> str:
+    return PUBLIC_KIND.get(info.code, info.kind)

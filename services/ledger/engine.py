@@ -32,9 +32,10 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors, events, ids
+from services.common import errors, ids
 from services.common.logs import request_id_var
 from services.ledger import chart
+from services.ledger.writes import Batch, write_batch
 
 log = logging.getLogger("invo.ledger.engine")
 
@@ -108,7 +109,7 @@ class Op:
 
 
 @dataclasses.dataclass
-class _Account:
+class AccountState:
     id: int
     info: chart.AccountInfo
     debits_posted: int
@@ -130,7 +131,7 @@ class _Account:
 
 
 @dataclasses.dataclass
-class _Hold:
+class HoldState:
     id: str
     tenant_id: str
     status: str
@@ -154,20 +155,6 @@ def _nets(postings: list[tuple[str, int]]) -> dict[str, int]:
     for code, amount in postings:
         nets[code] = nets.get(code, 0) + amount
     return {code: n for code, n in nets.items() if n != 0}
-
-
-class _Batch:
-    """The in-memory state of one batch: what to write once every op has been applied."""
-
-    def __init__(self, now: datetime.datetime) -> None:
-        self.now = now
-        self.accounts: dict[str, _Account] = {}
-        self.holds: dict[str, _Hold] = {}
-        self.txn_rows: list[tuple[str, str, str, str, str, str, datetime.datetime | None]] = []
-        self.txn_status_updates: list[tuple[str, str]] = []
-        self.entry_rows: list[tuple[str, str, int, int, int]] = []
-        self.idem_rows: list[tuple[str, str, bytes, str, str]] = []
-        self.events: list[tuple[str, str, dict[str, Any]]] = []  # (tenant_id, event_type, data)
 
 
 class Engine:
@@ -282,7 +269,7 @@ class Engine:
         # The time the lock was granted, not the transaction's start (now()): with batches
         # pipelined, a transaction may begin well before its turn.
         now = await conn.fetchval("SELECT clock_timestamp() FROM pg_advisory_xact_lock($1)", LEDGER_WRITE_LOCK)
-        b = _Batch(now)
+        b = Batch(now)
         stored = await self._load(conn, ops, b)
 
         outcomes: list[dict[str, Any] | errors.InvoError] = []
@@ -315,11 +302,11 @@ class Engine:
             outcomes.append({**result, "duplicate": False})
         if writing is not None:
             writing.set()
-        await self._write(conn, b)
+        await write_batch(conn, b)
         return outcomes
 
     async def _load(
-        self, conn: asyncpg.Connection, ops: list[Op], b: _Batch
+        self, conn: asyncpg.Connection, ops: list[Op], b: Batch
     ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
         """Stored idempotency results, and the accounts (and holds) the ops touch into `b`. Without
         holds (a purchase, a transfer) that is one round trip; posting or voiding a hold takes
@@ -341,7 +328,7 @@ class Engine:
         stored: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = {}
         for r in rows:
             if r["code"] is not None:
-                b.accounts[r["code"]] = _Account(
+                b.accounts[r["code"]] = AccountState(
                     r["id"],
                     infos[r["code"]],
                     r["debits_posted"],
@@ -353,7 +340,7 @@ class Engine:
                 stored[(r["scope"], r["key"])] = (bytes(r["request_hash"]), json.loads(r["result"]))
         return stored
 
-    async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: _Batch) -> None:
+    async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: Batch) -> None:
         wanted = sorted({op.hold_id for op in ops if op.kind in ("post", "void")})
         rows = await conn.fetch(
             "SELECT id, tenant_id, status, postings, expires_at FROM transactions WHERE id = ANY($1::text[])",
@@ -361,10 +348,10 @@ class Engine:
         )
         for r in rows:
             postings = [(p["account"], int(p["amount"])) for p in json.loads(r["postings"])]
-            b.holds[r["id"]] = _Hold(r["id"], r["tenant_id"], r["status"], postings, r["expires_at"])
+            b.holds[r["id"]] = HoldState(r["id"], r["tenant_id"], r["status"], postings, r["expires_at"])
 
     @staticmethod
-    def _codes(ops: list[Op], b: _Batch) -> tuple[list[str], dict[str, chart.AccountInfo]]:
+    def _codes(ops: list[Op], b: Batch) -> tuple[list[str], dict[str, chart.AccountInfo]]:
         codes: set[str] = set()
         for op in ops:
             codes.update(code for code, _ in op.postings)
@@ -373,7 +360,7 @@ class Engine:
                 codes.update(code for code, _ in hold.postings)
         return sorted(codes), {code: chart.parse(code) for code in codes}
 
-    def _check_debits(self, op: Op, nets: dict[str, int], b: _Batch, *, releasing: dict[str, int]) -> None:
+    def _check_debits(self, op: Op, nets: dict[str, int], b: Batch, *, releasing: dict[str, int]) -> None:
         """Every constrained account debited keeps available >= 0, unless the op may leave a debt.
         `releasing` is what this op takes off an account's pending debits (posting a hold)."""
         for code, net in nets.items():
@@ -391,7 +378,7 @@ class Engine:
                     message = f"Insufficient funds in {acct.info.kind} account."
                 raise InsufficientBalance(message)
 
-    def _post(self, txn_id: str, tenant_id: str, nets: dict[str, int], b: _Batch) -> None:
+    def _post(self, txn_id: str, tenant_id: str, nets: dict[str, int], b: Batch) -> None:
         for code in sorted(nets):
             acct = b.accounts[code]
             net = nets[code]
@@ -400,9 +387,10 @@ class Engine:
             else:
                 acct.credits_posted += net
             acct.dirty = True
-            b.entry_rows.append((txn_id, tenant_id, acct.id, net, acct.balance))
+            # Tagged with the account's tenant: both sides of a movement between tenants see it.
+            b.entry_rows.append((txn_id, chart.entry_tenant(acct.info, tenant_id), acct.id, net, acct.balance))
 
-    def _apply_op(self, op: Op, b: _Batch) -> dict[str, Any]:
+    def _apply_op(self, op: Op, b: Batch) -> dict[str, Any]:
         if op.kind in ("transfer", "hold"):
             nets = _nets(op.postings)
             if sum(nets.values()) != 0 or not nets:
@@ -465,84 +453,3 @@ class Engine:
             "balances": {code: b.accounts[code].snapshot() for code in sorted(touched)},
             **op.extra,
         }
-
-    async def _write(self, conn: asyncpg.Connection, b: _Batch) -> None:
-        """Everything the batch writes, in one statement (data-modifying CTEs all run, and the
-        foreign keys are checked at its end): one round trip instead of one per table."""
-        stmt = _Statement()
-        if b.txn_rows:
-            stmt.add(
-                "INSERT INTO transactions (id, tenant_id, kind, status, postings, metadata, expires_at, created_at)"
-                " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, {7}"
-                " FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::text[], {4}::text[], {5}::text[],"
-                " {6}::timestamptz[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at)",
-                *[list(c) for c in zip(*b.txn_rows, strict=True)],
-                b.now,
-            )
-        if b.txn_status_updates:
-            stmt.add(
-                "UPDATE transactions t SET status = u.status, resolved_at = {2}"
-                " FROM unnest({0}::text[], {1}::text[]) AS u(id, status) WHERE t.id = u.id AND t.status = 'pending'",
-                [u[0] for u in b.txn_status_updates],
-                [u[1] for u in b.txn_status_updates],
-                b.now,
-            )
-        if b.entry_rows:
-            stmt.add(
-                "INSERT INTO entries (txn_id, tenant_id, account_id, amount, balance_after, created_at)"
-                " SELECT e.*, {5} FROM unnest({0}::text[], {1}::text[], {2}::bigint[], {3}::bigint[], {4}::bigint[])"
-                " AS e(txn_id, tenant_id, account_id, amount, balance_after)",
-                *[list(c) for c in zip(*b.entry_rows, strict=True)],
-                b.now,
-            )
-        dirty = [a for a in b.accounts.values() if a.dirty]
-        if dirty:
-            stmt.add(
-                "UPDATE accounts a SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,"
-                " credits_pending = u.cpe, updated_at = {5}"
-                " FROM unnest({0}::bigint[], {1}::bigint[], {2}::bigint[], {3}::bigint[], {4}::bigint[])"
-                " AS u(id, dp, cp, dpe, cpe) WHERE a.id = u.id",
-                [a.id for a in dirty],
-                [a.debits_posted for a in dirty],
-                [a.credits_posted for a in dirty],
-                [a.debits_pending for a in dirty],
-                [a.credits_pending for a in dirty],
-                b.now,
-            )
-        if b.idem_rows:
-            stmt.add(
-                "INSERT INTO idempotency (scope, key, request_hash, txn_id, result)"
-                " SELECT i.scope, i.key, i.h, i.txn_id, i.result::jsonb"
-                " FROM unnest({0}::text[], {1}::text[], {2}::bytea[], {3}::text[], {4}::text[])"
-                " AS i(scope, key, h, txn_id, result)",
-                *[list(c) for c in zip(*b.idem_rows, strict=True)],
-            )
-        if b.events:
-            event_ids, tenant_ids, types, bodies = events.outbox_rows(b.events)
-            stmt.add(
-                "INSERT INTO outbox (event_id, tenant_id, event_type, body)"
-                " SELECT * FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::text[])",
-                event_ids,
-                tenant_ids,
-                types,
-                bodies,
-            )
-        if stmt.parts:
-            await conn.execute(stmt.sql(), *stmt.args)
-
-
-class _Statement:
-    """Several data-modifying statements as the CTEs of one. Each part numbers its own
-    parameters {0}, {1}, ...; they become $n in the whole."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.args: list[Any] = []
-
-    def add(self, sql: str, *args: Any) -> None:
-        base = len(self.args)
-        self.parts.append(sql.format(*[f"${base + i + 1}" for i in range(len(args))]))
-        self.args.extend(args)
-
-    def sql(self) -> str:
-        return "WITH " + ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self.parts)) + " SELECT 1"

@@ -1,0 +1,192 @@
+"""The ledger's reads, straight from SQL: balances, transactions, entries, exports, revenue and
+the whole-ledger check. None of them takes the write lock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+from invo.v1 import ledger_pb2
+
+from services.common import errors, grpcutil
+from services.ledger import chart, validate
+
+PROBLEMS_MAX = 100
+_ts = grpcutil.timestamp
+
+
+def balance_message(code: str, balance: int, pending: int) -> ledger_pb2.AccountBalance:
+    info = chart.parse(code)
+    return ledger_pb2.AccountBalance(
+        account=code,
+        balance_minor=balance,
+        pending_minor=pending,
+        available_minor=balance - pending,
+        player_email=info.player_email or "",
+    )
+
+
+async def balances(pool: asyncpg.Pool, codes: list[str]) -> list[ledger_pb2.AccountBalance]:
+    """Balances of `codes` in the order asked; an unknown account reads as zero."""
+    rows = await pool.fetch(
+        "SELECT code, credits_posted - debits_posted AS balance, debits_pending FROM accounts"
+        " WHERE code = ANY($1::text[])",
+        codes,
+    )
+    found = {r["code"]: (r["balance"], r["debits_pending"]) for r in rows}
+    return [balance_message(code, *found.get(code, (0, 0))) for code in codes]
+
+
+async def transaction(pool: asyncpg.Pool, transaction_id: str, tenant_id: str) -> ledger_pb2.Transaction:
+    row = await pool.fetchrow(
+        "SELECT id, tenant_id, kind, status, postings, metadata, created_at, expires_at"
+        " FROM transactions WHERE id = $1 AND tenant_id = $2",
+        transaction_id,
+        tenant_id,
+    )
+    if row is None:
+        raise errors.NotFound("No such transaction.", error_code="TRANSACTION_NOT_FOUND")
+    return ledger_pb2.Transaction(
+        transaction_id=row["id"],
+        tenant_id=row["tenant_id"],
+        kind=row["kind"],
+        status=row["status"],
+        postings=[
+            ledger_pb2.Posting(account=p["account"], amount_minor=p["amount"]) for p in json.loads(row["postings"])
+        ],
+        metadata_json=row["metadata"],
+        created_at=_ts(row["created_at"]),
+        expires_at=_ts(row["expires_at"]),
+    )
+
+
+_ENTRY_COLUMNS = "e.id, e.txn_id, e.tenant_id, a.code, e.amount, e.balance_after, t.kind, e.created_at"
+
+
+async def entries(pool: asyncpg.Pool, request: ledger_pb2.ListEntriesRequest) -> ledger_pb2.ListEntriesResponse:
+    """Every entry tagged with the tenant, in id order (ids commit in order: a cursor never skips)."""
+    tenant_id = validate.tenant(request.tenant_id)
+    limit = validate.limit(request.limit, default=100, most=validate.ENTRIES_LIMIT_MAX)
+    joins = " FROM entries e JOIN accounts a ON a.id = e.account_id JOIN transactions t ON t.id = e.txn_id"
+    if request.account:
+        chart.parse(request.account)
+        rows = await pool.fetch(
+            f"SELECT {_ENTRY_COLUMNS}{joins}"
+            " WHERE a.code = $1 AND e.tenant_id = $2 AND e.id > $3 ORDER BY e.id LIMIT $4",
+            request.account,
+            tenant_id,
+            request.after_entry_id,
+            limit + 1,
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT {_ENTRY_COLUMNS}{joins} WHERE e.tenant_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+            tenant_id,
+            request.after_entry_id,
+            limit + 1,
+        )
+    out = []
+    for r in rows[:limit]:
+        info = chart.parse(r["code"])
+        out.append(
+            ledger_pb2.Entry(
+                entry_id=r["id"],
+                transaction_id=r["txn_id"],
+                account=r["code"],
+                amount_minor=r["amount"],
+                balance_after_minor=r["balance_after"],
+                kind=r["kind"],
+                created_at=_ts(r["created_at"]),
+                account_kind=chart.public_kind(info),
+                player_email=info.player_email or "",
+                account_tenant_id=r["tenant_id"],
+            )
+        )
+    return ledger_pb2.ListEntriesResponse(entries=out, has_more=len(rows) > limit)
+
+
+async def export(pool: asyncpg.Pool, tenant_id: str, chunk_size: int) -> AsyncIterator[ledger_pb2.ExportBalancesChunk]:
+    count = 0
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # One snapshot for the whole export: every row is as of this instant.
+        snapshot_at = await conn.fetchval("SELECT now()")
+        cursor = await conn.cursor(
+            "SELECT player_email, credits_posted - debits_posted AS balance, debits_pending"
+            " FROM accounts WHERE kind = 'player' AND tenant_id = $1 ORDER BY player_email",
+            tenant_id,
+        )
+        while True:
+            rows = await cursor.fetch(chunk_size)
+            if not rows:
+                break
+            count += len(rows)
+            yield ledger_pb2.ExportBalancesChunk(
+                balances=[
+                    ledger_pb2.AccountBalance(
+                        account=r["player_email"],
+                        balance_minor=r["balance"],
+                        pending_minor=r["debits_pending"],
+                        available_minor=r["balance"] - r["debits_pending"],
+                        player_email=r["player_email"],
+                    )
+                    for r in rows
+                ]
+            )
+    yield ledger_pb2.ExportBalancesChunk(last=True, count=count, snapshot_at=_ts(snapshot_at))
+
+
+async def revenue(pool: asyncpg.Pool, tenant_id: str) -> ledger_pb2.Revenue:
+    row = await pool.fetchrow(
+        "SELECT credits_posted, debits_posted FROM accounts WHERE code = $1", chart.revenue(tenant_id)
+    )
+    credits, debits = (row["credits_posted"], row["debits_posted"]) if row else (0, 0)
+    return ledger_pb2.Revenue(owed_minor=credits - debits, paid_out_minor=debits, lifetime_minor=credits)
+
+
+async def check(pool: asyncpg.Pool) -> ledger_pb2.CheckResponse:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # Checks read the whole ledger: they get a longer statement timeout than requests.
+        await conn.execute("SET LOCAL statement_timeout = '120s'")
+        total, accounts = await conn.fetchrow(
+            "SELECT COALESCE(sum(credits_posted - debits_posted), 0)::bigint, count(*) FROM accounts"
+        )
+        negative = await conn.fetch(
+            "SELECT code, credits_posted - debits_posted AS balance, debits_pending FROM accounts"
+            " WHERE constrained AND kind <> 'player' AND credits_posted - debits_posted - debits_pending < 0"
+            " ORDER BY id LIMIT $1",
+            PROBLEMS_MAX,
+        )
+        debts = await conn.fetchval(
+            "SELECT count(*) FROM accounts WHERE kind = 'player' AND credits_posted < debits_posted"
+        )
+        unbalanced = await conn.fetch(
+            "SELECT txn_id FROM entries GROUP BY txn_id HAVING sum(amount) <> 0 LIMIT $1", PROBLEMS_MAX
+        )
+        drifted = await conn.fetch(
+            "SELECT a.code FROM accounts a LEFT JOIN ("
+            "  SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id"
+            ") e ON e.account_id = a.id"
+            " WHERE a.credits_posted - a.debits_posted <> COALESCE(e.total, 0)"
+            " UNION ALL "
+            "SELECT a.code FROM accounts a LEFT JOIN ("
+            "  SELECT p->>'account' AS code,"
+            "         sum(CASE WHEN (p->>'amount')::bigint < 0 THEN -(p->>'amount')::bigint ELSE 0 END) AS d,"
+            "         sum(CASE WHEN (p->>'amount')::bigint > 0 THEN (p->>'amount')::bigint ELSE 0 END) AS c"
+            "  FROM transactions t, jsonb_array_elements(t.postings) p WHERE t.status = 'pending' GROUP BY 1"
+            ") h ON h.code = a.code"
+            " WHERE a.debits_pending <> COALESCE(h.d, 0) OR a.credits_pending <> COALESCE(h.c, 0)"
+            " LIMIT $1",
+            PROBLEMS_MAX,
+        )
+        transactions = await conn.fetchval("SELECT count(*) FROM transactions")
+    return ledger_pb2.CheckResponse(
+        ok=total == 0 and not negative and not unbalanced and not drifted,
+        total_balance_minor=total,
+        negative_accounts=[balance_message(r["code"], r["balance"], r["debits_pending"]) for r in negative],
+        unbalanced_transactions=[r["txn_id"] for r in unbalanced],
+        drifted_accounts=[r["code"] for r in drifted],
+        player_debts=debts,
+        accounts=accounts,
+        transactions=transactions,
+    )
