@@ -1,4 +1,5 @@
-"""The aiohttp application: request ids, the error envelope, SDK-key auth, rate limits, routes."""
+"""The aiohttp application: request ids and the error envelope for every request, and one
+sub-application per surface (`surfaces.py`), each with its own authentication."""
 
 from __future__ import annotations
 
@@ -13,17 +14,14 @@ from aiohttp import web
 from services.common import errors, logs, runtime
 from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
-from services.gateway import admin, ledger_api, openapi, payments_api, webhooks_api
+from services.gateway import openapi, surfaces
 from services.gateway.backends import Backends
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import error_response, json_response
 
 log = logging.getLogger("invo.gateway")
 
-SDK_KEY_HEADER = "X-Game-Secret-Key"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-public = web.RouteTableDef()
 
 
 @web.middleware
@@ -34,6 +32,10 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     started = time.monotonic()
     try:
         try:
+            # PostgreSQL text cannot hold NUL: such a path or parameter is refused here, on every
+            # surface, never a 500 later.
+            if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+                raise errors.InvalidRequest("The URL must not contain NUL characters.", error_code="INVALID_REQUEST")
             resp = await handler(request)
         except errors.InvoError as exc:
             resp = error_response(exc)
@@ -61,46 +63,14 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         request_id_var.reset(token)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ctx = ctx_of(request)
-    path = request.path
-    # PostgreSQL text cannot hold NUL: such a path or parameter is refused here, never a 500 later.
-    if "\x00" in path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
-        raise errors.InvalidRequest("The URL must not contain NUL characters.", error_code="INVALID_REQUEST")
-    if path.startswith("/admin/") or path == "/admin":
-        admin.check_admin(ctx, request)
-    elif path.startswith("/api/") or path == "/api":
-        key = request.headers.get(SDK_KEY_HEADER, "").strip()
-        if not key:
-            raise errors.Unauthenticated(f"Missing {SDK_KEY_HEADER} header.", error_code="MISSING_API_KEY")
-        auth = await ctx.keys.resolve(key)
-        tenant = auth.tenant
-        request["tenant"] = tenant
-        request["tenant_id"] = tenant.tenant_id
-        if tenant.status != "active":
-            raise errors.Forbidden("This tenant is suspended.", error_code="TENANT_SUSPENDED")
-        wait_s = ctx.limiter.take(tenant.tenant_id, tenant.rate_limit_per_second or ctx.settings.rate_limit_per_second)
-        if wait_s:
-            raise errors.RateLimited(
-                f"Too many requests for this tenant; retry after {wait_s} second(s).", retry_after_s=wait_s
-            )
-    return await handler(request)
-
-
-@public.get("/api/tenant")
-async def get_own_tenant(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    return json_response(ctx.tenant_json(request["tenant"]))
-
-
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    health = await ctx.backends.health()
+    # The services the gateway routes to; transfers and payouts run with no API yet.
+    health = await ctx.backends.health(surfaces.ROUTED_SERVICES)
     if all(health.values()):
         return json_response({"status": "ready", "services": health})
     down = sorted(name for name, ok in health.items() if not ok)
@@ -114,21 +84,13 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, backends: Backends) -> web.Application:
-    app = web.Application(
-        middlewares=[envelope_middleware, auth_middleware], client_max_size=settings.http_body_max_bytes
-    )
-    app[CTX] = GatewayContext(settings, backends)
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=settings.http_body_max_bytes)
+    ctx = GatewayContext(settings, backends)
+    app[CTX] = ctx
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
-    app.add_routes(public)
-    app.add_routes(ledger_api.public)
-    app.add_routes(payments_api.public)
-    app.add_routes(payments_api.webhooks)
-    app.add_routes(webhooks_api.public)
-    app.add_routes(webhooks_api.admin)
-    app.add_routes(admin.routes)
-    app.add_routes(ledger_api.admin)
+    surfaces.mount_all(app, ctx)
     return app
 
 

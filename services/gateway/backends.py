@@ -24,10 +24,10 @@ class Backends:
     async def call(self, method: Any, request: Any, *, timeout_s: float | None = None) -> Any:
         return await grpcutil.call(method, request, timeout_s=timeout_s or self.timeout_s)
 
-    async def health(self) -> dict[str, bool]:
+    async def health(self, names: tuple[str, ...] = SERVICES) -> dict[str, bool]:
         return {
             name: await grpcutil.check_health(self.settings.addr(name), timeout_s=min(2.0, self.timeout_s))
-            for name in SERVICES
+            for name in names
         }
 
     async def close(self) -> None:

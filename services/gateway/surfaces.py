@@ -1,0 +1,107 @@
+"""One aiohttp sub-application per surface, each with its own authentication middleware:
+
+| prefix      | opened by                                  | routes                                   |
+|-------------|--------------------------------------------|------------------------------------------|
+| `/api`      | `X-Game-Secret-Key` (an SDK key), rate-limited per tenant | the partner API               |
+| `/admin`    | an operator's bearer credential            | the operators' API                       |
+| `/webhooks` | the processor's signature, checked by its route | processor events in                 |
+
+`/checkout` (the session token) arrives with hosted checkout. The route tables keep their full
+paths (`/api/tenant`), so a handler reads the same wherever it is mounted; `mount` strips the
+prefix when it adds them to their sub-application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from services.common import errors
+from services.gateway import admin, ledger_api, payments_api, webhooks_api
+from services.gateway.context import CTX, GatewayContext, ctx_of
+from services.gateway.http import json_response
+
+SDK_KEY_HEADER = "X-Game-Secret-Key"
+# The backends the gateway routes to, and so what /readyz waits for.
+ROUTED_SERVICES = ("tenants", "ledger", "payments", "webhooks")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+own_tenant = web.RouteTableDef()
+
+
+@own_tenant.get("/api/tenant")
+async def get_own_tenant(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    return json_response(ctx.tenant_json(request["tenant"]))
+
+
+@web.middleware
+async def sdk_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The partner API: the key's tenant, active, within its rate limit."""
+    ctx = ctx_of(request)
+    key = request.headers.get(SDK_KEY_HEADER, "").strip()
+    if not key:
+        raise errors.Unauthenticated(f"Missing {SDK_KEY_HEADER} header.", error_code="MISSING_API_KEY")
+    tenant = (await ctx.keys.resolve(key)).tenant
+    request["tenant"] = tenant
+    request["tenant_id"] = tenant.tenant_id
+    if tenant.status != "active":
+        raise errors.Forbidden("This tenant is suspended.", error_code="TENANT_SUSPENDED")
+    wait_s = ctx.limiter.take(tenant.tenant_id, tenant.rate_limit_per_second or ctx.settings.rate_limit_per_second)
+    if wait_s:
+        raise errors.RateLimited(
+            f"Too many requests for this tenant; retry after {wait_s} second(s).", retry_after_s=wait_s
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def operator_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The operators' API: never an SDK key."""
+    admin.check_admin(ctx_of(request), request)
+    return await handler(request)
+
+
+def mount(parent: web.Application, prefix: str, sub: web.Application, *tables: web.RouteTableDef) -> None:
+    for table in tables:
+        for route in table:
+            if not isinstance(route, web.RouteDef) or not route.path.startswith(prefix + "/"):
+                raise ValueError(f"route {route!r} does not belong under {prefix}")
+            sub.router.add_route(route.method, route.path.removeprefix(prefix), route.handler, **route.kwargs)
+    parent.add_subapp(prefix, sub)
+
+
+def _sub(ctx: GatewayContext, *middlewares: Callable[..., Awaitable[web.StreamResponse]]) -> web.Application:
+    sub = web.Application(middlewares=list(middlewares), client_max_size=ctx.settings.http_body_max_bytes)
+    sub[CTX] = ctx
+    return sub
+
+
+def mount_all(app: web.Application, ctx: GatewayContext) -> None:
+    mount(
+        app,
+        "/api",
+        _sub(ctx, sdk_key_auth),
+        own_tenant,
+        ledger_api.public,
+        payments_api.public,
+        webhooks_api.public,
+    )
+    mount(app, "/admin", _sub(ctx, operator_auth), admin.routes, ledger_api.admin, webhooks_api.admin)
+    mount(app, "/webhooks", _sub(ctx), payments_api.webhooks)
+
+
+def routes(app: web.Application) -> list[tuple[str, str]]:
+    """(full path, method) of every route, sub-applications included (the OpenAPI tests use it)."""
+    out: list[tuple[str, str]] = []
+    for resource in app.router.resources():
+        sub = resource.get_info().get("app")
+        if isinstance(sub, web.Application):
+            out.extend(routes(sub))  # their paths carry the prefix once mounted
+            continue
+        for route in resource:
+            if route.method != "HEAD":
+                out.append((resource.canonical, route.method))
+    return out
+
