@@ -128,6 +128,11 @@ class Settings:
         "INVO_DECLINES_MAX", 5, "Card declines per player within the cool-down window before purchases pause."
     )
     decline_cooldown_s: int = _field("INVO_DECLINE_COOLDOWN_S", 900, "That window, and the pause, in seconds.")
+    requires_action_timeout_s: float = _field(
+        "INVO_REQUIRES_ACTION_TIMEOUT_S",
+        3600.0,
+        "How long a 3-D Secure challenge may stay pending; then the order is cancelled and its cap released.",
+    )
     breaker_failures_max: int = _field(
         "INVO_BREAKER_FAILURES_MAX", 5, "Consecutive processor failures that open the circuit breaker."
     )

@@ -29,7 +29,8 @@ PURCHASE_FIELDS = {
     "metadata",
 }
 SIGNATURE_TOLERANCE_S = 300
-PROCESSOR_EVENT_BYTES_MAX = 512 * 1024
+PROCESSOR_EVENT_BYTES_MAX = 512 * 1024  # Stripe's events are far smaller; the limit bounds memory
+READ_CHUNK_BYTES = 64 * 1024
 
 
 def _tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
@@ -107,9 +108,9 @@ def _outcome_json(out: payments_pb2.PurchaseOutcome) -> tuple[int, dict[str, Any
         "player_email": o.player_email,
         "identity_id": o.identity_id,
         "usd_amount": money.format_usd(o.usd_cents),
-        "currency_amount": money.format_units(o.currency_amount),
+        "currency_amount": money.format_units(o.currency_amount_minor),
         "currency_name": o.currency_name,
-        "new_balance": money.format_units(out.new_balance) if out.HasField("new_balance") else None,
+        "new_balance": money.format_units(out.new_balance_minor) if out.HasField("new_balance_minor") else None,
         "duplicate": out.duplicate,
         "already_processed": out.already_processed,
     }
@@ -192,7 +193,7 @@ async def order_details(request: web.Request) -> web.Response:
             "player_email": o.player_email,
             "identity_id": o.identity_id,
             "usd_amount": money.format_usd(o.usd_cents),
-            "currency_amount": money.format_units(o.currency_amount),
+            "currency_amount": money.format_units(o.currency_amount_minor),
             "currency_name": o.currency_name,
             "payment_intent_id": o.payment_intent_id or None,
             "transaction_id": o.transaction_id or None,
@@ -217,17 +218,34 @@ async def order_details(request: web.Request) -> web.Response:
     )
 
 
+async def _read_limited(request: web.Request, bytes_max: int) -> bytes:
+    """The body, up to a limit of this route's own: the app-wide client_max_size (for partner
+    requests) is smaller than a processor event may be, and request.read() would apply it."""
+    if request.content_length is not None and request.content_length > bytes_max:
+        raise errors.PayloadTooLarge("The event is too large.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(READ_CHUNK_BYTES)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > bytes_max:
+            raise errors.PayloadTooLarge("The event is too large.")
+        chunks.append(chunk)
+
+
 @webhooks.post("/webhooks/processor")
 async def processor_webhook(request: web.Request) -> web.Response:
-    """The processor's events, verified the way Stripe signs them; unknown or replayed events are
-    acknowledged and ignored. A failure to apply one is a 5xx, so the processor sends it again."""
+    """The processor's events, verified the way Stripe signs them, then stored in the payments
+    inbox and applied. Replayed events are acknowledged as duplicates; events of a type with no
+    handler yet are acknowledged and kept. A failure to apply one is a 5xx, so the processor sends
+    it again."""
     ctx = ctx_of(request)
     secret = ctx.settings.processor_webhook_secret
     if not secret:
         raise errors.Unavailable("Processor webhooks are not configured.", error_code="WEBHOOKS_NOT_CONFIGURED")
-    raw = await request.read()
-    if len(raw) > PROCESSOR_EVENT_BYTES_MAX:
-        raise errors.PayloadTooLarge("The event is too large.")
+    raw = await _read_limited(request, PROCESSOR_EVENT_BYTES_MAX)
     payload = raw.decode("utf-8", errors="replace")
     try:
         stripe.WebhookSignature.verify_header(

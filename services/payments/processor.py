@@ -1,23 +1,20 @@
 """The card processor: Stripe through the `stripe` SDK (the simulator in development and tests, by
-base address only), behind a circuit breaker.
+base address only), behind the shared circuit breaker (services/common/breaker.py).
 
 The breaker counts consecutive processor failures (5xx, timeouts, connection errors; never a card
-decline). At `failures_max` it opens: calls are refused at once with 503 PROCESSOR_UNAVAILABLE for
-`cooldown_s`, then one probe call is let through; its success closes the breaker, its failure
-opens it again.
+decline). While it is open, calls are refused at once with 503 PROCESSOR_UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import stripe
 
 from services.common import errors
+from services.common.breaker import CircuitBreaker
 
 log = logging.getLogger("invo.payments.processor")
 
@@ -25,54 +22,6 @@ log = logging.getLogger("invo.payments.processor")
 class ProcessorUnavailable(errors.Unavailable):
     default_error = "processor_unavailable"
     default_error_code = "PROCESSOR_UNAVAILABLE"
-
-
-class CircuitBreaker:
-    def __init__(self, *, failures_max: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.failures_max = failures_max
-        self.cooldown_s = cooldown_s
-        self.clock = clock
-        self.failures = 0
-        self.open_until: float | None = None
-        self.probing = False
-
-    @property
-    def state(self) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "half_open" if self.clock() >= self.open_until else "open"
-
-    def check(self) -> None:
-        """Raise if a call would be refused now, without claiming the half-open probe."""
-        state = self.state
-        if state == "open" or (state == "half_open" and self.probing):
-            retry = max(1, int((self.open_until or 0) - self.clock()) + 1)
-            raise ProcessorUnavailable(
-                "The card processor is unavailable; nothing was charged. Retry shortly.", retry_after_s=retry
-            )
-
-    def before_call(self) -> None:
-        state = self.state
-        if state == "open" or (state == "half_open" and self.probing):
-            retry = max(1, int((self.open_until or 0) - self.clock()) + 1)
-            raise ProcessorUnavailable(
-                "The card processor is unavailable; nothing was charged. Retry shortly.", retry_after_s=retry
-            )
-        if state == "half_open":
-            self.probing = True
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self.open_until = None
-        self.probing = False
-
-    def record_failure(self) -> None:
-        self.failures += 1
-        if self.probing or self.failures >= self.failures_max:
-            if self.open_until is None or self.probing:
-                log.warning("processor circuit breaker opens for %.0fs", self.cooldown_s)
-            self.open_until = self.clock() + self.cooldown_s
-            self.probing = False
 
 
 @dataclasses.dataclass
@@ -86,6 +35,10 @@ class Outcome:
     failure_code: str = ""
     failure_message: str = ""
     decline_code: str = ""
+    # What the processor says the PaymentIntent is for (None: it did not say, as on a decline).
+    amount: int | None = None
+    amount_received: int | None = None
+    currency: str = ""
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -96,8 +49,13 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dict(to_dict()) if callable(to_dict) else dict(obj)
 
 
-def _outcome(stripe_pi: Any) -> Outcome:
-    pi = _plain(stripe_pi)
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def outcome_of(pi: dict[str, Any]) -> Outcome:
+    """The Outcome of a PaymentIntent as the processor renders it (an API answer or a webhook's
+    `data.object`)."""
     err = pi.get("last_payment_error") or {}
     return Outcome(
         status=pi["status"],
@@ -106,7 +64,14 @@ def _outcome(stripe_pi: Any) -> Outcome:
         failure_code=(err.get("code") or "") if err else "",
         failure_message=(err.get("message") or "") if err else "",
         decline_code=(err.get("decline_code") or "") if err else "",
+        amount=_int_or_none(pi.get("amount")),
+        amount_received=_int_or_none(pi.get("amount_received")),
+        currency=str(pi.get("currency") or ""),
     )
+
+
+def _outcome(stripe_pi: Any) -> Outcome:
+    return outcome_of(_plain(stripe_pi))
 
 
 class Processor:
@@ -114,7 +79,13 @@ class Processor:
         self.http = stripe.AIOHTTPClient(timeout=timeout_s)
         base: Any = {"api": api_base} if api_base else None
         self.client = stripe.StripeClient(api_key, base_addresses=base, http_client=self.http, max_network_retries=0)
-        self.breaker = CircuitBreaker(failures_max=failures_max, cooldown_s=cooldown_s)
+        self.breaker = CircuitBreaker(
+            name="processor",
+            failures_max=failures_max,
+            cooldown_s=cooldown_s,
+            error=ProcessorUnavailable,
+            message="The card processor is unavailable; nothing was charged. Retry shortly.",
+        )
 
     async def _guarded(self, call: Any) -> Any:
         self.breaker.before_call()
@@ -176,6 +147,24 @@ class Processor:
             pi = await self._guarded(self.client.v1.payment_intents.retrieve_async(payment_intent_id))
         except stripe.InvalidRequestError as exc:
             raise errors.NotFound("No such payment intent.", error_code="PAYMENT_INTENT_NOT_FOUND") from exc
+        return _outcome(pi)
+
+    async def cancel(self, *, order_id: str, payment_intent_id: str) -> Outcome:
+        """Cancel a PaymentIntent nobody will confirm (an abandoned 3-D Secure challenge). If it
+        can no longer be cancelled (the cardholder finished at the last moment, or it was cancelled
+        already), its current state is the answer, so the caller settles the order from that."""
+        try:
+            pi = await self._guarded(
+                self.client.v1.payment_intents.cancel_async(
+                    payment_intent_id,
+                    params={"cancellation_reason": "abandoned"},
+                    options={"idempotency_key": f"invo-cancel-{order_id}"},
+                )
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "payment_intent_unexpected_state":
+                raise errors.NotFound("No such payment intent.", error_code="PAYMENT_INTENT_NOT_FOUND") from exc
+            return await self.retrieve(payment_intent_id)
         return _outcome(pi)
 
     async def close(self) -> None:

@@ -10,8 +10,9 @@ so production and tests run one code path. It implements:
   `payment_intent.payment_failed`, `payment_intent.canceled`, `charge.refunded`,
   `charge.dispute.created`, `charge.dispute.closed`, `radar.early_fraud_warning.created`.
 - Test controls under `/_sim/`: complete or fail a 3-D Secure challenge, make the next N calls fail
-  with 500s, time out, or succeed but answer late; delay webhooks, send each webhook twice, hold
-  webhooks back and release them in reverse order; list what was called and sent.
+  with 500s, time out, or succeed but answer late; charge another amount than asked; delay
+  webhooks, send each webhook twice, hold webhooks back and release them in reverse order; list
+  what was called and sent.
 
 State is in memory: the simulator is a development and test tool, not a store of record.
 """
@@ -124,6 +125,10 @@ class Faults:
     webhook_delay_s: float = 0.0
     webhook_duplicate: bool = False
     webhook_hold: bool = False  # queue webhooks until released (then sent newest first)
+    # The next N PaymentIntents are created for `amount_delta` cents more than asked (a processor
+    # that charges what it should not: the payments service must never credit such a charge).
+    amount_delta_next: int = 0
+    amount_delta: int = 0
 
 
 class Simulator:
@@ -455,6 +460,9 @@ class Simulator:
         pm_id = p.get("payment_method")
         if pm_id:
             self._payment_method(pm_id)
+        if self.faults.amount_delta_next > 0:
+            self.faults.amount_delta_next -= 1
+            amount += self.faults.amount_delta
         pi_id = _new_id("pi")
         pi: dict[str, Any] = {
             "id": pi_id,
@@ -524,7 +532,7 @@ class Simulator:
                 self._succeed(pi)
             return web.json_response(pi)
         if action == "faults":
-            for name in ("fail_next", "timeout_next", "slow_next"):
+            for name in ("fail_next", "timeout_next", "slow_next", "amount_delta_next", "amount_delta"):
                 if name in body:
                     setattr(self.faults, name, int(body[name]))
             for name in ("timeout_s", "slow_s", "webhook_delay_s"):

@@ -1,0 +1,95 @@
+"""The recovery loop: it drives every order nobody else will.
+
+Each round, in order:
+1. pending orders whose lease ran out (a crash, a lost processor answer) are charged again; the
+   processor's idempotency key makes that the same PaymentIntent, never a second charge;
+2. orders whose 3-D Secure challenge has waited longer than INVO_REQUIRES_ACTION_TIMEOUT_S are
+   cancelled at the processor and become `cancelled` (purchase.failed, payment_canceled), which
+   releases the amount they reserved under the player's caps; if the cardholder finished the
+   challenge meanwhile, the PaymentIntent's real state settles the order instead;
+3. processor events still unhandled in the inbox whose type has a handler are applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Coroutine
+from typing import Any, NoReturn
+
+from services.common import errors, loops
+from services.payments.inbox import PENDING_BATCH_MAX, Dispatcher
+from services.payments.orders import OrderStore
+from services.payments.processor import Processor
+from services.payments.purchases import Purchases
+from services.payments.settlement import Settlement
+
+log = logging.getLogger("invo.payments.recovery")
+
+RECOVERY_INTERVAL_S = 2.0
+RECOVERY_BATCH = 50
+ABANDONED_MESSAGE = "The 3-D Secure challenge was not completed in time; the payment was canceled."
+
+
+class Recovery:
+    def __init__(
+        self,
+        *,
+        store: OrderStore,
+        purchases: Purchases,
+        settlement: Settlement,
+        processor: Processor,
+        dispatcher: Dispatcher,
+        requires_action_timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.purchases = purchases
+        self.settlement = settlement
+        self.processor = processor
+        self.dispatcher = dispatcher
+        self.requires_action_timeout_s = requires_action_timeout_s
+
+    async def drive_stale(self) -> int:
+        """Charge again the pending orders whose lease ran out; returns how many were taken."""
+        rows = await self.store.claim_stale(RECOVERY_BATCH)
+        for row in rows:
+            try:
+                await self.purchases.drive(row, source="recovery", deadline=None)
+            except errors.InvoError as exc:
+                log.warning("recovery of %s: %s", row["order_id"], exc.error_code)
+        return len(rows)
+
+    async def cancel_abandoned(self, *, older_than_s: float | None = None) -> int:
+        """Cancel the challenges pending longer than `older_than_s` (default: the setting)."""
+        limit_s = self.requires_action_timeout_s if older_than_s is None else older_than_s
+        rows = await self.store.claim_abandoned(older_than_s=limit_s, limit=RECOVERY_BATCH)
+        for row in rows:
+            try:
+                outcome = await self.processor.cancel(
+                    order_id=row["order_id"], payment_intent_id=row["payment_intent_id"]
+                )
+                if outcome.status == "canceled":
+                    outcome = dataclasses.replace(
+                        outcome, failure_code="payment_canceled", failure_message=ABANDONED_MESSAGE
+                    )
+                await self.settlement.apply(row, outcome, source="recovery", deadline=None)
+            except errors.InvoError as exc:
+                log.warning("cancelling abandoned %s: %s", row["order_id"], exc.error_code)
+            finally:
+                # Whatever happened, the next round may look again (a settled order is not picked).
+                await self.store.release(row["order_id"])
+        return len(rows)
+
+    async def round(self) -> float | None:
+        """One pass of every step (a round of services/common/loops.py): a full batch anywhere
+        goes again at once, else the next round comes after the interval."""
+        stale = await self.drive_stale()
+        abandoned = await self.cancel_abandoned()
+        applied = await self.dispatcher.apply_pending()
+        busy = stale == RECOVERY_BATCH or abandoned == RECOVERY_BATCH or applied == PENDING_BATCH_MAX
+        return 0.0 if busy else None
+
+    def run(self) -> Coroutine[Any, Any, NoReturn]:
+        """The loop for ever: a failed round (the database or the processor away) is logged and
+        retried with capped backoff, never the end of the service."""
+        return loops.supervised("order-recovery", self.round, interval_s=RECOVERY_INTERVAL_S, log=log)

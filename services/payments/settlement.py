@@ -1,0 +1,237 @@
+"""Settling an order from what the processor says of its PaymentIntent, and the ledger client.
+
+Crediting happens exactly once whichever arrives first: the processor's answer to our own call,
+confirm-payment, or the processor's webhook. Every path ends in `complete()`:
+
+1. the ledger's CreditPurchase with the idempotency key `order:<order_id>`, so a second caller gets
+   the first credit back instead of a second one; its timeout is what is left of the caller's
+   deadline (at most INVO_RPC_TIMEOUT_S), so we never keep working for a caller who has gone;
+2. one payments transaction that moves the order to `completed` only if it is still unsettled,
+   records the transition and writes `purchase.completed` to the outbox.
+
+A crash between the two leaves an unsettled order whose lease runs out; the recovery loop asks the
+processor again (same idempotency key: the same PaymentIntent) and completes it.
+
+A succeeded PaymentIntent is credited only if its amount and currency are the order's. Otherwise
+the order is held for an operator (`review_reason`), stays unsettled and is never credited
+automatically: crediting the order's amount for a different charge would mint currency nobody paid
+for, and failing it would tell the partner nothing was charged when something was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+from typing import Any
+
+import asyncpg
+from invo.v1 import ledger_pb2
+
+from services.common import events, grpcutil, money
+from services.payments import inbox
+from services.payments.orders import UNSETTLED, OrderStore
+from services.payments.processor import Outcome
+
+log = logging.getLogger("invo.payments.settlement")
+
+CURRENCY = "usd"
+
+
+@dataclasses.dataclass(frozen=True)
+class Credit:
+    transaction_id: str
+    balance_minor: int | None  # the wallet after the credit (None if the ledger did not say)
+
+
+class LedgerClient:
+    """The ledger as payments uses it: domain writes only, never an account code."""
+
+    def __init__(self, stub: Any, *, timeout_cap_s: float) -> None:
+        self.stub = stub
+        self.timeout_cap_s = timeout_cap_s
+
+    async def credit_purchase(self, row: asyncpg.Record, payment_intent_id: str, *, deadline: float | None) -> Credit:
+        result: ledger_pb2.TransactionResult = await grpcutil.call(
+            self.stub.CreditPurchase,
+            ledger_pb2.CreditPurchaseRequest(
+                tenant_id=row["tenant_id"],
+                player_email=row["player_email"],
+                amount_minor=row["currency_amount"],
+                idempotency=ledger_pb2.Idempotency(namespace="payments", key=f"order:{row['order_id']}"),
+                order_id=row["order_id"],
+                payment_intent_id=payment_intent_id,
+            ),
+            timeout_s=grpcutil.timeout_within(deadline, cap_s=self.timeout_cap_s),
+        )
+        balance = next((b.balance_minor for b in result.balances if b.player_email), None)
+        return Credit(transaction_id=result.transaction_id, balance_minor=balance)
+
+
+def mismatch(row: asyncpg.Record, outcome: Outcome) -> str:
+    """Why a succeeded PaymentIntent does not pay for this order ("" when it does)."""
+    if outcome.currency.lower() != CURRENCY:
+        return f"the PaymentIntent is in {outcome.currency or 'no currency'!r}, the order in {CURRENCY!r}"
+    if outcome.amount != row["usd_cents"]:
+        return f"the PaymentIntent is for {outcome.amount} cents, the order for {row['usd_cents']}"
+    if outcome.amount_received is not None and outcome.amount_received != row["usd_cents"]:
+        return f"the processor received {outcome.amount_received} cents, the order is for {row['usd_cents']}"
+    return ""
+
+
+def completed_event(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "transaction_id": row["transaction_id"],
+        "order_id": row["order_id"],
+        "player_email": row["player_email"],
+        "identity_id": row["identity_id"],
+        "usd_amount": money.format_usd(row["usd_cents"]),
+        "currency_amount": money.format_units(row["currency_amount"]),
+        "currency_name": row["currency_name"],
+        "metadata": json.loads(row["metadata"]),
+    }
+
+
+def failed_event(row: asyncpg.Record) -> dict[str, Any]:
+    # The seed's failure codes are "card_declined" and "payment_canceled"; the processor's own
+    # reason (a failed 3-D Secure, say) is in failure_message and in the order's history.
+    code = "payment_canceled" if row["status"] == "cancelled" else "card_declined"
+    return {
+        "payment_intent_id": row["payment_intent_id"],
+        "order_id": row["order_id"],
+        "player_email": row["player_email"],
+        "usd_amount": money.format_usd(row["usd_cents"]),
+        "failure_code": code,
+        "failure_message": row["failure_message"],
+    }
+
+
+class Settlement:
+    def __init__(self, store: OrderStore, ledger: LedgerClient) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.pool = store.pool
+
+    async def apply(
+        self, row: asyncpg.Record, outcome: Outcome, *, source: str, deadline: float | None
+    ) -> tuple[asyncpg.Record, bool]:
+        """Settle the order from the processor's word; returns (order now, already_processed)."""
+        if outcome.status == "succeeded":
+            return await self.complete(row, outcome, source=source, deadline=deadline)
+        if outcome.status == "requires_action":
+            return await self.requires_action(row, outcome, source=source), False
+        if outcome.status in ("declined", "requires_payment_method"):
+            return await self.fail(row, outcome, to_status="failed", source=source), False
+        if outcome.status == "canceled":
+            return await self.fail(row, outcome, to_status="cancelled", source=source), False
+        # processing / requires_confirmation: the processor has not decided; the order stays in flight.
+        return await self.store.get(row["order_id"]), False
+
+    async def complete(
+        self,
+        row: asyncpg.Record,
+        outcome: Outcome,
+        *,
+        source: str,
+        deadline: float | None,
+        event_id: str | None = None,
+    ) -> tuple[asyncpg.Record, bool]:
+        """Credit the player once and mark the order completed (only when the processor reports this
+        order's PaymentIntent succeeded). Returns (order, already_processed)."""
+        if row["status"] not in (*UNSETTLED, "failed") or row["review_reason"]:
+            if event_id is not None:
+                await inbox.mark_handled(self.pool, event_id, "order settled already")
+            return row, True
+        payment_intent_id = outcome.payment_intent_id or row["payment_intent_id"] or ""
+        why = mismatch(row, outcome)
+        if why:
+            return await self._hold_for_review(row, why, payment_intent_id, event_id=event_id), False
+        credit = await self.ledger.credit_purchase(row, payment_intent_id, deadline=deadline)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if event_id is not None and not await inbox.mark_handled(conn, event_id, "applied"):
+                return await self.store.current(conn, row["order_id"]), True
+            done = await self.store.move(
+                conn,
+                row["order_id"],
+                "completed",
+                source=source,
+                reason="charge succeeded; currency credited",
+                sets={
+                    "transaction_id": credit.transaction_id,
+                    "new_balance": credit.balance_minor,
+                    "payment_intent_id": payment_intent_id or None,
+                    "completed_at": datetime.datetime.now(datetime.UTC),
+                    "processing_until": None,
+                },
+            )
+            if done is None:
+                return await self.store.current(conn, row["order_id"]), True
+            await events.emit(
+                conn, tenant_id=done["tenant_id"], event_type="purchase.completed", data=completed_event(done)
+            )
+        return done, False
+
+    async def _hold_for_review(
+        self, row: asyncpg.Record, why: str, payment_intent_id: str, *, event_id: str | None
+    ) -> asyncpg.Record:
+        log.error(
+            "order %s held for review, not credited: %s (payment intent %s)",
+            row["order_id"],
+            why,
+            payment_intent_id,
+            extra={"fields": {"order_id": row["order_id"], "payment_intent_id": payment_intent_id}},
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if event_id is not None:
+                await inbox.mark_handled(conn, event_id, f"held for review: {why}")
+            held = await self.store.hold_for_review(conn, row["order_id"], why)
+            return held if held is not None else await self.store.current(conn, row["order_id"])
+
+    async def fail(
+        self,
+        row: asyncpg.Record,
+        outcome: Outcome,
+        *,
+        to_status: str,
+        source: str,
+        event_id: str | None = None,
+    ) -> asyncpg.Record:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if event_id is not None and not await inbox.mark_handled(conn, event_id, "applied"):
+                return await self.store.current(conn, row["order_id"])
+            failure_code = outcome.failure_code or ("payment_canceled" if to_status == "cancelled" else "card_declined")
+            done = await self.store.move(
+                conn,
+                row["order_id"],
+                to_status,
+                source=source,
+                reason=outcome.failure_message or failure_code,
+                sets={
+                    "failure_code": failure_code,
+                    "failure_message": outcome.failure_message or "The payment did not go through.",
+                    "decline_code": outcome.decline_code or None,
+                    "payment_intent_id": outcome.payment_intent_id or row["payment_intent_id"],
+                    "processing_until": None,
+                },
+            )
+            if done is None:
+                return await self.store.current(conn, row["order_id"])
+            await events.emit(conn, tenant_id=done["tenant_id"], event_type="purchase.failed", data=failed_event(done))
+            return done
+
+    async def requires_action(self, row: asyncpg.Record, outcome: Outcome, *, source: str) -> asyncpg.Record:
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await self.store.move(
+                conn,
+                row["order_id"],
+                "requires_action",
+                source=source,
+                reason="3-D Secure challenge required",
+                sets={
+                    "payment_intent_id": outcome.payment_intent_id,
+                    "client_secret": outcome.client_secret,
+                    "processing_until": None,
+                },
+            )
+            return done if done is not None else await self.store.current(conn, row["order_id"])
