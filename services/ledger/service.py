@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
-from services.common import errors
+from services.common import errors, loops
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
@@ -211,15 +211,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise errors.InvalidRequest(f"limit must be from 1 to {EXPIRY_BATCH}")
         return ledger_pb2.ExpireHoldsResponse(voided=await self.expire_holds(limit))
 
-    async def run_expiry(self) -> None:
-        while True:
-            try:
-                voided = await self.expire_holds(EXPIRY_BATCH)
-                if voided:
-                    log.info("expired %d holds", voided)
-            except (asyncpg.PostgresError, OSError, errors.InvoError) as exc:
-                log.warning("hold expiry round failed: %s", exc)
-            await asyncio.sleep(EXPIRY_INTERVAL_S)
+    async def expiry_round(self) -> float | None:
+        """One round of the hold-expiry loop: a full batch goes again at once."""
+        voided = await self.expire_holds(EXPIRY_BATCH)
+        if voided:
+            log.info("expired %d holds", voided)
+        return 0.0 if voided == EXPIRY_BATCH else None
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -265,7 +262,10 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     servicer = LedgerServicer(pool, engine)
     svc.background(engine.run(), "ledger-writer")
     svc.on_shutdown(engine.close)  # before the pool closes: batches in flight finish
-    svc.background(servicer.run_expiry(), "hold-expiry")
+    # Supervised: a database outage fails rounds, never the loop (and with it the service).
+    svc.background(
+        loops.supervised("hold-expiry", servicer.expiry_round, interval_s=EXPIRY_INTERVAL_S, log=log), "hold-expiry"
+    )
     svc.add(
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
         servicer,
