@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors, ids
+from services.common import errors, idempotency, ids
 from services.common.logs import request_id_var
 from services.ledger import chart
 from services.ledger.writes import Batch, write_batch
@@ -73,11 +73,6 @@ _IDEMPOTENCY_SQL = _IDEMPOTENCY_SELECT.format(1, 2)
 class InsufficientBalance(errors.PaymentRequired):
     default_error = "insufficient_balance"
     default_error_code = "INSUFFICIENT_BALANCE"
-
-
-class IdempotencyKeyReused(errors.InvalidRequest):
-    default_error = "idempotency_error"
-    default_error_code = "IDEMPOTENCY_KEY_REUSED"
 
 
 EventBuilder = Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None]
@@ -278,12 +273,7 @@ class Engine:
             prior = seen.get((op.scope, op.key))
             if prior is not None and (prior[1] is not None or prior[0] != op.request_hash):
                 if prior[0] != op.request_hash:
-                    outcomes.append(
-                        IdempotencyKeyReused(
-                            "This idempotency key was already used with a different request.",
-                            extra={"idempotency_key": op.key},
-                        )
-                    )
+                    outcomes.append(idempotency.refuse(op.key))
                     continue
                 outcomes.append({**(prior[1] or {}), "duplicate": True})
                 continue

@@ -13,12 +13,12 @@ from typing import Any
 from invo.v1 import ledger_pb2
 
 from services.common import errors
+from services.common import idempotency as idem_rules
 from services.ledger import chart
 
 TENANT_ID_RE = re.compile(r"^tn_[0-9A-Z]{26}$")
 TXN_ID_RE = re.compile(r"^txn_[0-9A-Z]{26}$")
 REFERENCE_RE = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
-KEY_LEN_MAX = 255
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_:.-]{0,39}$")
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -42,13 +42,7 @@ def tenant(tenant_id: str) -> str:
 def idempotency(idem: ledger_pb2.Idempotency) -> tuple[str, str]:
     if not NAMESPACE_RE.match(idem.namespace):
         raise errors.InvalidRequest("idempotency namespace is malformed")
-    if not idem.key or len(idem.key) > KEY_LEN_MAX:
-        raise errors.InvalidRequest(
-            f"idempotency_key must be 1 to {KEY_LEN_MAX} characters.",
-            error_code="INVALID_IDEMPOTENCY_KEY",
-            extra={"param": "idempotency_key"},
-        )
-    return idem.namespace, idem.key
+    return idem.namespace, idem_rules.valid_key(idem.key)
 
 
 def scoped_key(tenant_id: str, idem: ledger_pb2.Idempotency) -> tuple[str, str]:

@@ -16,9 +16,8 @@ import re
 
 import asyncpg
 
-from services.common import errors, ids, money
+from services.common import errors, idempotency, ids, money
 from services.common.config import Settings
-from services.common.crypto import request_hash
 from services.payments import limits
 from services.payments.orders import ORDER_ID_RE, PAID, NewOrder, OrderStore
 from services.payments.processor import Processor, ProcessorUnavailable
@@ -115,7 +114,7 @@ class Purchases:
         metadata_json = validate(req, self.settings)
         email = req.player_email
         tenant_id = req.limits.tenant_id
-        digest = request_hash(
+        digest = idempotency.fingerprint(
             {
                 "email": email,
                 "usd_cents": req.usd_cents,
@@ -158,13 +157,7 @@ class Purchases:
         return await self.drive(row, source="api", deadline=deadline)
 
     async def _replay(self, row: asyncpg.Record, digest: bytes, *, deadline: float | None) -> Answer:
-        if bytes(row["request_hash"]) != digest:
-            raise errors.InvalidRequest(
-                "This purchase_reference was already used for a different purchase.",
-                error="idempotency_error",
-                error_code="IDEMPOTENCY_KEY_REUSED",
-                extra={"param": "purchase_reference"},
-            )
+        idempotency.check_replay(row["request_hash"], digest, key=row["purchase_reference"], param="purchase_reference")
         if row["status"] == "pending_payment" and not row["review_reason"]:
             # If the first attempt died (or its processor call failed), take it over and drive it
             # again. The processor's idempotency key makes this the same charge, never a second.
