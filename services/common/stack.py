@@ -251,6 +251,19 @@ class Stack:
         self._spawn(name)
         self._wait_ready([name])
 
+    def stop_process(self, name: str) -> None:
+        """Stop one process and keep it stopped (an outage of it) until `start_process(name)`.
+        A process stopped this way is not reported by `dead()`."""
+        proc = self.procs.pop(name)
+        devservers.stop_process(proc, timeout_s=STOP_TIMEOUT_S)
+
+    def start_process(self, name: str) -> None:
+        """Start a process that `stop_process` stopped; wait until it serves."""
+        if name in self.procs:
+            raise StackError(f"{name} is already running")
+        self._spawn(name)
+        self._wait_ready([name])
+
     def _wait_ready(self, names: tuple[str, ...] | list[str] = PROCESSES) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         pending = list(names)

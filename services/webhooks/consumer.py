@@ -18,7 +18,6 @@ import logging
 from typing import Any, NoReturn
 
 import asyncpg
-import nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -94,7 +93,7 @@ class Consumer:
         sub = await self._subscription(js)
         try:
             msgs: list[Msg] = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, and the asyncio one nats-py raises too
             return 0.0  # nothing arrived within the fetch's own wait
         items: list[Item] = []
         valid: list[Msg] = []
