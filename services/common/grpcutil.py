@@ -25,7 +25,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import errors
-from services.common.logs import REQUEST_ID_METADATA, new_request_id, request_id_var
+from services.common.logs import (
+    OPERATOR_ID_METADATA,
+    REQUEST_ID_METADATA,
+    accept_operator_id,
+    new_request_id,
+    operator_id_var,
+    request_id_var,
+)
 
 log = logging.getLogger("invo.grpc")
 
@@ -38,6 +45,13 @@ def _request_id_from(context: grpc.aio.ServicerContext) -> str:
         if key == REQUEST_ID_METADATA and isinstance(value, str):
             return value
     return new_request_id()
+
+
+def _operator_id_from(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == OPERATOR_ID_METADATA and isinstance(value, str):
+            return accept_operator_id(value)
+    return ""
 
 
 async def _guard(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
@@ -80,6 +94,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = request_id_var.set(_request_id_from(context))
+                operator_token = operator_id_var.set(_operator_id_from(context))
                 started = time.monotonic()
                 outcome = "OK"
                 try:
@@ -97,6 +112,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     _log_rpc(method, outcome, started)
                     request_id_var.reset(token)
+                    operator_id_var.reset(operator_token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -109,6 +125,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = request_id_var.set(_request_id_from(context))
+                operator_token = operator_id_var.set(_operator_id_from(context))
                 started = time.monotonic()
                 try:
                     if context.time_remaining() is None:
@@ -124,6 +141,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     _log_rpc(method, "STREAM_END", started)
                     request_id_var.reset(token)
+                    operator_id_var.reset(operator_token)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
@@ -174,7 +192,9 @@ def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_METADATA, request_id_var.get() or new_request_id()),)
+    md = ((REQUEST_ID_METADATA, request_id_var.get() or new_request_id()),)
+    operator_id = operator_id_var.get()
+    return (*md, (OPERATOR_ID_METADATA, operator_id)) if operator_id else md
 
 
 async def call(method: Callable[..., Any], request: Any, *, timeout_s: float) -> Any:

@@ -17,9 +17,27 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_METADATA = "x-request-id"
 _REQUEST_ID_MAX_LEN = 64
 
+# The operator (`op_...`) an admin request acts for, carried across gRPC like the request id so
+# that every service can record who made a change; "" outside an operator's request.
+operator_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("operator_id", default="")
+OPERATOR_ID_METADATA = "x-operator-id"
+_OPERATOR_ID_MAX_LEN = 64
+
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+def accept_operator_id(value: str | None) -> str:
+    """An operator id from another service's metadata if it looks like one, else "" (none)."""
+    if (
+        value
+        and value.startswith("op_")
+        and len(value) <= _OPERATOR_ID_MAX_LEN
+        and all(c.isalnum() or c == "_" for c in value)
+    ):
+        return value
+    return ""
 
 
 def accept_request_id(value: str | None) -> str:
@@ -45,6 +63,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id_var.get()
         if rid:
             entry["request_id"] = rid
+        oid = operator_id_var.get()
+        if oid:
+            entry["operator_id"] = oid
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

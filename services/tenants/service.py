@@ -14,7 +14,8 @@ from invo.v1 import tenants_pb2, tenants_pb2_grpc
 from services.common import crypto, errors, grpcutil, ids
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
-from services.common.logs import request_id_var
+from services.common.logs import operator_id_var, request_id_var
+from services.tenants.operators import OperatorsServicer
 
 log = logging.getLogger("invo.tenants")
 
@@ -162,12 +163,14 @@ def _check_key_id(key_id: str) -> None:
 
 
 async def _audit(conn: asyncpg.Connection, tenant_id: str, action: str, detail: dict[str, Any]) -> None:
+    # The operator who asked arrives from the gateway in the call's metadata, like the request id.
     await conn.execute(
-        "INSERT INTO audit_log (tenant_id, action, detail, request_id) VALUES ($1, $2, $3::jsonb, $4)",
+        "INSERT INTO audit_log (tenant_id, action, detail, request_id, operator_id) VALUES ($1, $2, $3::jsonb, $4, $5)",
         tenant_id,
         action,
         json.dumps(detail, default=str),
         request_id_var.get(),
+        operator_id_var.get(),
     )
 
 
@@ -420,4 +423,9 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
         tenants_pb2_grpc.add_TenantsServiceServicer_to_server,
         TenantsServicer(pool, settings),
         tenants_pb2.DESCRIPTOR.services_by_name["TenantsService"].full_name,
+    )
+    svc.add(
+        tenants_pb2_grpc.add_OperatorsServiceServicer_to_server,
+        OperatorsServicer(pool, pepper=settings.key_pepper),
+        tenants_pb2.DESCRIPTOR.services_by_name["OperatorsService"].full_name,
     )
