@@ -1,13 +1,12 @@
-"""The admin API under /admin/*: its own bearer token, never an SDK key."""
+"""The admin API under /admin/*: tenants and their SDK keys. Opened by an operator's bearer
+credential (`surfaces.operator_auth`), never an SDK key."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from invo.v1 import tenants_pb2
 
-from services.common import errors
-from services.common.crypto import constant_time_equal
-from services.gateway import tenants_api
+from services.gateway import operators, tenants_api
 from services.gateway.context import GatewayContext, ctx_of
 from services.gateway.http import get_int, json_response, read_json, read_optional_json, reject_unknown
 
@@ -103,14 +102,9 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(tenants_api.key_json(key))
 
 
-def check_admin(ctx: GatewayContext, request: web.Request) -> None:
-    if not ctx.settings.admin_token:
-        raise errors.Unauthenticated("The admin API is disabled.", error_code="ADMIN_DISABLED")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise errors.Unauthenticated(
-            "Missing admin bearer token (Authorization: Bearer <token>).", error_code="MISSING_ADMIN_TOKEN"
-        )
-    if not constant_time_equal(token.strip(), ctx.settings.admin_token):
-        raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
+async def check_admin(ctx: GatewayContext, request: web.Request) -> operators.Operator:
+    """The request's operator (the bootstrap token or a named operator's credential), allowed by its
+    role to call the matched route: 401 or 403 otherwise (`services/gateway/operators.py`)."""
+    operator = await operators.authenticate(ctx, request)
+    operators.authorize(request, operator)
+    return operator

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from services.common import errors
-from services.gateway import admin, ledger_api, payments_api, webhooks_api
+from services.common.logs import operator_id_var
+from services.gateway import admin, ledger_api, operators, operators_api, payments_api, webhooks_api
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import json_response
 
@@ -58,9 +59,16 @@ async def sdk_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def operator_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The operators' API: never an SDK key."""
-    admin.check_admin(ctx_of(request), request)
-    return await handler(request)
+    """The operators' API: a named operator (or the bootstrap token) whose role allows the route;
+    never an SDK key. The operator's id goes with every call the handler makes (`operator_id_var`)."""
+    operator = await admin.check_admin(ctx_of(request), request)
+    request["operator_id"] = operator.operator_id
+    request["operator_role"] = operator.role
+    token = operator_id_var.set(operator.operator_id)
+    try:
+        return await handler(request)
+    finally:
+        operator_id_var.reset(token)
 
 
 def mount(parent: web.Application, prefix: str, sub: web.Application, *tables: web.RouteTableDef) -> None:
@@ -88,7 +96,15 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         payments_api.public,
         webhooks_api.public,
     )
-    mount(app, "/admin", _sub(ctx, operator_auth), admin.routes, ledger_api.admin, webhooks_api.admin)
+    mount(
+        app,
+        "/admin",
+        operators.with_cache(_sub(ctx, operator_auth), ctx),
+        admin.routes,
+        ledger_api.admin,
+        webhooks_api.admin,
+        operators_api.routes,
+    )
     mount(app, "/webhooks", _sub(ctx), payments_api.webhooks)
 
 

@@ -1,0 +1,163 @@
+"""Who opens the admin API, and what each role may do there.
+
+A bearer credential is either the bootstrap token (`INVO_ADMIN_TOKEN`, acting as the operator
+`op_bootstrap` with the admin role: it creates the first operators) or a named operator's
+`invo_op_...` credential, resolved through the tenants service's OperatorsService with a short,
+bounded in-process cache keyed by a SHA-256 of the credential, never the credential itself.
+Revoking an operator through this gateway drops its entries at once; other gateway replicas stop
+accepting it within `INVO_AUTH_CACHE_TTL_S`.
+
+`PERMISSIONS` is the one table of what each admin route needs, keyed by (method, the route's
+canonical path). A route missing from it needs the admin role (fail closed), and a test checks
+that every routed admin route is listed, so a new route cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import time
+
+from aiohttp import web
+from invo.v1 import tenants_pb2, tenants_pb2_grpc
+
+from services.common import errors
+from services.common.crypto import constant_time_equal
+from services.gateway.backends import Backends
+from services.gateway.context import GatewayContext
+
+BOOTSTRAP_OPERATOR = "op_bootstrap"
+CREDENTIAL_PREFIX = "invo_op_"
+CREDENTIAL_LEN_MAX = 100
+
+VIEWER, SUPPORT, FINANCE, ADMIN = "viewer", "support", "finance", "admin"
+ROLES = (VIEWER, SUPPORT, FINANCE, ADMIN)
+
+# What a route is for -> the roles that may do it. Support and finance are siblings: neither does
+# the other's work; admin does everything.
+READ = frozenset({VIEWER, SUPPORT, FINANCE, ADMIN})  # looks, changes nothing
+CARE = frozenset({SUPPORT, ADMIN})  # partners' integrations: redeliveries, secret and key rotation
+MONEY = frozenset({FINANCE, ADMIN})  # moves money: credits, debits, later refunds and payouts
+MANAGE = frozenset({ADMIN})  # tenants' terms and the operators themselves
+
+PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
+    # tenants
+    ("POST", "/admin/tenants"): MANAGE,
+    ("GET", "/admin/tenants/{tenant_id}"): READ,
+    ("PATCH", "/admin/tenants/{tenant_id}"): MANAGE,
+    # SDK keys (the listing shows prefixes only)
+    ("GET", "/admin/tenants/{tenant_id}/keys"): READ,
+    ("POST", "/admin/tenants/{tenant_id}/keys"): CARE,
+    ("POST", "/admin/tenants/{tenant_id}/keys/{key_id}/rotate"): CARE,
+    ("POST", "/admin/tenants/{tenant_id}/keys/{key_id}/revoke"): CARE,
+    # the ledger
+    ("POST", "/admin/players/credit"): MONEY,
+    ("POST", "/admin/players/debit"): MONEY,
+    ("GET", "/admin/ledger/check"): READ,
+    # webhooks
+    ("GET", "/admin/webhooks/deliveries"): READ,
+    ("GET", "/admin/webhooks/deliveries/{delivery_id}"): READ,
+    ("POST", "/admin/webhooks/deliveries/{delivery_id}/redeliver"): CARE,
+    ("POST", "/admin/webhooks/redeliver-failed"): CARE,
+    ("POST", "/admin/tenants/{tenant_id}/webhook-secret/rotate"): CARE,
+    # operators (names and emails are not for every role to read)
+    ("POST", "/admin/operators"): MANAGE,
+    ("GET", "/admin/operators"): MANAGE,
+    ("POST", "/admin/operators/{operator_id}/revoke"): MANAGE,
+}
+
+
+def roles_for(method: str, canonical_path: str) -> frozenset[str]:
+    """The roles that may call a route; a route not in the table is for admins only."""
+    if method == "HEAD":  # aiohttp answers HEAD with the GET handler
+        method = "GET"
+    return PERMISSIONS.get((method, canonical_path), MANAGE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Operator:
+    operator_id: str
+    role: str
+
+
+BOOTSTRAP = Operator(BOOTSTRAP_OPERATOR, ADMIN)
+
+
+class OperatorCache:
+    def __init__(self, backends: Backends, *, ttl_s: float, size_max: int) -> None:
+        self.backends = backends
+        # The tenants process serves OperatorsService on the same channel as TenantsService.
+        self.stub = tenants_pb2_grpc.OperatorsServiceStub(backends.channels["tenants"])
+        self.ttl_s = ttl_s
+        self.size_max = size_max
+        self._entries: collections.OrderedDict[bytes, tuple[float, Operator]] = collections.OrderedDict()
+
+    async def resolve(self, credential: str) -> Operator:
+        """The credential's operator; raises `Unauthenticated` for an unknown or revoked one."""
+        digest = hashlib.sha256(credential.encode()).digest()
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            self._entries.move_to_end(digest)
+            return hit[1]
+        resp: tenants_pb2.Operator = await self.backends.call(
+            self.stub.AuthenticateOperator, tenants_pb2.AuthenticateOperatorRequest(credential=credential)
+        )
+        found = Operator(resp.operator_id, resp.role)
+        self._entries[digest] = (now + self.ttl_s, found)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size_max:
+            self._entries.popitem(last=False)
+        return found
+
+    def forget(self, operator_id: str) -> None:
+        for digest in [d for d, (_, op) in self._entries.items() if op.operator_id == operator_id]:
+            del self._entries[digest]
+
+
+OPERATOR_CACHE = web.AppKey("operator_cache", OperatorCache)
+
+
+def with_cache(sub: web.Application, ctx: GatewayContext) -> web.Application:
+    """The admin sub-application, holding this gateway's operator cache."""
+    sub[OPERATOR_CACHE] = OperatorCache(
+        ctx.backends, ttl_s=ctx.settings.auth_cache_ttl_s, size_max=ctx.settings.auth_cache_size_max
+    )
+    return sub
+
+
+def cache_of(request: web.Request) -> OperatorCache:
+    return request.app[OPERATOR_CACHE]
+
+
+async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
+    """The operator a request's bearer credential belongs to; an SDK key never is one."""
+    if not ctx.settings.admin_token:
+        raise errors.Unauthenticated("The admin API is disabled.", error_code="ADMIN_DISABLED")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise errors.Unauthenticated(
+            "Missing admin bearer token (Authorization: Bearer <token>).", error_code="MISSING_ADMIN_TOKEN"
+        )
+    if constant_time_equal(token, ctx.settings.admin_token):
+        return BOOTSTRAP
+    if token.startswith(CREDENTIAL_PREFIX) and len(token) <= CREDENTIAL_LEN_MAX:
+        return await cache_of(request).resolve(token)
+    raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
+
+
+def authorize(request: web.Request, operator: Operator) -> None:
+    """403 unless the operator's role may call the matched route (from `PERMISSIONS`)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return  # nothing matched: the 404 or 405 that follows runs no handler
+    allowed = roles_for(request.method, resource.canonical)
+    if operator.role not in allowed:
+        needed = " or ".join(r for r in ROLES if r in allowed)
+        raise errors.Forbidden(
+            f"This action needs the {needed} role; this operator is {operator.role}.",
+            error_code="OPERATOR_ROLE_FORBIDDEN",
+        )
