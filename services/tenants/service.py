@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import urllib.parse
 from typing import Any
 
 import asyncpg
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
-from services.common import crypto, errors, grpcutil, ids
+from services.common import crypto, errors, grpcutil, ids, limits
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.logs import operator_id_var, request_id_var
@@ -21,13 +20,9 @@ log = logging.getLogger("invo.tenants")
 
 SDK_KEY_PREFIX = "ivsdk_"
 SDK_KEY_RANDOM_BYTES = 32
-SDK_KEY_LEN_MAX = 100
 KEYS_PER_TENANT_MAX = 20
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
-ROTATION_OVERLAP_S_MAX = 30 * 86400
 WEBHOOK_TARGETS_MAX = 1000
-TENANT_ID_RE = re.compile(r"^tn_[0-9A-Z]{26}$")
-KEY_ID_RE = re.compile(r"^key_[0-9A-Z]{26}$")
 
 _TENANT_COLUMNS = (
     "tenant_id, name, currency_name, environment, status, webhook_url, network_fee_bps, transfer_fee_bps,"
@@ -89,8 +84,8 @@ def _check_text(value: str, field: str, *, max_len: int) -> str:
 def check_webhook_url(url: str, *, environment: str) -> str:
     if url == "":
         return url
-    if len(url) > 2048:
-        raise errors.InvalidRequest("webhook_url must be at most 2048 characters")
+    if len(url) > limits.WEBHOOK_URL_LEN_MAX:
+        raise errors.InvalidRequest(f"webhook_url must be at most {limits.WEBHOOK_URL_LEN_MAX} characters")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise errors.InvalidRequest("webhook_url must be an absolute http(s) URL")
@@ -109,17 +104,17 @@ def _settings_changes(s: tenants_pb2.TenantSettings, *, environment: str) -> dic
     """Column -> new value for every field present in `s`, validated."""
     changes: dict[str, Any] = {}
     if s.HasField("name"):
-        changes["name"] = _check_text(s.name, "name", max_len=200)
+        changes["name"] = _check_text(s.name, "name", max_len=limits.TENANT_NAME_LEN_MAX)
     if s.HasField("currency_name"):
-        changes["currency_name"] = _check_text(s.currency_name, "currency_name", max_len=64)
+        changes["currency_name"] = _check_text(s.currency_name, "currency_name", max_len=limits.CURRENCY_NAME_LEN_MAX)
     if s.HasField("webhook_url"):
         changes["webhook_url"] = check_webhook_url(s.webhook_url, environment=environment)
     if s.HasField("network_fee_bps"):
-        if not 0 <= s.network_fee_bps <= 10000:
+        if not 0 <= s.network_fee_bps <= limits.NETWORK_FEE_BPS_MAX:
             raise errors.InvalidRequest("network_fee_percentage must be between 0 and 100")
         changes["network_fee_bps"] = s.network_fee_bps
     if s.HasField("transfer_fee_bps"):
-        if not 0 <= s.transfer_fee_bps <= 650:
+        if not 0 <= s.transfer_fee_bps <= limits.TRANSFER_FEE_BPS_MAX:
             # The user pays 10%; the destination keeps 3.5%; the source can take at most the rest.
             raise errors.InvalidRequest("transfer_fee_percentage must be between 0 and 6.5")
         changes["transfer_fee_bps"] = s.transfer_fee_bps
@@ -128,10 +123,10 @@ def _settings_changes(s: tenants_pb2.TenantSettings, *, environment: str) -> dic
             changes[flag] = getattr(s, flag)
     if s.HasField("linked_game_ids"):
         linked = list(dict.fromkeys(s.linked_game_ids.values))
-        if len(linked) > 1000:
-            raise errors.InvalidRequest("linked_game_ids holds at most 1000 tenant ids")
+        if len(linked) > limits.LINKED_GAME_IDS_MAX:
+            raise errors.InvalidRequest(f"linked_game_ids holds at most {limits.LINKED_GAME_IDS_MAX} tenant ids")
         for tid in linked:
-            if not TENANT_ID_RE.match(tid):
+            if not limits.TENANT_ID_RE.match(tid):
                 raise errors.InvalidRequest(f"linked_game_ids: {tid[:40]!r} is not a tenant id")
         changes["linked_game_ids"] = linked
     for period in ("hourly", "daily", "monthly"):
@@ -146,19 +141,21 @@ def _settings_changes(s: tenants_pb2.TenantSettings, *, environment: str) -> dic
             raise errors.InvalidRequest("status must be active or suspended")
         changes["status"] = s.status
     if s.HasField("rate_limit_per_second"):
-        if not 0 <= s.rate_limit_per_second <= 100000:
-            raise errors.InvalidRequest("rate_limit_per_second must be between 0 and 100000")
+        if not 0 <= s.rate_limit_per_second <= limits.RATE_LIMIT_PER_SECOND_MAX:
+            raise errors.InvalidRequest(
+                f"rate_limit_per_second must be between 0 and {limits.RATE_LIMIT_PER_SECOND_MAX}"
+            )
         changes["rate_limit_per_second"] = s.rate_limit_per_second
     return changes
 
 
 def _check_tenant_id(tenant_id: str) -> None:
-    if not TENANT_ID_RE.match(tenant_id):
+    if not limits.TENANT_ID_RE.match(tenant_id):
         raise errors.NotFound("No such tenant.", error_code="TENANT_NOT_FOUND")
 
 
 def _check_key_id(key_id: str) -> None:
-    if not KEY_ID_RE.match(key_id):
+    if not limits.KEY_ID_RE.match(key_id):
         raise errors.NotFound("No such key.", error_code="KEY_NOT_FOUND")
 
 
@@ -211,7 +208,7 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
 
     async def AuthenticateKey(self, request: tenants_pb2.AuthenticateKeyRequest, context: Any) -> Any:
         key = request.sdk_key
-        if not key.startswith(SDK_KEY_PREFIX) or len(key) > SDK_KEY_LEN_MAX:
+        if not key.startswith(SDK_KEY_PREFIX) or len(key) > limits.SDK_KEY_LEN_MAX:
             raise errors.Unauthenticated("Invalid API key provided.", error_code="INVALID_API_KEY")
         digest = crypto.keyed_hash(self.pepper, key)
         row = await self.pool.fetchrow(
@@ -247,8 +244,8 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
         overlap_s = (
             request.overlap_seconds if request.HasField("overlap_seconds") else self.settings.key_rotation_overlap_s
         )
-        if not 0 <= overlap_s <= ROTATION_OVERLAP_S_MAX:
-            raise errors.InvalidRequest(f"overlap_seconds must be between 0 and {ROTATION_OVERLAP_S_MAX}")
+        if not 0 <= overlap_s <= limits.ROTATION_OVERLAP_S_MAX:
+            raise errors.InvalidRequest(f"overlap_seconds must be between 0 and {limits.ROTATION_OVERLAP_S_MAX}")
         async with self.pool.acquire() as conn, conn.transaction():
             env = await conn.fetchval(
                 "SELECT environment FROM tenants WHERE tenant_id = $1 FOR UPDATE", request.tenant_id
@@ -304,7 +301,7 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
     async def GetWebhookTargets(self, request: tenants_pb2.GetWebhookTargetsRequest, context: Any) -> Any:
         if len(request.tenant_ids) > WEBHOOK_TARGETS_MAX:
             raise errors.InvalidRequest(f"at most {WEBHOOK_TARGETS_MAX} tenant_ids per call")
-        wanted = sorted({t for t in request.tenant_ids if TENANT_ID_RE.match(t)})
+        wanted = sorted({t for t in request.tenant_ids if limits.TENANT_ID_RE.match(t)})
         tenants = await self.pool.fetch(
             "SELECT tenant_id, webhook_url, environment, status FROM tenants WHERE tenant_id = ANY($1::text[])", wanted
         )
@@ -334,8 +331,8 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
         overlap_s = (
             request.overlap_seconds if request.HasField("overlap_seconds") else self.settings.key_rotation_overlap_s
         )
-        if not 0 <= overlap_s <= ROTATION_OVERLAP_S_MAX:
-            raise errors.InvalidRequest(f"overlap_seconds must be between 0 and {ROTATION_OVERLAP_S_MAX}")
+        if not 0 <= overlap_s <= limits.ROTATION_OVERLAP_S_MAX:
+            raise errors.InvalidRequest(f"overlap_seconds must be between 0 and {limits.ROTATION_OVERLAP_S_MAX}")
         secret = WEBHOOK_SECRET_PREFIX + crypto.random_base62(32)
         kid, sealed = self.keyring.seal(secret, aad=request.tenant_id)
         async with self.pool.acquire() as conn, conn.transaction():
