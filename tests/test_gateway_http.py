@@ -43,36 +43,48 @@ async def test_unknown_route_and_method_use_the_envelope(api: Api) -> None:
 
 
 async def test_bad_admin_bodies_are_400_and_change_nothing(api: Api) -> None:
-    cases = [
-        (b"", "INVALID_JSON"),
-        (b"{not json", "INVALID_JSON"),
-        (b"[1, 2]", "INVALID_JSON"),
-        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": NaN}', "INVALID_JSON"),
-        (b'{"name": "x", "currency_name": "y", "bogus": 1}', "UNKNOWN_FIELD"),
-        (b'{"currency_name": "y"}', "MISSING_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "10.005"}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "-1"}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": "101"}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "network_fee_percentage": 1e400}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "transfer_fee_percentage": "7"}', "INVALID_REQUEST"),
-        (b'{"name": "x", "currency_name": "y", "universal_transfers": true}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "allows_outgoing_transfers": "yes"}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "environment": "staging"}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "linked_game_ids": ["not-a-tenant"]}', "INVALID_REQUEST"),
-        (b'{"name": "x", "currency_name": "y", "spending_caps": {"daily_usd": "1.001"}}', "INVALID_PARAMETER"),
-        (b'{"name": "x", "currency_name": "y", "spending_caps": {"weekly_usd": "1"}}', "UNKNOWN_FIELD"),
-        (b'{"name": "x", "currency_name": "y", "rate_limit_per_second": 0}', "INVALID_PARAMETER"),
-        (b'{"name": "", "currency_name": "y"}', "INVALID_REQUEST"),
+    """Every field problem names its field in `param` (a dotted path when nested)."""
+    xy = b'"name": "x", "currency_name": "y"'
+    cases: list[tuple[bytes, str, str | None]] = [
+        (b"", "INVALID_JSON", None),
+        (b"{not json", "INVALID_JSON", None),
+        (b"[1, 2]", "INVALID_JSON", None),
+        (b"{" + xy + b', "network_fee_percentage": NaN}', "INVALID_JSON", None),
+        (b'{"name": "x", "name": "z", "currency_name": "y"}', "INVALID_JSON", None),  # a key twice
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "INVALID_JSON", None),  # nested past any parser's depth
+        (b"{" + xy + b', "bogus": 1}', "UNKNOWN_FIELD", "bogus"),
+        (b'{"currency_name": "y"}', "MISSING_PARAMETER", "name"),
+        (b'{"name": null, "currency_name": "y"}', "MISSING_PARAMETER", "name"),
+        (b"{" + xy + b', "network_fee_percentage": "10.005"}', "INVALID_PARAMETER", "network_fee_percentage"),
+        (b"{" + xy + b', "network_fee_percentage": "-1"}', "INVALID_PARAMETER", "network_fee_percentage"),
+        (b"{" + xy + b', "network_fee_percentage": "101"}', "INVALID_PARAMETER", "network_fee_percentage"),
+        (b"{" + xy + b', "network_fee_percentage": 1e400}', "INVALID_PARAMETER", "network_fee_percentage"),
+        # The limit is the tenants service's own (services/common/limits.py), answered at the edge.
+        (b"{" + xy + b', "transfer_fee_percentage": "7"}', "INVALID_PARAMETER", "transfer_fee_percentage"),
+        (b"{" + xy + b', "transfer_fee_percentage": "6.51"}', "INVALID_PARAMETER", "transfer_fee_percentage"),
+        (b"{" + xy + b', "universal_transfers": true}', "INVALID_PARAMETER", "universal_transfers"),
+        (b"{" + xy + b', "allows_outgoing_transfers": "yes"}', "INVALID_PARAMETER", "allows_outgoing_transfers"),
+        (b"{" + xy + b', "environment": "staging"}', "INVALID_PARAMETER", "environment"),
+        (b"{" + xy + b', "linked_game_ids": ["not-a-tenant"]}', "INVALID_PARAMETER", "linked_game_ids"),
+        (b"{" + xy + b', "spending_caps": {"daily_usd": "1.001"}}', "INVALID_PARAMETER", "spending_caps.daily_usd"),
+        (b"{" + xy + b', "spending_caps": {"weekly_usd": "1"}}', "UNKNOWN_FIELD", "spending_caps.weekly_usd"),
+        (b"{" + xy + b', "rate_limit_per_second": 0}', "INVALID_PARAMETER", "rate_limit_per_second"),
+        (b"{" + xy + b', "rate_limit_per_second": "5"}', "INVALID_PARAMETER", "rate_limit_per_second"),
+        (b'{"name": "", "currency_name": "y"}', "INVALID_PARAMETER", "name"),
+        (b'{"name": "   ", "currency_name": "y"}', "INVALID_PARAMETER", "name"),
         (
-            b'{"name": "x", "currency_name": "y", "environment": "production", "webhook_url": "http://a.example"}',
-            "INVALID_REQUEST",
+            b"{" + xy + b', "environment": "production", "webhook_url": "http://a.example"}',
+            "INVALID_PARAMETER",
+            "webhook_url",
         ),
-        (b'{"name": "x", "currency_name": "y", "webhook_url": "ftp://a.example"}', "INVALID_REQUEST"),
+        (b"{" + xy + b', "webhook_url": "ftp://a.example"}', "INVALID_PARAMETER", "webhook_url"),
+        (b"{" + xy + b', "webhook_url": "https://user:pw@a.example"}', "INVALID_PARAMETER", "webhook_url"),
     ]
-    for body, code in cases:
+    for body, code, param in cases:
         resp = await api.post("/admin/tenants", admin=True, data=body, headers={"Content-Type": "application/json"})
-        assert resp.status == 400, (body, resp)
+        assert resp.status == 400, (body[:80], resp)
         assert_envelope(resp, 400, code)
+        assert resp.body.get("param") == param, (body[:80], resp)
 
 
 async def test_settings_round_trip_and_patch(api: Api) -> None:
@@ -107,7 +119,11 @@ async def test_settings_round_trip_and_patch(api: Api) -> None:
     assert patched.body["webhook_url"] is None and patched.body["currency_name"] == "Gems"
     # A production tenant's webhook must be https.
     resp = await api.patch(f"/admin/tenants/{t['tenant_id']}", admin=True, json={"webhook_url": "http://x.example"})
-    assert_envelope(resp, 400, "INVALID_REQUEST")
+    assert_envelope(resp, 400, "INVALID_PARAMETER")
+    assert resp.body["param"] == "webhook_url"
+    resp = await api.patch(f"/admin/tenants/{t['tenant_id']}", admin=True, json={"status": "closed"})
+    assert_envelope(resp, 400, "INVALID_PARAMETER")
+    assert resp.body["param"] == "status"
     assert_envelope(await api.get("/admin/tenants/tn_01ABCDEFGHJKMNPQRSTVWXYZ01", admin=True), 404, "TENANT_NOT_FOUND")
     assert_envelope(await api.patch("/admin/tenants/nope", admin=True, json={}), 404, "TENANT_NOT_FOUND")
 
@@ -131,14 +147,47 @@ async def test_health_and_readiness(api: Api) -> None:
 
 
 async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> None:
+    """Every routed (path, method) of every surface is documented, and nothing else is; each
+    operation carries its surface's security and the statuses every route can answer."""
     doc = (await api.get("/openapi.json")).body
     assert doc["openapi"].startswith("3.1")
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     app = create_app(stack_settings(stack), Backends(stack_settings(stack)))
-    routed = {(path, method) for path, method in surfaces.routes(app) if path.startswith("/api/")}
-    assert routed, "no public routes found"
+    routed = set(surfaces.routes(app))
+    for prefix in ("/api/", "/admin/", "/webhooks/"):
+        assert any(path.startswith(prefix) for path, _ in routed), f"no {prefix} routes found"
+    assert {("/healthz", "GET"), ("/readyz", "GET"), ("/openapi.json", "GET")} <= routed
     assert documented == routed
     await app[CTX].backends.close()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["GameSecretKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Game-Secret-Key",
+        "description": schemes["GameSecretKey"]["description"],
+    }
+    assert schemes["OperatorBearer"]["type"] == "http" and schemes["OperatorBearer"]["scheme"] == "bearer"
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            want: list[dict[str, list[str]]] = (
+                [{"GameSecretKey": []}]
+                if path.startswith("/api/")
+                else [{"OperatorBearer": []}]
+                if path.startswith("/admin/")
+                else []
+            )
+            assert op["security"] == want, (path, method)
+            statuses = set(op["responses"])
+            assert {"400", "405"} <= statuses, (path, method)
+            if "requestBody" in op:
+                assert "413" in statuses, (path, method)
+            if want:
+                assert {"401", "503"} <= statuses, (path, method)
+            if path.startswith("/api/"):
+                assert {"403", "429"} <= statuses, (path, method)
+    # A limit lives in one place: the document states the tenants service's own.
+    settings = doc["components"]["schemas"]["CreateTenant"]["properties"]
+    assert "6.5" in settings["transfer_fee_percentage"]["anyOf"][0]["description"]
 
 
 def stack_settings(stack: Stack) -> Settings:

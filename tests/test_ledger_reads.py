@@ -208,7 +208,9 @@ async def test_batch_balances_up_to_1000_in_request_order(api: Api) -> None:
     assert_envelope(
         await api.post("/api/players/balances", key=key, json={"player_emails": []}), 400, "INVALID_PARAMETER"
     )
-    assert_envelope(await api.post("/api/players/balances", key=key, json={}), 400, "INVALID_PARAMETER")
+    missing = await api.post("/api/players/balances", key=key, json={})
+    assert_envelope(missing, 400, "MISSING_PARAMETER")
+    assert missing.body["param"] == "player_emails"
     assert_envelope(
         await api.post("/api/players/balances", key=key, json={"player_emails": "a@x.com"}), 400, "INVALID_PARAMETER"
     )

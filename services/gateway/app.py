@@ -8,13 +8,16 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 from services.common import errors, logs, runtime
 from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
-from services.gateway import openapi, surfaces
+from services.gateway import declare, document, surfaces
+from services.gateway.answers import Answer
 from services.gateway.backends import Backends
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import error_response, json_response
@@ -63,10 +66,39 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         request_id_var.reset(token)
 
 
+root = declare.Table(security=None)
+
+
+class Health(Answer):
+    """The gateway process is up."""
+
+    status: Literal["ok"]
+
+
+class Ready(Answer):
+    """Every backend the gateway routes to answers its health check."""
+
+    status: Literal["ready"]
+    services: dict[str, bool]
+
+
+class OpenApi(BaseModel):
+    """This document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    paths: dict[str, Any]
+
+
+@root.declare("GET", "/healthz", summary="Liveness.", answers={200: Health})
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@root.declare(
+    "GET", "/readyz", summary="Readiness: every routed backend is healthy.", answers={200: Ready}, errors=(503,)
+)
 async def readyz(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     # The services the gateway routes to; transfers and payouts run with no API yet.
@@ -77,19 +109,18 @@ async def readyz(request: web.Request) -> web.Response:
     raise errors.Unavailable(f"Not ready: {', '.join(down)}.", extra={"services": health})
 
 
+@root.declare("GET", "/openapi.json", summary="The OpenAPI 3.1 document of every surface.", answers={200: OpenApi})
 async def openapi_json(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     base = ctx.settings.public_base_url or f"{request.scheme}://{request.host}"
-    return json_response(openapi.document(base))
+    return json_response(document.document(base))
 
 
 def create_app(settings: Settings, backends: Backends) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=settings.http_body_max_bytes)
     ctx = GatewayContext(settings, backends)
     app[CTX] = ctx
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", openapi_json)
+    app.add_routes(root)
     surfaces.mount_all(app, ctx)
     return app
 

@@ -1,4 +1,6 @@
-"""HTTP helpers: strict JSON bodies, the error envelope, field parsing with clear 400s."""
+"""HTTP helpers: strict JSON bodies and the error envelope. Fields are declared and validated by
+`declare.py`; the field helpers at the end serve payments_api.py until it adopts its declarations
+(`payments_schema.py`), and go then."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.common import errors, money
+from services.common import errors
 from services.common.logs import request_id_var
 
 
@@ -27,6 +29,24 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> int | Decimal:
+    """A JSON number with a fraction or exponent: exact, never a float. An integral one (2.0, 1e3)
+    is the integer JSON Schema says it is; one past 20 digits stays a Decimal, so that a tiny
+    body can never ask for a million-digit int."""
+    value = Decimal(text)
+    if value.is_finite() and value == value.to_integral_value() and value.adjusted() < 20:
+        return int(value)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object that names a key twice is refused: which value would count is anyone's guess."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object. Numbers with a fraction arrive as Decimal, never float."""
     try:
@@ -36,7 +56,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         raise errors.InvalidRequest("The request body must be a JSON object.", error_code="INVALID_JSON")
     try:
-        body = json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+        body = json.loads(raw, parse_float=_number, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise errors.InvalidRequest("The request body is not valid JSON.", error_code="INVALID_JSON") from exc
     if not isinstance(body, dict):
@@ -63,6 +83,9 @@ async def read_optional_json(request: web.Request) -> dict[str, Any]:
     return await read_json(request)
 
 
+# -- until payments_api.py adopts payments_schema.py -------------------------------------------
+
+
 def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -86,34 +109,3 @@ def get_str(body: dict[str, Any], field: str, *, max_len: int, required: bool = 
     if len(value) > max_len:
         raise invalid(field, f"{field} must be at most {max_len} characters.")
     return value
-
-
-def get_bool(body: dict[str, Any], field: str) -> bool | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise invalid(field, f"{field} must be true or false.")
-    return value
-
-
-def get_int(body: dict[str, Any], field: str, *, lo: int, hi: int) -> int | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise invalid(field, f"{field} must be a whole number from {lo} to {hi}.")
-    return value
-
-
-def get_scaled(body: dict[str, Any], field: str, *, places: int, hi: int | None = None) -> int | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    try:
-        scaled = money.parse_scaled(value, places=places, field=field)
-    except money.AmountError as exc:
-        raise invalid(field, str(exc) + ".") from exc
-    if hi is not None and scaled > hi:
-        raise invalid(field, f"{field} must be at most {money.format_scaled(hi, places=places, trim=True)}.")
-    return scaled

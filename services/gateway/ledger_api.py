@@ -6,99 +6,49 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
-from services.common import errors, grpcutil, money
+from services.common import grpcutil, money
 from services.common.logs import request_id_var
-from services.common.players import normalize_email
+from services.gateway import answers, declare, fields
 from services.gateway.context import ctx_of
-from services.gateway.http import get_int, get_str, invalid, json_response, read_json, reject_unknown
+from services.gateway.fields import Metadata, Request
+from services.gateway.http import invalid, json_response
+from services.gateway.ledger_schema import (
+    Adjust,
+    Adjusted,
+    BalanceQuery,
+    Balances,
+    BalancesBody,
+    Entries,
+    EntriesQuery,
+    ExportSummary,
+    LedgerCheck,
+    PurchaseItem,
+    PurchaseItemAnswer,
+    Revenue,
+)
 from services.gateway.tenants_api import iso
 
-public = web.RouteTableDef()
-admin = web.RouteTableDef()
+public = declare.Table(security=declare.SDK_KEY)
+admin = declare.Table(security=declare.OPERATOR)
 
-IDEMPOTENCY_KEY_LEN_MAX = 255
-METADATA_KEYS_MAX = 50
-METADATA_KEY_LEN_MAX = 40
-METADATA_BYTES_MAX = 8192
-BATCH_EMAILS_MAX = 1000
-ENTRIES_LIMIT_MAX = 1000
 EXPORT_TIMEOUT_S = 600.0
 # Until operators have identities (issue 10, item 6), the bootstrap token acts as this operator.
 BOOTSTRAP_OPERATOR = "op_bootstrap"
-PURCHASE_FIELDS = {"player_email", "item_id", "item_name", "price", "quantity", "idempotency_key", "metadata"}
 
 
-def _email(value: Any, field: str = "player_email") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise errors.InvalidRequest(f"{field} is required.", error_code="MISSING_PARAMETER", extra={"param": field})
-    return normalize_email(value, field=field)
-
-
-def _idempotency_key(body: dict[str, Any], *, required: bool) -> str | None:
-    key = body.get("idempotency_key")
-    if key is None:
-        if required:
-            raise errors.InvalidRequest(
-                "idempotency_key is required: generate one per logical purchase and resend it on every retry.",
-                error_code="MISSING_IDEMPOTENCY_KEY",
-                extra={"param": "idempotency_key"},
-            )
-        return None
-    if not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LEN_MAX:
-        raise errors.InvalidRequest(
-            f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters.",
-            error_code="INVALID_IDEMPOTENCY_KEY",
-            extra={"param": "idempotency_key"},
-        )
-    return key
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+class _MetadataOnly(Request):
+    metadata: Metadata | None = None
 
 
 def _metadata(body: dict[str, Any]) -> str:
-    value = body.get("metadata")
-    if value is None:
-        return ""
-    if not isinstance(value, dict):
-        raise invalid("metadata", "metadata must be an object.")
-    if len(value) > METADATA_KEYS_MAX or any(len(k) > METADATA_KEY_LEN_MAX for k in value):
-        raise invalid(
-            "metadata", f"metadata holds at most {METADATA_KEYS_MAX} keys of at most {METADATA_KEY_LEN_MAX} characters."
-        )
-    # JSON numbers arrive as Decimal (never float, for amounts); in metadata they stay numbers.
-    try:
-        text = json.dumps(value, separators=(",", ":"), default=_json_number, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise invalid("metadata", "metadata holds a number out of range.") from exc
-    if len(text.encode()) > METADATA_BYTES_MAX:
-        raise invalid("metadata", f"metadata must be at most {METADATA_BYTES_MAX} bytes as JSON.")
-    return text
-
-
-def _amount(body: dict[str, Any], field: str) -> int:
-    value = body.get(field)
-    if value is None:
-        raise errors.InvalidRequest(f"{field} is required.", error_code="MISSING_PARAMETER", extra={"param": field})
-    try:
-        minor = money.parse_scaled(value, places=2, field=field)
-    except money.AmountError as exc:
-        raise invalid(field, str(exc) + ".") from exc
-    if minor <= 0:
-        raise invalid(field, f"{field} must be greater than zero.")
-    if minor > 10**13:
-        raise invalid(field, f"{field} is too large.")
-    return minor
+    """Metadata of a body parsed by hand (payments_api until it adopts `payments_schema`)."""
+    parsed: _MetadataOnly = declare.parse(_MetadataOnly, {"metadata": body.get("metadata")})
+    return fields.metadata_json(parsed.metadata)
 
 
 def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str | None) -> dict[str, Any]:
@@ -113,28 +63,28 @@ def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str |
     return out
 
 
-@public.post("/api/item-purchases/purchase-item")
-async def purchase_item(request: web.Request) -> web.Response:
+@public.declare(
+    "POST",
+    "/api/item-purchases/purchase-item",
+    summary="Debit a player for an item; split the price between the partner and the network.",
+    body=PurchaseItem,
+    answers={200: PurchaseItemAnswer},
+    errors=(402,),
+)
+async def purchase_item(request: web.Request, body: PurchaseItem) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
-    body = await read_json(request)
-    reject_unknown(body, PURCHASE_FIELDS)
-    email = _email(body.get("player_email"))
-    item_id = get_str(body, "item_id", max_len=255, required=True) or ""
-    item_name = get_str(body, "item_name", max_len=255, required=True) or ""
-    price = _amount(body, "price")
-    quantity = get_int(body, "quantity", lo=1, hi=1000) or 1
-    key = _idempotency_key(body, required=True) or ""
+    email, item_id, price, quantity = body.player_email, body.item_id, body.price, body.quantity or 1
     resp = await ctx.purchases.submit(
         ledger_pb2.PurchaseItemRequest(
             tenant_id=tenant.tenant_id,
             player_email=email,
             item_id=item_id,
-            item_name=item_name,
+            item_name=body.item_name,
             price_minor=price,
             quantity=quantity,
-            idempotency=ledger_pb2.Idempotency(namespace="api", key=key),
-            metadata_json=_metadata(body),
+            idempotency=ledger_pb2.Idempotency(namespace="api", key=body.idempotency_key),
+            metadata_json=fields.metadata_json(body.metadata),
             network_fee_bps=tenant.network_fee_bps,
             currency_name=tenant.currency_name,
             request_id=request_id_var.get(),
@@ -159,27 +109,28 @@ async def purchase_item(request: web.Request) -> web.Response:
     )
 
 
-@public.get("/api/players/balance")
-async def player_balance(request: web.Request) -> web.Response:
+@public.declare(
+    "GET", "/api/players/balance", summary="A player's balance.", query=BalanceQuery, answers={200: answers.Balance}
+)
+async def player_balance(request: web.Request, query: BalanceQuery) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
-    email = _email(request.query.get("player_email"))
+    email = query.player_email
     balance = await ctx.balances.submit((tenant.tenant_id, email))
     return json_response(_balance_json(email, balance, tenant.currency_name))
 
 
-@public.post("/api/players/balances")
-async def player_balances(request: web.Request) -> web.Response:
+@public.declare(
+    "POST",
+    "/api/players/balances",
+    summary="Many players' balances at once.",
+    body=BalancesBody,
+    answers={200: Balances},
+)
+async def player_balances(request: web.Request, body: BalancesBody) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
-    body = await read_json(request)
-    reject_unknown(body, {"player_emails"})
-    raw = body.get("player_emails")
-    if not isinstance(raw, list) or not raw:
-        raise invalid("player_emails", "player_emails must be a non-empty list of emails.")
-    if len(raw) > BATCH_EMAILS_MAX:
-        raise invalid("player_emails", f"player_emails holds at most {BATCH_EMAILS_MAX} emails.")
-    emails = list(dict.fromkeys(_email(e, "player_emails") for e in raw))
+    emails = list(dict.fromkeys(body.player_emails))
     resp = await ctx.backends.call(
         ctx.backends.ledger.GetPlayerBalances,
         ledger_pb2.GetPlayerBalancesRequest(
@@ -194,7 +145,24 @@ async def player_balances(request: web.Request) -> web.Response:
     )
 
 
-@public.get("/api/players/balances/export")
+@public.declare(
+    "GET",
+    "/api/players/balances/export",
+    summary="Every player's balance as of one snapshot, as NDJSON; the last line: count, snapshot_at.",
+    answers={
+        200: declare.Answer(
+            description="NDJSON: one balance per line, then the summary line.",
+            media_type="application/x-ndjson",
+            schema={
+                "anyOf": [
+                    {"$ref": "#/components/schemas/BalanceLine"},
+                    {"$ref": "#/components/schemas/ExportSummary"},
+                ]
+            },
+            models=(answers.BalanceLine, ExportSummary),
+        )
+    },
+)
 async def export_balances(request: web.Request) -> web.StreamResponse:
     """NDJSON of every player's balance as of one snapshot, streamed chunk by chunk so memory
     stays flat however many players there are; the last line carries the count and snapshot time."""
@@ -241,18 +209,21 @@ def _decode_cursor(cursor: str) -> int:
         raise invalid("cursor", "cursor is not one this API returned.") from exc
 
 
-@public.get("/api/ledger/entries")
-async def ledger_entries(request: web.Request) -> web.Response:
+@public.declare(
+    "GET",
+    "/api/ledger/entries",
+    summary="Every ledger entry of the tenant's transactions, in order, by cursor (for reconciliation).",
+    query=EntriesQuery,
+    answers={200: Entries},
+)
+async def ledger_entries(request: web.Request, query: EntriesQuery) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
-    cursor = request.query.get("cursor", "")
+    cursor = query.cursor or ""
     after = _decode_cursor(cursor) if cursor else 0
-    limit_text = request.query.get("limit", "100")
-    if not re.fullmatch(r"[0-9]{1,4}", limit_text) or not 1 <= int(limit_text) <= ENTRIES_LIMIT_MAX:
-        raise invalid("limit", f"limit must be a whole number from 1 to {ENTRIES_LIMIT_MAX}.")
     resp = await ctx.backends.call(
         ctx.backends.ledger.ListEntries,
-        ledger_pb2.ListEntriesRequest(tenant_id=tenant.tenant_id, after_entry_id=after, limit=int(limit_text)),
+        ledger_pb2.ListEntriesRequest(tenant_id=tenant.tenant_id, after_entry_id=after, limit=query.limit),
     )
     data = []
     for e in resp.entries:
@@ -281,7 +252,7 @@ def _usd(minor: int) -> str:
     return money.format_usd(minor // money.MINOR_PER_CENT)
 
 
-@public.get("/api/revenue")
+@public.declare("GET", "/api/revenue", summary="Partner revenue: owed, paid out, lifetime.", answers={200: Revenue})
 async def revenue(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
@@ -304,18 +275,15 @@ async def revenue(request: web.Request) -> web.Response:
 # -- admin -------------------------------------------------------------------------------------
 
 
-async def _adjust(request: web.Request, *, direction: int) -> web.Response:
+async def _adjust(request: web.Request, body: Adjust, *, direction: int) -> web.Response:
     ctx = ctx_of(request)
-    body = await read_json(request)
-    reject_unknown(body, {"tenant_id", "player_email", "amount", "reason", "idempotency_key"})
-    tenant_id = get_str(body, "tenant_id", max_len=64, required=True) or ""
-    email = _email(body.get("player_email"))
-    amount = _amount(body, "amount")
-    reason = (get_str(body, "reason", max_len=500, required=True) or "").strip()
-    if not reason:
-        raise invalid("reason", "reason must say why the balance is adjusted.")
-    # Required: an invented key would make a retried request credit twice.
-    key = _idempotency_key(body, required=True) or ""
+    tenant_id, email, amount, reason, key = (
+        body.tenant_id,
+        body.player_email,
+        body.amount,
+        body.reason,
+        body.idempotency_key,
+    )
     tenant: tenants_pb2.Tenant = await ctx.backends.call(
         ctx.backends.tenants.GetTenant, tenants_pb2.GetTenantRequest(tenant_id=tenant_id)
     )
@@ -355,17 +323,33 @@ async def _adjust(request: web.Request, *, direction: int) -> web.Response:
     )
 
 
-@admin.post("/admin/players/credit")
-async def admin_credit(request: web.Request) -> web.Response:
-    return await _adjust(request, direction=1)
+@admin.declare(
+    "POST",
+    "/admin/players/credit",
+    summary="Credit a player, with the reason recorded.",
+    body=Adjust,
+    answers={200: Adjusted},
+    errors=(404,),
+)
+async def admin_credit(request: web.Request, body: Adjust) -> web.Response:
+    return await _adjust(request, body, direction=1)
 
 
-@admin.post("/admin/players/debit")
-async def admin_debit(request: web.Request) -> web.Response:
-    return await _adjust(request, direction=-1)
+@admin.declare(
+    "POST",
+    "/admin/players/debit",
+    summary="Debit a player, with the reason recorded.",
+    body=Adjust,
+    answers={200: Adjusted},
+    errors=(402, 404),
+)
+async def admin_debit(request: web.Request, body: Adjust) -> web.Response:
+    return await _adjust(request, body, direction=-1)
 
 
-@admin.get("/admin/ledger/check")
+@admin.declare(
+    "GET", "/admin/ledger/check", summary="The ledger's invariants, checked now.", answers={200: LedgerCheck}
+)
 async def ledger_check(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     r = await grpcutil.call(ctx.backends.ledger.Check, ledger_pb2.CheckRequest(), timeout_s=150.0)

@@ -19,7 +19,18 @@ from aiohttp import web
 
 from services.common import errors
 from services.common.logs import operator_id_var
-from services.gateway import admin, ledger_api, operators, operators_api, payments_api, webhooks_api
+from services.gateway import (
+    admin,
+    answers,
+    declare,
+    ledger_api,
+    operators,
+    operators_api,
+    operators_schema,
+    payments_api,
+    payments_schema,
+    webhooks_api,
+)
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import json_response
 
@@ -28,10 +39,14 @@ SDK_KEY_HEADER = "X-Game-Secret-Key"
 ROUTED_SERVICES = ("tenants", "ledger", "payments", "webhooks")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-own_tenant = web.RouteTableDef()
+# These routes still parse their own requests; importing their declarations documents them.
+DOCUMENTED_ONLY = (payments_schema, operators_schema)
+own_tenant = declare.Table(security=declare.SDK_KEY)
 
 
-@own_tenant.get("/api/tenant")
+@own_tenant.declare(
+    "GET", "/api/tenant", summary="The calling tenant's own configuration (no secrets).", answers={200: answers.Tenant}
+)
 async def get_own_tenant(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     return json_response(ctx.tenant_json(request["tenant"]))
@@ -120,4 +135,3 @@ def routes(app: web.Application) -> list[tuple[str, str]]:
             if route.method != "HEAD":
                 out.append((resource.canonical, route.method))
     return out
-

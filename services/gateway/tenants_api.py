@@ -1,32 +1,59 @@
-"""Tenant rendering and settings parsing, shared by `GET /api/tenant` and the admin API."""
+"""Tenant rendering and the declared tenant settings, shared by `GET /api/tenant` and the admin API."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from google.protobuf import timestamp_pb2
 from invo.v1 import tenants_pb2
+from pydantic import Field
 
-from services.common import errors, money
-from services.gateway.http import get_bool, get_int, get_scaled, get_str, invalid, reject_unknown
+from services.common import limits, money
+from services.gateway import fields
+from services.gateway.fields import CapUsd, Request, TenantId
 
 CAP_PERIODS = ("hourly", "daily", "monthly")
-SETTINGS_FIELDS = {
-    "name",
-    "currency_name",
-    "webhook_url",
-    "network_fee_percentage",
-    "transfer_fee_percentage",
-    "allows_outgoing_transfers",
-    "allows_incoming_transfers",
-    "universal_transfers",
-    "linked_game_ids",
-    "spending_caps",
-    "rate_limit_per_second",
-}
-CREATE_FIELDS = SETTINGS_FIELDS | {"environment"}
-UPDATE_FIELDS = SETTINGS_FIELDS | {"status"}
-CAP_USD_CENTS_MAX = 100_000_000_00  # $100M: a typo guard, not a business rule
+Name = Annotated[str, fields.printable(limits.TENANT_NAME_LEN_MAX)]
+CurrencyName = Annotated[str, fields.printable(limits.CURRENCY_NAME_LEN_MAX)]
+NetworkFee = Annotated[int, fields.percentage(limits.NETWORK_FEE_BPS_MAX)]
+TransferFee = Annotated[int, fields.percentage(limits.TRANSFER_FEE_BPS_MAX)]
+WebhookUrl = Annotated[str, Field(max_length=limits.WEBHOOK_URL_LEN_MAX, json_schema_extra={"pattern": "^https://"})]
+
+
+class SpendingCapsIn(Request):
+    """Per-player USD caps; null puts one back to the environment's default, an absent one stays."""
+
+    hourly_usd: CapUsd | None = None
+    daily_usd: CapUsd | None = None
+    monthly_usd: CapUsd | None = None
+
+
+class TenantSettings(Request):
+    name: Name | None = None
+    currency_name: CurrencyName | None = None
+    webhook_url: WebhookUrl | None = Field(
+        default=None, description="Where events are POSTed (null clears it); https (http for a sandbox tenant too)."
+    )
+    network_fee_percentage: NetworkFee | None = None
+    transfer_fee_percentage: TransferFee | None = None
+    allows_outgoing_transfers: bool | None = None
+    allows_incoming_transfers: bool | None = None
+    universal_transfers: Literal["yes", "no"] | None = None
+    linked_game_ids: Annotated[list[TenantId], Field(max_length=limits.LINKED_GAME_IDS_MAX)] | None = None
+    spending_caps: SpendingCapsIn | None = None
+    rate_limit_per_second: Annotated[int, Field(ge=1, le=limits.RATE_LIMIT_PER_SECOND_MAX)] | None = Field(
+        default=None, description="Requests per second for this tenant; null means the network's default."
+    )
+
+
+class CreateTenant(TenantSettings):
+    name: Name
+    currency_name: CurrencyName
+    environment: Literal["sandbox", "production"] = "sandbox"
+
+
+class UpdateTenant(TenantSettings):
+    status: Literal["active", "suspended"] | None = None
 
 
 def iso(ts: timestamp_pb2.Timestamp) -> str:
@@ -67,75 +94,36 @@ def tenant_json(t: tenants_pb2.Tenant, *, default_rate_limit: int) -> dict[str, 
     }
 
 
-def parse_settings(body: dict[str, Any], *, allowed: set[str]) -> tenants_pb2.TenantSettings:
-    reject_unknown(body, allowed)
+def settings_message(body: TenantSettings) -> tenants_pb2.TenantSettings:
+    """The settings a body sets; a field it leaves out stays as it is."""
+    given = body.model_fields_set
     s = tenants_pb2.TenantSettings()
-    for field, max_len in (("name", 200), ("currency_name", 64)):
-        value = get_str(body, field, max_len=max_len)
+    for field in ("name", "currency_name", "allows_outgoing_transfers", "allows_incoming_transfers"):
+        value = getattr(body, field)
         if value is not None:
             setattr(s, field, value)
-    if "webhook_url" in body:
-        url = get_str(body, "webhook_url", max_len=2048)
-        s.webhook_url = url or ""
-    network = get_scaled(body, "network_fee_percentage", places=2, hi=10000)
-    if network is not None:
-        s.network_fee_bps = network
-    transfer = get_scaled(body, "transfer_fee_percentage", places=2, hi=10000)
-    if transfer is not None:
-        s.transfer_fee_bps = transfer
-    for flag in ("allows_outgoing_transfers", "allows_incoming_transfers"):
-        allowed_flag = get_bool(body, flag)
-        if allowed_flag is not None:
-            setattr(s, flag, allowed_flag)
-    universal = body.get("universal_transfers")
-    if universal is not None:
-        if universal not in ("yes", "no"):
-            raise invalid("universal_transfers", "universal_transfers must be 'yes' or 'no'.")
-        s.universal_transfers = universal == "yes"
-    if "linked_game_ids" in body:
-        linked = body["linked_game_ids"]
-        if not isinstance(linked, list) or not all(isinstance(x, str) for x in linked):
-            raise invalid("linked_game_ids", "linked_game_ids must be a list of tenant ids.")
-        if len(linked) > 1000:
-            raise invalid("linked_game_ids", "linked_game_ids holds at most 1000 tenant ids.")
-        s.linked_game_ids.values.extend(linked)
-    if "spending_caps" in body:
-        caps = body["spending_caps"]
-        if not isinstance(caps, dict):
-            raise invalid("spending_caps", "spending_caps must be an object.")
-        reject_unknown(caps, {f"{p}_usd" for p in CAP_PERIODS})
+    if "webhook_url" in given:
+        s.webhook_url = body.webhook_url or ""
+    if body.network_fee_percentage is not None:
+        s.network_fee_bps = body.network_fee_percentage
+    if body.transfer_fee_percentage is not None:
+        s.transfer_fee_bps = body.transfer_fee_percentage
+    if body.universal_transfers is not None:
+        s.universal_transfers = body.universal_transfers == "yes"
+    if body.linked_game_ids is not None:
+        s.linked_game_ids.values.extend(body.linked_game_ids)
+    caps = body.spending_caps
+    if caps is not None:
         for p in CAP_PERIODS:
             key = f"{p}_usd"
-            if key not in caps:
-                continue
-            if caps[key] is None:
-                setattr(s, f"{p}_cap_usd_cents", -1)  # back to the environment default
-                continue
-            cents = get_scaled(caps, key, places=2, hi=CAP_USD_CENTS_MAX)
-            setattr(s, f"{p}_cap_usd_cents", cents)
-    if "rate_limit_per_second" in body:
-        rate = body["rate_limit_per_second"]
-        s.rate_limit_per_second = 0 if rate is None else (get_int(body, "rate_limit_per_second", lo=1, hi=100000) or 0)
-    if "status" in allowed:
-        status = get_str(body, "status", max_len=20)
-        if status is not None:
-            if status not in ("active", "suspended"):
-                raise invalid("status", "status must be 'active' or 'suspended'.")
-            s.status = status
+            if key in caps.model_fields_set:
+                cents = getattr(caps, key)
+                setattr(s, f"{p}_cap_usd_cents", -1 if cents is None else cents)  # -1: back to the default
+    if "rate_limit_per_second" in given:
+        s.rate_limit_per_second = body.rate_limit_per_second or 0
+    if isinstance(body, UpdateTenant) and body.status is not None:
+        s.status = body.status
     return s
-
-
-def parse_create(body: dict[str, Any]) -> tenants_pb2.CreateTenantRequest:
-    settings = parse_settings(body, allowed=CREATE_FIELDS)
-    environment = get_str(body, "environment", max_len=20) or "sandbox"
-    if environment not in ("sandbox", "production"):
-        raise invalid("environment", "environment must be 'sandbox' or 'production'.")
-    for required in ("name", "currency_name"):
-        if not settings.HasField(required):
-            raise errors.InvalidRequest(
-                f"{required} is required.", error_code="MISSING_PARAMETER", extra={"param": required}
-            )
-    return tenants_pb2.CreateTenantRequest(environment=environment, settings=settings)
 
 
 def key_json(k: tenants_pb2.SdkKey) -> dict[str, Any]:

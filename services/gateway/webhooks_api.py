@@ -3,43 +3,65 @@ redeliver what failed since a time, send a test event, rotate the signing secret
 
 from __future__ import annotations
 
-import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
-from google.protobuf import timestamp_pb2
 from invo.v1 import tenants_pb2, webhooks_pb2
+from pydantic import AfterValidator, Field
 
-from services.common import errors
+from services.common import errors, limits
+from services.gateway import answers, declare, fields
 from services.gateway.context import ctx_of
-from services.gateway.http import (
-    get_int,
-    get_str,
-    invalid,
-    json_response,
-    read_json,
-    read_optional_json,
-    reject_unknown,
-)
+from services.gateway.fields import IsoTime, Query, Request
+from services.gateway.http import json_response
 from services.gateway.tenants_api import iso
 
-public = web.RouteTableDef()
-admin = web.RouteTableDef()
+public = declare.Table(security=declare.SDK_KEY)
+admin = declare.Table(security=declare.OPERATOR)
+
+STATUSES = ("pending", "delivered", "failed")
 
 
-def _time(value: str, field: str) -> timestamp_pb2.Timestamp:
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise invalid(field, f"{field} must be an ISO 8601 time such as 2026-01-31T12:00:00Z.") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    ts = timestamp_pb2.Timestamp()
-    try:
-        ts.FromDatetime(parsed)
-    except (ValueError, OverflowError) as exc:
-        raise invalid(field, f"{field} is out of range.") from exc
-    return ts
+def _status(value: str) -> str:
+    if value and value not in STATUSES:
+        raise fields.refuse("INVALID_PARAMETER", "status must be pending, delivered or failed.")
+    return value
+
+
+class DeliveriesQuery(Query):
+    # Longer values are cut, as they always were: no id or event type is that long.
+    event_type: Annotated[str, AfterValidator(lambda v: v[: limits.EVENT_TYPE_LEN_MAX])] = Field(
+        default="", json_schema_extra={"maxLength": limits.EVENT_TYPE_LEN_MAX, "pattern": fields.NO_NUL}
+    )
+    status: Annotated[str, AfterValidator(_status)] = Field(default="", json_schema_extra={"enum": list(STATUSES)})
+    since: IsoTime | None = None
+    until: IsoTime | None = None
+    cursor: Annotated[str, AfterValidator(lambda v: v[: limits.ID_LEN_MAX])] = Field(
+        default="", description="next_cursor of the page before.", json_schema_extra={"maxLength": limits.ID_LEN_MAX}
+    )
+    limit: Annotated[int, fields.query_int(1, limits.DELIVERIES_LIMIT_MAX)] = 20
+
+
+class AdminDeliveriesQuery(DeliveriesQuery):
+    tenant_id: Annotated[str, Field(max_length=limits.ID_LEN_MAX)] = Field(
+        default="", description="One tenant's deliveries; every tenant's without it."
+    )
+
+
+class RedeliverFailed(Request):
+    since: IsoTime
+
+
+class AdminRedeliverFailed(RedeliverFailed):
+    tenant_id: Annotated[str, Field(max_length=limits.ID_LEN_MAX)] | None = Field(
+        default=None, description="One tenant's failed deliveries; every tenant's without it."
+    )
+
+
+class RotateSecret(Request):
+    overlap_seconds: Annotated[int, Field(ge=0, le=limits.ROTATION_OVERLAP_S_MAX)] | None = Field(
+        default=None, description="How long the old secret keeps signing too."
+    )
 
 
 def delivery_json(d: webhooks_pb2.Delivery) -> dict[str, Any]:
@@ -70,26 +92,20 @@ def delivery_json(d: webhooks_pb2.Delivery) -> dict[str, Any]:
     return out
 
 
-async def _list(request: web.Request, tenant_id: str, *, all_tenants: bool = False) -> web.Response:
+async def _list(request: web.Request, tenant_id: str, q: DeliveriesQuery, *, all_tenants: bool = False) -> web.Response:
     ctx = ctx_of(request)
-    q = request.query
     req = webhooks_pb2.ListDeliveriesRequest(
         tenant_id=tenant_id,
         all_tenants=all_tenants,
-        event_type=q.get("event_type", "")[:100],
-        status=q.get("status", ""),
-        after_delivery_id=q.get("cursor", "")[:64],
+        event_type=q.event_type,
+        status=q.status,
+        after_delivery_id=q.cursor,
+        limit=q.limit,
     )
-    limit = q.get("limit", "20")
-    if not limit.isascii() or not limit.isdigit() or not 1 <= int(limit) <= 100:
-        raise invalid("limit", "limit must be a whole number from 1 to 100.")
-    req.limit = int(limit)
-    if req.status and req.status not in ("pending", "delivered", "failed"):
-        raise invalid("status", "status must be pending, delivered or failed.")
-    if "since" in q:
-        req.since.CopyFrom(_time(q["since"], "since"))
-    if "until" in q:
-        req.until.CopyFrom(_time(q["until"], "until"))
+    if q.since is not None:
+        req.since.CopyFrom(fields.timestamp(q.since))
+    if q.until is not None:
+        req.until.CopyFrom(fields.timestamp(q.until))
     resp = await ctx.backends.call(ctx.backends.webhooks.ListDeliveries, req)
     data = [delivery_json(d) for d in resp.deliveries]
     return json_response(
@@ -109,25 +125,23 @@ async def _get(
 
 
 async def _redeliver_failed(
-    request: web.Request, tenant_id: str, body: dict[str, Any], *, all_tenants: bool = False
+    request: web.Request, tenant_id: str, body: RedeliverFailed, *, all_tenants: bool = False
 ) -> web.Response:
     ctx = ctx_of(request)
-    since = get_str(body, "since", max_len=64, required=True) or ""
     resp = await ctx.backends.call(
         ctx.backends.webhooks.RedeliverFailed,
-        webhooks_pb2.RedeliverFailedRequest(tenant_id=tenant_id, all_tenants=all_tenants, since=_time(since, "since")),
+        webhooks_pb2.RedeliverFailedRequest(
+            tenant_id=tenant_id, all_tenants=all_tenants, since=fields.timestamp(body.since)
+        ),
     )
     return json_response({"redelivered": resp.redelivered})
 
 
-async def _rotate(request: web.Request, tenant_id: str) -> web.Response:
+async def _rotate(request: web.Request, tenant_id: str, body: RotateSecret) -> web.Response:
     ctx = ctx_of(request)
-    body = await read_optional_json(request)
-    reject_unknown(body, {"overlap_seconds"})
     req = tenants_pb2.RotateWebhookSecretRequest(tenant_id=tenant_id)
-    overlap = get_int(body, "overlap_seconds", lo=0, hi=30 * 86400)
-    if overlap is not None:
-        req.overlap_seconds = overlap
+    if body.overlap_seconds is not None:
+        req.overlap_seconds = body.overlap_seconds
     resp = await ctx.backends.call(ctx.backends.tenants.RotateWebhookSecret, req)
     return json_response(
         {
@@ -143,29 +157,55 @@ def _tenant_id(request: web.Request) -> str:
     return tenant.tenant_id
 
 
-@public.get("/api/webhooks/deliveries")
-async def list_deliveries(request: web.Request) -> web.Response:
-    return await _list(request, _tenant_id(request))
+_ONE = {200: answers.Delivery}
 
 
-@public.get("/api/webhooks/deliveries/{delivery_id}")
+@public.declare(
+    "GET",
+    "/api/webhooks/deliveries",
+    summary="Your webhook deliveries, newest first.",
+    query=DeliveriesQuery,
+    answers={200: answers.DeliveryPage},
+)
+async def list_deliveries(request: web.Request, query: DeliveriesQuery) -> web.Response:
+    return await _list(request, _tenant_id(request), query)
+
+
+@public.declare(
+    "GET",
+    "/api/webhooks/deliveries/{delivery_id}",
+    summary="One delivery with every attempt.",
+    answers=_ONE,
+)
 async def get_delivery(request: web.Request) -> web.Response:
     return await _get(request, _tenant_id(request))
 
 
-@public.post("/api/webhooks/deliveries/{delivery_id}/redeliver")
+@public.declare(
+    "POST",
+    "/api/webhooks/deliveries/{delivery_id}/redeliver",
+    summary="Send one delivery again.",
+    answers=_ONE,
+    errors=(409,),
+)
 async def redeliver(request: web.Request) -> web.Response:
     return await _get(request, _tenant_id(request), redeliver=True)
 
 
-@public.post("/api/webhooks/redeliver-failed")
-async def redeliver_failed(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    reject_unknown(body, {"since"})
+@public.declare(
+    "POST",
+    "/api/webhooks/redeliver-failed",
+    summary="Send again every delivery that failed since a time.",
+    body=RedeliverFailed,
+    answers={200: answers.Redelivered},
+)
+async def redeliver_failed(request: web.Request, body: RedeliverFailed) -> web.Response:
     return await _redeliver_failed(request, _tenant_id(request), body)
 
 
-@public.post("/api/webhooks/test")
+@public.declare(
+    "POST", "/api/webhooks/test", summary="Send a webhook.test event.", answers={201: answers.Delivery}, errors=(409,)
+)
 async def send_test(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     d = await ctx.backends.call(
@@ -174,46 +214,70 @@ async def send_test(request: web.Request) -> web.Response:
     return json_response(delivery_json(d), status=201)
 
 
-@public.post("/api/webhooks/rotate-secret")
-async def rotate_secret(request: web.Request) -> web.Response:
-    return await _rotate(request, _tenant_id(request))
+@public.declare(
+    "POST",
+    "/api/webhooks/rotate-secret",
+    summary="A new signing secret (shown once); the old one keeps signing for overlap_seconds.",
+    body=RotateSecret,
+    body_required=False,
+    answers={201: answers.RotatedSecret},
+)
+async def rotate_secret(request: web.Request, body: RotateSecret) -> web.Response:
+    return await _rotate(request, _tenant_id(request), body)
 
 
-def _admin_tenant(request: web.Request) -> str:
-    tenant_id = request.query.get("tenant_id", "")
-    if len(tenant_id) > 64:
-        raise invalid("tenant_id", "tenant_id is not a tenant id.")
-    return tenant_id
-
-
-@admin.get("/admin/webhooks/deliveries")
-async def admin_list(request: web.Request) -> web.Response:
-    tenant_id = _admin_tenant(request)
+@admin.declare(
+    "GET",
+    "/admin/webhooks/deliveries",
+    summary="Any tenant's webhook deliveries, newest first.",
+    query=AdminDeliveriesQuery,
+    answers={200: answers.DeliveryPage},
+)
+async def admin_list(request: web.Request, query: AdminDeliveriesQuery) -> web.Response:
     # No tenant named: the operator lists every tenant's, and says so explicitly.
-    return await _list(request, tenant_id, all_tenants=not tenant_id)
+    return await _list(request, query.tenant_id, query, all_tenants=not query.tenant_id)
 
 
-@admin.get("/admin/webhooks/deliveries/{delivery_id}")
+@admin.declare(
+    "GET", "/admin/webhooks/deliveries/{delivery_id}", summary="One delivery with every attempt.", answers=_ONE
+)
 async def admin_get(request: web.Request) -> web.Response:
     return await _get(request, "", all_tenants=True)
 
 
-@admin.post("/admin/webhooks/deliveries/{delivery_id}/redeliver")
+@admin.declare(
+    "POST",
+    "/admin/webhooks/deliveries/{delivery_id}/redeliver",
+    summary="Send one delivery again.",
+    answers=_ONE,
+    errors=(409,),
+)
 async def admin_redeliver(request: web.Request) -> web.Response:
     return await _get(request, "", all_tenants=True, redeliver=True)
 
 
-@admin.post("/admin/webhooks/redeliver-failed")
-async def admin_redeliver_failed(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    reject_unknown(body, {"since", "tenant_id"})
-    tenant_id = get_str(body, "tenant_id", max_len=64) or ""
+@admin.declare(
+    "POST",
+    "/admin/webhooks/redeliver-failed",
+    summary="Send again every delivery that failed since a time (one tenant's, or every tenant's).",
+    body=AdminRedeliverFailed,
+    answers={200: answers.Redelivered},
+)
+async def admin_redeliver_failed(request: web.Request, body: AdminRedeliverFailed) -> web.Response:
+    tenant_id = body.tenant_id or ""
     return await _redeliver_failed(request, tenant_id, body, all_tenants=not tenant_id)
 
 
-@admin.post("/admin/tenants/{tenant_id}/webhook-secret/rotate")
-async def admin_rotate(request: web.Request) -> web.Response:
+@admin.declare(
+    "POST",
+    "/admin/tenants/{tenant_id}/webhook-secret/rotate",
+    summary="A new webhook signing secret for a tenant (shown once).",
+    body=RotateSecret,
+    body_required=False,
+    answers={201: answers.RotatedSecret},
+)
+async def admin_rotate(request: web.Request, body: RotateSecret) -> web.Response:
     tenant_id = request.match_info["tenant_id"]
     if not tenant_id.startswith("tn_"):
         raise errors.NotFound("No such tenant.", error_code="TENANT_NOT_FOUND")
-    return await _rotate(request, tenant_id)
+    return await _rotate(request, tenant_id, body)
