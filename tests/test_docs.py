@@ -46,3 +46,36 @@ def test_the_receiver_guide_verifies_our_signatures() -> None:
     stale = signature_header(body, ["whsec_new"], timestamp=int(time.time()) - 301)
     with pytest.raises(ValueError, match="older than 5 minutes"):
         verify(body, stale, "whsec_new")
+
+
+# Codes that only services see of each other (a caller's programming error, never a partner's):
+# the gateway never lets them through, so the README need not list them.
+INTERNAL_ERROR_CODES = {
+    "ACCOUNT_NOT_OWNED",
+    "CONFLICT",
+    "DEADLINE_REQUIRED",
+    "FORBIDDEN",
+    "HOLD_EXPIRED",
+    "HOLD_NOT_FOUND",
+    "HOLD_NOT_PENDING",
+    "INTERNAL_ERROR",
+    "INVALID_TENANT_ID",
+    "PAYMENT_REQUIRED",
+    "TRANSACTION_NOT_FOUND",
+    "UNAUTHORIZED",
+    "UNBALANCED_TRANSACTION",
+    "UNKNOWN_ACCOUNT",
+}
+
+
+def test_the_readme_lists_every_error_code_the_api_answers() -> None:
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "services"
+    codes: set[str] = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        codes.update(re.findall(r'error_code(?:=| = )"([A-Z_]+)"', text))
+    assert {"CARD_DECLINED", "ORDER_NOT_FOUND", "INSUFFICIENT_BALANCE"} <= codes  # the scan works
+    missing = sorted(c for c in codes - INTERNAL_ERROR_CODES if f"`{c}`" not in README)
+    assert not missing, f"README.md's error table does not list {missing}"

@@ -1,12 +1,11 @@
-"""Currency purchases (the seed's "Direct API"), 3-D Secure confirmation, order details, and the
-processor's webhooks in (signature verified, then handed to the payments service)."""
+"""Currency purchases (the seed's "Direct API"), 3-D Secure confirmation and order details. The
+processor's webhooks in are `processor_webhooks.py`."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import stripe
 from aiohttp import web
 from invo.v1 import payments_pb2, tenants_pb2
 
@@ -18,7 +17,6 @@ from services.gateway.ledger_api import _metadata
 from services.gateway.tenants_api import iso
 
 public = web.RouteTableDef()
-webhooks = web.RouteTableDef()
 
 PURCHASE_FIELDS = {
     "player_email",
@@ -28,9 +26,6 @@ PURCHASE_FIELDS = {
     "client_request_id",
     "metadata",
 }
-SIGNATURE_TOLERANCE_S = 300
-PROCESSOR_EVENT_BYTES_MAX = 512 * 1024  # Stripe's events are far smaller; the limit bounds memory
-READ_CHUNK_BYTES = 64 * 1024
 
 
 def _tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
@@ -216,50 +211,3 @@ async def order_details(request: web.Request) -> web.Response:
             ],
         }
     )
-
-
-async def _read_limited(request: web.Request, bytes_max: int) -> bytes:
-    """The body, up to a limit of this route's own: the app-wide client_max_size (for partner
-    requests) is smaller than a processor event may be, and request.read() would apply it."""
-    if request.content_length is not None and request.content_length > bytes_max:
-        raise errors.PayloadTooLarge("The event is too large.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(READ_CHUNK_BYTES)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > bytes_max:
-            raise errors.PayloadTooLarge("The event is too large.")
-        chunks.append(chunk)
-
-
-@webhooks.post("/webhooks/processor")
-async def processor_webhook(request: web.Request) -> web.Response:
-    """The processor's events, verified the way Stripe signs them, then stored in the payments
-    inbox and applied. Replayed events are acknowledged as duplicates; events of a type with no
-    handler yet are acknowledged and kept. A failure to apply one is a 5xx, so the processor sends
-    it again."""
-    ctx = ctx_of(request)
-    secret = ctx.settings.processor_webhook_secret
-    if not secret:
-        raise errors.Unavailable("Processor webhooks are not configured.", error_code="WEBHOOKS_NOT_CONFIGURED")
-    raw = await _read_limited(request, PROCESSOR_EVENT_BYTES_MAX)
-    payload = raw.decode("utf-8", errors="replace")
-    try:
-        stripe.WebhookSignature.verify_header(
-            payload, request.headers.get("Stripe-Signature", ""), secret, tolerance=SIGNATURE_TOLERANCE_S
-        )
-    except stripe.SignatureVerificationError as exc:
-        raise errors.InvalidRequest("Invalid processor signature.", error_code="INVALID_SIGNATURE") from exc
-    try:
-        event = json.loads(payload)
-        event_id, event_type = str(event["id"]), str(event["type"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise errors.InvalidRequest("Malformed processor event.", error_code="INVALID_EVENT") from exc
-    ack = await ctx.backends.call(
-        ctx.backends.payments.HandleProcessorEvent,
-        payments_pb2.ProcessorEvent(event_id=event_id, type=event_type, payload_json=payload),
-    )
-    return json_response({"received": True, "duplicate": ack.duplicate, "ignored": ack.ignored})

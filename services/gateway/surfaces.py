@@ -4,7 +4,7 @@
 |-------------|--------------------------------------------|------------------------------------------|
 | `/api`      | `X-Game-Secret-Key` (an SDK key), rate-limited per tenant | the partner API               |
 | `/admin`    | an operator's bearer credential            | the operators' API                       |
-| `/webhooks` | the processor's signature, checked by its route | processor events in                 |
+| `/webhooks` | the processor's signature (`processor_webhooks.py`) | processor events in            |
 
 `/checkout` (the session token) arrives with hosted checkout. The route tables keep their full
 paths (`/api/tenant`), so a handler reads the same wherever it is mounted; `mount` strips the
@@ -29,6 +29,7 @@ from services.gateway import (
     operators_schema,
     payments_api,
     payments_schema,
+    processor_webhooks,
     webhooks_api,
 )
 from services.gateway.context import CTX, GatewayContext, ctx_of
@@ -120,7 +121,12 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         webhooks_api.admin,
         operators_api.routes,
     )
-    mount(app, "/webhooks", _sub(ctx), payments_api.webhooks)
+    mount(
+        app,
+        "/webhooks",
+        _sub(ctx, processor_webhooks.processor_signature),
+        processor_webhooks.routes,
+    )
 
 
 def routes(app: web.Application) -> list[tuple[str, str]]:
