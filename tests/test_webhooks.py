@@ -652,13 +652,15 @@ async def test_a_production_tenant_cannot_register_http(api: Api) -> None:
             "webhook_url": "http://example.com/h",
         },
     )
-    assert_envelope(resp, 400, "INVALID_REQUEST")
+    assert_envelope(resp, 400, "INVALID_PARAMETER")
+    assert resp.body["param"] == "webhook_url"
     assert "https" in resp.body["message"]
     ok = await api.create_tenant(environment="production", webhook_url="https://example.com/hook")
     patch = await api.patch(
         f"/admin/tenants/{ok['tenant_id']}", admin=True, json={"webhook_url": "http://example.com/hook"}
     )
-    assert_envelope(patch, 400, "INVALID_REQUEST")
+    assert_envelope(patch, 400, "INVALID_PARAMETER")
+    assert patch.body["param"] == "webhook_url"
 
 
 async def test_a_production_delivery_to_a_loopback_address_is_refused(

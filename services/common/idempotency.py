@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors
+from services.common import errors, limits
 from services.common.crypto import request_hash
 
-KEY_LEN_MAX = 255
+KEY_LEN_MAX = limits.IDEMPOTENCY_KEY_LEN_MAX
 
 
 class IdempotencyKeyReused(errors.InvalidRequest):

@@ -1,6 +1,5 @@
 """HTTP helpers: strict JSON bodies and the error envelope. Fields are declared and validated by
-`declare.py`; the field helpers at the end serve payments_api.py until it adopts its declarations
-(`payments_schema.py`), and go then."""
+`declare.py`."""
 
 from __future__ import annotations
 
@@ -83,29 +82,6 @@ async def read_optional_json(request: web.Request) -> dict[str, Any]:
     return await read_json(request)
 
 
-# -- until payments_api.py adopts payments_schema.py -------------------------------------------
-
-
-def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise errors.InvalidRequest(
-            f"Unknown field: {unknown[0][:64]}.", error_code="UNKNOWN_FIELD", extra={"param": unknown[0][:64]}
-        )
-
-
 def invalid(field: str, message: str) -> errors.InvalidRequest:
+    """A field the declaration could not judge alone (an opaque cursor, say) is refused so."""
     return errors.InvalidRequest(message, error_code="INVALID_PARAMETER", extra={"param": field})
-
-
-def get_str(body: dict[str, Any], field: str, *, max_len: int, required: bool = False) -> str | None:
-    value = body.get(field)
-    if value is None:
-        if required:
-            raise errors.InvalidRequest(f"{field} is required.", error_code="MISSING_PARAMETER", extra={"param": field})
-        return None
-    if not isinstance(value, str):
-        raise invalid(field, f"{field} must be a string.")
-    if len(value) > max_len:
-        raise invalid(field, f"{field} must be at most {max_len} characters.")
-    return value

@@ -13,9 +13,8 @@ from invo.v1 import ledger_pb2, tenants_pb2
 
 from services.common import grpcutil, money
 from services.common.logs import request_id_var
-from services.gateway import answers, declare, fields
+from services.gateway import answers, declare, fields, operators
 from services.gateway.context import ctx_of
-from services.gateway.fields import Metadata, Request
 from services.gateway.http import invalid, json_response
 from services.gateway.ledger_schema import (
     Adjust,
@@ -37,18 +36,6 @@ public = declare.Table(security=declare.SDK_KEY)
 admin = declare.Table(security=declare.OPERATOR)
 
 EXPORT_TIMEOUT_S = 600.0
-# Until operators have identities (issue 10, item 6), the bootstrap token acts as this operator.
-BOOTSTRAP_OPERATOR = "op_bootstrap"
-
-
-class _MetadataOnly(Request):
-    metadata: Metadata | None = None
-
-
-def _metadata(body: dict[str, Any]) -> str:
-    """Metadata of a body parsed by hand (payments_api until it adopts `payments_schema`)."""
-    parsed: _MetadataOnly = declare.parse(_MetadataOnly, {"metadata": body.get("metadata")})
-    return fields.metadata_json(parsed.metadata)
 
 
 def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str | None) -> dict[str, Any]:
@@ -287,7 +274,7 @@ async def _adjust(request: web.Request, body: Adjust, *, direction: int) -> web.
     tenant: tenants_pb2.Tenant = await ctx.backends.call(
         ctx.backends.tenants.GetTenant, tenants_pb2.GetTenantRequest(tenant_id=tenant_id)
     )
-    operator_id = request.get("operator_id", BOOTSTRAP_OPERATOR)
+    operator_id = request.get("operator_id", operators.BOOTSTRAP_OPERATOR)
     event = {
         "player_email": email,
         "amount": money.format_units(direction * amount),

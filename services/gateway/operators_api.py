@@ -11,14 +11,13 @@ from typing import Any
 from aiohttp import web
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
-from services.gateway import operators, tenants_api
+from services.gateway import declare, fields, operators, operators_schema, tenants_api
 from services.gateway.context import ctx_of
-from services.gateway.http import get_str, invalid, json_response, read_json, read_optional_json, reject_unknown
+from services.gateway.http import json_response
+from services.gateway.operators_schema import CreateOperator, OperatorsQuery
 
-routes = web.RouteTableDef()
-
-LIST_LIMIT_MAX = 500
-_LIST_QUERY = {"cursor", "limit", "status"}
+# Validated by their declarations (operators_schema.py), which also document them.
+routes = declare.Table(security=declare.OPERATOR)
 
 
 def operator_json(o: tenants_pb2.Operator) -> dict[str, Any]:
@@ -40,37 +39,21 @@ def _stub(request: web.Request) -> tenants_pb2_grpc.OperatorsServiceStub:
     return operators.cache_of(request).stub
 
 
-@routes.post("/admin/operators")
-async def create_operator(request: web.Request) -> web.Response:
+@routes.adopt(operators_schema.CREATE)
+async def create_operator(request: web.Request, body: CreateOperator) -> web.Response:
     ctx = ctx_of(request)
-    body = await read_json(request)
-    reject_unknown(body, {"name", "email", "role"})
-    req = tenants_pb2.CreateOperatorRequest(
-        name=get_str(body, "name", max_len=200, required=True) or "",
-        email=get_str(body, "email", max_len=254, required=True) or "",
-        role=get_str(body, "role", max_len=16, required=True) or "",
-    )
-    if req.role not in operators.ROLES:
-        raise invalid("role", f"role must be one of {', '.join(operators.ROLES)}.")
+    req = tenants_pb2.CreateOperatorRequest(name=body.name, email=body.email, role=body.role)
     created: tenants_pb2.CreatedOperator = await ctx.backends.call(_stub(request).CreateOperator, req)
     # The credential is in this answer only: the tenants service keeps nothing but its hash.
     return json_response({**operator_json(created.operator), "credential": created.credential}, status=201)
 
 
-@routes.get("/admin/operators")
-async def list_operators(request: web.Request) -> web.Response:
+@routes.adopt(operators_schema.LIST)
+async def list_operators(request: web.Request, query: OperatorsQuery) -> web.Response:
     ctx = ctx_of(request)
-    unknown = sorted(set(request.query) - _LIST_QUERY)
-    if unknown:
-        reject_unknown(dict.fromkeys(unknown), set())
-    req = tenants_pb2.ListOperatorsRequest(
-        cursor=request.query.get("cursor", ""), status=request.query.get("status", "")
-    )
-    limit = request.query.get("limit")
-    if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= LIST_LIMIT_MAX:
-            raise invalid("limit", f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}.")
-        req.limit = int(limit)
+    req = tenants_pb2.ListOperatorsRequest(cursor=query.cursor or "", status=query.status or "")
+    if query.limit is not None:
+        req.limit = query.limit
     resp: tenants_pb2.ListOperatorsResponse = await ctx.backends.call(_stub(request).ListOperators, req)
     return json_response(
         {
@@ -81,10 +64,9 @@ async def list_operators(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/admin/operators/{operator_id}/revoke")
-async def revoke_operator(request: web.Request) -> web.Response:
+@routes.adopt(operators_schema.REVOKE)
+async def revoke_operator(request: web.Request, body: fields.Empty) -> web.Response:
     ctx = ctx_of(request)
-    reject_unknown(await read_optional_json(request), set())
     operator_id = request.match_info["operator_id"]
     revoked: tenants_pb2.Operator = await ctx.backends.call(
         _stub(request).RevokeOperator, tenants_pb2.RevokeOperatorRequest(operator_id=operator_id)

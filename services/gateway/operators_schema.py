@@ -1,8 +1,5 @@
-"""The declarations of the operators' own routes (`operators_api.py`), registered for the OpenAPI
-document while that module still parses its requests itself. Adopting them is the same mechanical
-change as for `payments_schema.py`: `routes = declare.Table(security=declare.OPERATOR)` and each
-`@routes.post(PATH)` becomes `@routes.adopt(operators_schema.X)`, the handler taking `body:`/`query:`.
-"""
+"""The declarations of the operators' own routes, adopted by `operators_api.py`: they validate its
+requests and document them."""
 
 from __future__ import annotations
 
@@ -90,6 +87,5 @@ REVOKE = declare.register(
         body=fields.Empty,
         body_required=False,
         answers={200: Operator},
-        errors=(409,),
     )
 )

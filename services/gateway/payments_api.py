@@ -9,23 +9,15 @@ from typing import Any
 from aiohttp import web
 from invo.v1 import payments_pb2, tenants_pb2
 
-from services.common import errors, money
-from services.common.players import normalize_email
+from services.common import money
+from services.gateway import declare, fields, payments_schema
 from services.gateway.context import ctx_of
-from services.gateway.http import get_str, invalid, json_response, read_json, reject_unknown
-from services.gateway.ledger_api import _metadata
+from services.gateway.http import json_response
+from services.gateway.payments_schema import ConfirmPayment, OrderQuery, PurchaseCurrency
 from services.gateway.tenants_api import iso
 
-public = web.RouteTableDef()
-
-PURCHASE_FIELDS = {
-    "player_email",
-    "usd_amount",
-    "payment_method_id",
-    "purchase_reference",
-    "client_request_id",
-    "metadata",
-}
+# Validated by their declarations (payments_schema.py), which also document them.
+public = declare.Table(security=declare.SDK_KEY)
 
 
 def _tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
@@ -37,44 +29,6 @@ def _tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
         if caps.HasField(f"{period}_usd_cents"):
             setattr(ctx, f"{period}_cap_usd_cents", getattr(caps, f"{period}_usd_cents"))
     return ctx
-
-
-def _reference(body: dict[str, Any]) -> str:
-    ref = body.get("purchase_reference")
-    alias = body.get("client_request_id")
-    if ref is not None and alias is not None and ref != alias:
-        raise invalid("purchase_reference", "purchase_reference and client_request_id differ; send one.")
-    value = ref if ref is not None else alias
-    if value is None or value == "":
-        raise errors.InvalidRequest(
-            "purchase_reference is required: generate one per purchase attempt and resend it on every retry.",
-            error_code="MISSING_PURCHASE_REFERENCE",
-            extra={"param": "purchase_reference"},
-        )
-    if not isinstance(value, str) or len(value) > 255:
-        raise errors.InvalidRequest(
-            "purchase_reference must be a string of at most 255 characters.",
-            error_code="INVALID_PURCHASE_REFERENCE",
-            extra={"param": "purchase_reference"},
-        )
-    return value
-
-
-def _usd_cents(body: dict[str, Any]) -> int:
-    value = body.get("usd_amount")
-    if value is None:
-        raise errors.InvalidRequest(
-            "usd_amount is required.", error_code="MISSING_PARAMETER", extra={"param": "usd_amount"}
-        )
-    try:
-        cents = money.parse_scaled(value, places=2, field="usd_amount")
-    except money.AmountError as exc:
-        raise errors.InvalidRequest(str(exc) + ".", error_code="INVALID_AMOUNT", extra={"param": "usd_amount"}) from exc
-    if cents <= 0:
-        raise errors.InvalidRequest(
-            "usd_amount must be positive.", error_code="INVALID_AMOUNT", extra={"param": "usd_amount"}
-        )
-    return cents
 
 
 def _outcome_json(out: payments_pb2.PurchaseOutcome) -> tuple[int, dict[str, Any]]:
@@ -111,29 +65,18 @@ def _outcome_json(out: payments_pb2.PurchaseOutcome) -> tuple[int, dict[str, Any
     }
 
 
-@public.post("/api/currency-purchases/purchase-currency")
-async def purchase_currency(request: web.Request) -> web.Response:
+@public.adopt(payments_schema.PURCHASE_CURRENCY)
+async def purchase_currency(request: web.Request, body: PurchaseCurrency) -> web.Response:
     ctx = ctx_of(request)
-    body = await read_json(request)
-    reject_unknown(body, PURCHASE_FIELDS)
-    reference = _reference(body)
-    raw_email = body.get("player_email")
-    if not isinstance(raw_email, str) or not raw_email.strip():
-        raise errors.InvalidRequest(
-            "player_email is required.", error_code="MISSING_PARAMETER", extra={"param": "player_email"}
-        )
-    email = normalize_email(raw_email)
-    cents = _usd_cents(body)
-    pm = get_str(body, "payment_method_id", max_len=255, required=True) or ""
     out = await ctx.backends.call(
         ctx.backends.payments.PurchaseCurrency,
         payments_pb2.PurchaseCurrencyRequest(
             tenant=_tenant_context(request["tenant"]),
-            player_email=email,
-            usd_cents=cents,
-            payment_method_id=pm,
-            purchase_reference=reference,
-            metadata_json=_metadata(body),
+            player_email=body.player_email,
+            usd_cents=body.usd_amount,
+            payment_method_id=body.payment_method_id,
+            purchase_reference=body.purchase_reference,
+            metadata_json=fields.metadata_json(body.metadata),
         ),
         timeout_s=ctx.settings.processor_timeout_s + ctx.settings.rpc_timeout_s,
     )
@@ -142,17 +85,13 @@ async def purchase_currency(request: web.Request) -> web.Response:
     return json_response(payload, status=status)
 
 
-@public.post("/api/currency-purchases/confirm-payment")
-async def confirm_payment(request: web.Request) -> web.Response:
+@public.adopt(payments_schema.CONFIRM_PAYMENT)
+async def confirm_payment(request: web.Request, body: ConfirmPayment) -> web.Response:
     ctx = ctx_of(request)
-    body = await read_json(request)
-    reject_unknown(body, {"payment_intent_id", "order_id"})
-    order_id = get_str(body, "order_id", max_len=64, required=True) or ""
-    pi = get_str(body, "payment_intent_id", max_len=255, required=True) or ""
     out = await ctx.backends.call(
         ctx.backends.payments.ConfirmPayment,
         payments_pb2.ConfirmPaymentRequest(
-            tenant=_tenant_context(request["tenant"]), order_id=order_id, payment_intent_id=pi
+            tenant=_tenant_context(request["tenant"]), order_id=body.order_id, payment_intent_id=body.payment_intent_id
         ),
         timeout_s=ctx.settings.processor_timeout_s + ctx.settings.rpc_timeout_s,
     )
@@ -168,17 +107,13 @@ async def confirm_payment(request: web.Request) -> web.Response:
     return json_response(payload, status=status)
 
 
-@public.get("/api/currency-purchases/order-details")
-async def order_details(request: web.Request) -> web.Response:
+@public.adopt(payments_schema.ORDER_DETAILS)
+async def order_details(request: web.Request, query: OrderQuery) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
-    order_id = request.query.get("order_id", "")
-    if not order_id:
-        raise errors.InvalidRequest(
-            "order_id is required.", error_code="MISSING_PARAMETER", extra={"param": "order_id"}
-        )
     o = await ctx.backends.call(
-        ctx.backends.payments.GetOrder, payments_pb2.GetOrderRequest(tenant_id=tenant.tenant_id, order_id=order_id)
+        ctx.backends.payments.GetOrder,
+        payments_pb2.GetOrderRequest(tenant_id=tenant.tenant_id, order_id=query.order_id),
     )
     return json_response(
         {

@@ -2,10 +2,9 @@
 3-D Secure confirmation, order details (`payments_api.py`) and the processor's events in
 (`processor_webhooks.py`).
 
-They are registered for the OpenAPI document only: those handlers still parse their bodies
-themselves. Adopting them is mechanical: in payments_api.py, `public = declare.Table(security=
-declare.SDK_KEY)`, and each `@public.post(PATH)` becomes `@public.adopt(payments_schema.X)` with
-the handler taking `body: X_BODY` (or `query:`) instead of reading and checking the JSON by hand.
+payments_api.py adopts the first three (they validate its requests and document them); the
+processor's route is documented here, its body being checked by the surface's signature
+middleware, not by a model.
 """
 
 from __future__ import annotations
@@ -65,9 +64,14 @@ class PurchaseCurrency(Request):
     def _alias(cls, data: Any) -> Any:
         """client_request_id, the old name of purchase_reference, is still accepted (undocumented,
         so that no new integration sends it)."""
-        if not isinstance(data, dict) or "client_request_id" not in data:
+        if not isinstance(data, dict):
             return data
         data = dict(data)
+        for name in ("purchase_reference", "client_request_id"):
+            if data.get(name) == "":
+                del data[name]  # an empty reference is an omitted one (MISSING_PURCHASE_REFERENCE)
+        if "client_request_id" not in data:
+            return data
         alias = data.pop("client_request_id")
         ref = data.setdefault("purchase_reference", alias)
         if ref is not None and alias is not None and ref != alias:

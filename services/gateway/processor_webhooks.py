@@ -17,10 +17,12 @@ from aiohttp import web
 from invo.v1 import payments_pb2
 
 from services.common import errors
+from services.gateway import declare, payments_schema
 from services.gateway.context import ctx_of
 from services.gateway.http import json_response
 
-routes = web.RouteTableDef()
+# Documented by payments_schema.PROCESSOR_EVENTS; the body is the middleware's to check.
+routes = declare.Table(security=declare.SIGNED)
 
 SIGNATURE_TOLERANCE_S = 300
 PROCESSOR_EVENT_BYTES_MAX = 512 * 1024  # Stripe's events are far smaller; the limit bounds memory
@@ -67,7 +69,7 @@ async def processor_signature(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-@routes.post("/webhooks/processor")
+@routes.adopt(payments_schema.PROCESSOR_EVENTS)
 async def processor_webhook(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     payload: str = request[VERIFIED_PAYLOAD]

@@ -12,24 +12,25 @@ from typing import Any
 
 from invo.v1 import ledger_pb2
 
-from services.common import errors
+from services.common import errors, limits
 from services.common import idempotency as idem_rules
 from services.ledger import chart
 
-TENANT_ID_RE = re.compile(r"^tn_[0-9A-Z]{26}$")
+TENANT_ID_RE = limits.TENANT_ID_RE
 TXN_ID_RE = re.compile(r"^txn_[0-9A-Z]{26}$")
 REFERENCE_RE = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_:.-]{0,39}$")
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 POSTINGS_MAX = 16
-AMOUNT_MAX = 10**15  # minor units: ten trillion units, far above any real movement
-QUANTITY_MAX = 1000
-METADATA_BYTES_MAX = 8192
-REASON_LEN_MAX = 500
+# The limits callers see are common.limits', shared with the gateway's declarations.
+AMOUNT_MAX = limits.LEDGER_AMOUNT_MINOR_MAX
+QUANTITY_MAX = limits.QUANTITY_MAX
+METADATA_BYTES_MAX = limits.METADATA_BYTES_MAX
+REASON_LEN_MAX = limits.REASON_LEN_MAX
 HOLD_EXPIRY_MS_MAX = 30 * 86400 * 1000
-BALANCES_MAX = 1000
-ENTRIES_LIMIT_MAX = 1000
+BALANCES_MAX = limits.BATCH_EMAILS_MAX
+ENTRIES_LIMIT_MAX = limits.ENTRIES_LIMIT_MAX
 EXPORT_CHUNK_MAX = 5000
 
 

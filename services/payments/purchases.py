@@ -17,15 +17,16 @@ import re
 import asyncpg
 
 from services.common import errors, idempotency, ids, money
+from services.common import limits as shared_limits
 from services.common.config import Settings
 from services.payments import limits
 from services.payments.orders import ORDER_ID_RE, PAID, NewOrder, OrderStore
 from services.payments.processor import Processor, ProcessorUnavailable
 from services.payments.settlement import Settlement
 
-REFERENCE_LEN_MAX = 255
+REFERENCE_LEN_MAX = shared_limits.PURCHASE_REFERENCE_LEN_MAX
 PAYMENT_METHOD_RE = re.compile(r"^[A-Za-z0-9_]{3,255}$")
-METADATA_BYTES_MAX = 8192  # the seed's 8 KB, as JSON text; the gateway applies the same limit
+METADATA_BYTES_MAX = shared_limits.METADATA_BYTES_MAX  # the gateway's declaration applies the same one
 
 
 def identity_id(key: str, email: str) -> str:
