@@ -1,0 +1,77 @@
+"""The simulator's test controls, `/_sim/<action>`: what a test does that a real processor does alone.
+
+`three_d_secure` completes or fails a 3-D Secure challenge; `faults` sets the `Faults` (the next N
+calls fail with 500s, time out, or succeed but answer late; charge another amount than asked;
+delay, duplicate or hold webhooks); `release_webhooks` sends the held ones (newest first unless
+told otherwise); `dispute` opens or closes a dispute on a charge; `state` lists what was called
+and sent; `reset` clears the faults and the held webhooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp import web
+
+from services.processor_sim.resources import StripeResources
+from services.processor_sim.webhooks import Faults
+
+
+async def control(sim: StripeResources, request: web.Request) -> web.Response:
+    body = await request.json() if request.can_read_body else {}
+    action = request.match_info["action"]
+    if action == "three_d_secure":
+        pi = sim.intents.get(body.get("payment_intent", ""))
+        if pi is None or pi["status"] != "requires_action":
+            return web.json_response({"error": "no payment intent awaiting 3-D Secure"}, status=400)
+        if body.get("result") == "fail":
+            error = {
+                "type": "card_error",
+                "code": "payment_intent_authentication_failure",
+                "message": "The cardholder failed 3-D Secure authentication.",
+            }
+            pi.update(status="requires_payment_method", next_action=None, last_payment_error=error)
+            sim._emit("payment_intent.payment_failed", pi)
+        else:
+            sim._succeed(pi)
+        return web.json_response(pi)
+    if action == "faults":
+        for name in ("fail_next", "timeout_next", "slow_next", "amount_delta_next", "amount_delta"):
+            if name in body:
+                setattr(sim.faults, name, int(body[name]))
+        for name in ("timeout_s", "slow_s", "webhook_delay_s"):
+            if name in body:
+                setattr(sim.faults, name, float(body[name]))
+        for name in ("webhook_duplicate", "webhook_hold"):
+            if name in body:
+                setattr(sim.faults, name, bool(body[name]))
+        return web.json_response(dataclasses.asdict(sim.faults))
+    if action == "release_webhooks":
+        held, sim.held_webhooks = sim.held_webhooks, []
+        order = list(reversed(held)) if body.get("order", "reverse") == "reverse" else held
+        for event in order:
+            await sim._deliver(event, 0)
+        return web.json_response({"released": len(held)})
+    if action == "dispute":
+        pi = sim.intents.get(body.get("payment_intent", ""))
+        charge = sim.charges.get((pi or {}).get("latest_charge") or "")
+        if charge is None:
+            return web.json_response({"error": "no charge"}, status=400)
+        if body.get("close"):
+            dispute = charge.get("dispute")
+            if dispute is None:
+                return web.json_response({"error": "no dispute"}, status=400)
+            dispute["status"] = "lost" if body["close"] == "lost" else "won"
+            sim._emit("charge.dispute.closed", dispute)
+        else:
+            sim._open_dispute(charge)
+        return web.json_response(charge)
+    if action == "state":
+        return web.json_response(
+            {"calls": sim.calls, "sent_webhooks": sim.sent_webhooks, "intents": list(sim.intents.values())}
+        )
+    if action == "reset":
+        sim.faults = Faults()
+        sim.held_webhooks.clear()
+        return web.json_response({"ok": True})
+    return web.json_response({"error": f"unknown control {action}"}, status=404)

@@ -1,0 +1,364 @@
+"""The simulator's REST API: the subset of Stripe's that the payments service calls.
+
+Customers, PaymentMethods (Stripe's test ids, see `TEST_CARDS`), PaymentIntents (create /
+retrieve / confirm / cancel, with Stripe's status machine) and Refunds; form-encoded bodies
+(`decode_form`), Bearer auth, Stripe's error objects (`StripeError`: `card_error` with
+`decline_code` on a 402) and `Idempotency-Key` replays. Each change emits its event through
+`WebhookSender`, and the API-call faults (500s, timeouts, late answers, other amounts) apply here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from services.processor_sim.webhooks import WebhookSender, _new_id, _now
+
+# Stripe's test payment methods, and what each does in the simulator.
+TEST_CARDS: dict[str, dict[str, Any]] = {
+    "pm_card_visa": {"brand": "visa", "last4": "4242", "outcome": "succeed"},
+    "pm_card_mastercard": {"brand": "mastercard", "last4": "4444", "outcome": "succeed"},
+    "pm_card_chargeDeclined": {
+        "brand": "visa",
+        "last4": "0002",
+        "outcome": "decline",
+        "decline_code": "generic_decline",
+    },
+    "pm_card_chargeDeclinedInsufficientFunds": {
+        "brand": "visa",
+        "last4": "9995",
+        "outcome": "decline",
+        "decline_code": "insufficient_funds",
+    },
+    "pm_card_authenticationRequired": {"brand": "visa", "last4": "3184", "outcome": "3ds"},
+    "pm_card_threeDSecure2Required": {"brand": "visa", "last4": "3220", "outcome": "3ds"},
+    "pm_card_createDispute": {"brand": "visa", "last4": "0259", "outcome": "succeed", "after": "dispute"},
+    "pm_card_createDisputeInquiry": {"brand": "visa", "last4": "1976", "outcome": "succeed", "after": "dispute"},
+    "pm_card_radarEarlyFraudWarning": {"brand": "visa", "last4": "5423", "outcome": "succeed", "after": "efw"},
+}
+DECLINE_MESSAGES = {
+    "generic_decline": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+}
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """`a[b][c]=1&items[0]=x` -> {"a": {"b": {"c": "1"}}, "items": {"0": "x"}} (Stripe's encoding)."""
+    out: dict[str, Any] = {}
+    for raw_key, value in pairs:
+        parts = re.findall(r"[^\[\]]+", raw_key)
+        if not parts:
+            continue
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"conflicting parameter {raw_key}")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+class StripeError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message", ""))
+        self.status = status
+        self.body = body
+
+
+def invalid(message: str, param: str | None = None) -> StripeError:
+    err: dict[str, Any] = {"type": "invalid_request_error", "message": message}
+    if param:
+        err["param"] = param
+    return StripeError(400, err)
+
+
+class StripeResources(WebhookSender):
+    """Stripe's objects, in memory, and the REST API over them."""
+
+    def __init__(self, *, secret_key: str, webhook_secret: str, webhook_url: str) -> None:
+        super().__init__(webhook_secret=webhook_secret, webhook_url=webhook_url)
+        self.secret_key = secret_key
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.payment_methods: dict[str, dict[str, Any]] = {}
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.idempotency: dict[str, tuple[float, str, int, dict[str, Any]]] = {}
+        self.calls: list[tuple[str, str]] = []  # (method, path) of every API call, for tests
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def _payment_method(self, pm_id: str) -> dict[str, Any]:
+        pm = self.payment_methods.get(pm_id)
+        if pm is not None:
+            return pm
+        card = TEST_CARDS.get(pm_id)
+        if card is None:
+            raise StripeError(
+                404,
+                {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "param": "payment_method",
+                    "message": f"No such PaymentMethod: '{pm_id}'",
+                },
+            )
+        pm = {
+            "id": pm_id,
+            "object": "payment_method",
+            "type": "card",
+            "card": {"brand": card["brand"], "last4": card["last4"], "exp_month": 12, "exp_year": 2034},
+            "customer": None,
+            "created": _now(),
+            "livemode": False,
+        }
+        self.payment_methods[pm_id] = pm
+        return pm
+
+    def _intent(self, pi_id: str) -> dict[str, Any]:
+        pi = self.intents.get(pi_id)
+        if pi is None:
+            raise StripeError(
+                404,
+                {
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "message": f"No such payment_intent: '{pi_id}'",
+                },
+            )
+        return pi
+
+    def _charge(self, pi: dict[str, Any]) -> dict[str, Any]:
+        charge = {
+            "id": _new_id("ch"),
+            "object": "charge",
+            "amount": pi["amount"],
+            "amount_refunded": 0,
+            "currency": pi["currency"],
+            "payment_intent": pi["id"],
+            "payment_method": pi["payment_method"],
+            "refunded": False,
+            "disputed": False,
+            "status": "succeeded",
+            "created": _now(),
+            "metadata": pi["metadata"],
+        }
+        self.charges[charge["id"]] = charge
+        return charge
+
+    def _succeed(self, pi: dict[str, Any]) -> None:
+        charge = self._charge(pi)
+        pi.update(status="succeeded", latest_charge=charge["id"], next_action=None, last_payment_error=None)
+        pi["amount_received"] = pi["amount"]
+        self._emit("payment_intent.succeeded", pi)
+        after = TEST_CARDS.get(pi["payment_method"], {}).get("after")
+        if after == "dispute":
+            self._later(0.2, self._open_dispute, charge)
+        elif after == "efw":
+            self._later(0.2, self._early_fraud_warning, charge)
+
+    def _decline(self, pi: dict[str, Any], decline_code: str) -> StripeError:
+        error = {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": decline_code,
+            "message": DECLINE_MESSAGES.get(decline_code, "Your card was declined."),
+            "payment_method": self.payment_methods.get(pi["payment_method"]),
+        }
+        pi.update(status="requires_payment_method", last_payment_error=error)
+        self._emit("payment_intent.payment_failed", pi)
+        return StripeError(402, {**error, "payment_intent": dict(pi)})
+
+    def _confirm(self, pi: dict[str, Any]) -> dict[str, Any]:
+        if pi["status"] not in ("requires_confirmation", "requires_payment_method"):
+            raise StripeError(
+                400,
+                {
+                    "type": "invalid_request_error",
+                    "code": "payment_intent_unexpected_state",
+                    "message": f"This PaymentIntent's status is {pi['status']}; it cannot be confirmed.",
+                },
+            )
+        if not pi.get("payment_method"):
+            raise invalid("You must provide a payment_method to confirm this PaymentIntent.", "payment_method")
+        card = TEST_CARDS.get(pi["payment_method"], {"outcome": "succeed"})
+        if card["outcome"] == "decline":
+            raise self._decline(pi, card["decline_code"])
+        if card["outcome"] == "3ds":
+            pi.update(
+                status="requires_action",
+                next_action={"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect"}},
+            )
+            return pi
+        self._succeed(pi)
+        return pi
+
+    # -- the REST API -----------------------------------------------------------------------
+
+    async def api(self, request: web.Request) -> web.Response:
+        self.calls.append((request.method, request.path))
+        if request.headers.get("Authorization", "") != f"Bearer {self.secret_key}":
+            return web.json_response(
+                {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
+            )
+        if self.faults.timeout_next > 0:
+            self.faults.timeout_next -= 1
+            await asyncio.sleep(self.faults.timeout_s)
+            return web.json_response({"error": {"type": "api_error", "message": "timed out"}}, status=500)
+        if self.faults.fail_next > 0:
+            self.faults.fail_next -= 1
+            return web.json_response({"error": {"type": "api_error", "message": "Simulated failure."}}, status=500)
+        form = await request.post() if request.method == "POST" else {}
+        params = decode_form([(k, v) for k, v in form.items() if isinstance(v, str)])
+        params.update(decode_form(list(request.query.items())))
+        key = request.headers.get("Idempotency-Key")
+        fingerprint = json.dumps([request.method, request.path, params], sort_keys=True)
+        if request.method == "POST" and key:
+            stored = self.idempotency.get(key)
+            if stored is not None and stored[0] > time.time():
+                if stored[1] != fingerprint:
+                    return web.json_response(
+                        {
+                            "error": {
+                                "type": "idempotency_error",
+                                "message": "Keys for idempotent requests can only be used with the same parameters "
+                                "they were first used with.",
+                            }
+                        },
+                        status=400,
+                    )
+                return web.json_response(stored[3], status=stored[2], headers={"Idempotent-Replayed": "true"})
+        try:
+            status, body = 200, self._route(request.method, request.path, params)
+        except StripeError as exc:
+            status, body = exc.status, {"error": exc.body}
+        if request.method == "POST" and key and status < 500:
+            self.idempotency[key] = (time.time() + IDEMPOTENCY_TTL_S, fingerprint, status, body)
+        if self.faults.slow_next > 0:
+            # The work is done and its webhook sent: only the answer is late (a lost response).
+            self.faults.slow_next -= 1
+            await asyncio.sleep(self.faults.slow_s)
+        return web.json_response(body, status=status)
+
+    def _route(self, method: str, path: str, p: dict[str, Any]) -> dict[str, Any]:
+        parts = path.strip("/").split("/")[1:]  # drop "v1"
+        if parts == ["customers"] and method == "POST":
+            cus = {
+                "id": _new_id("cus"),
+                "object": "customer",
+                "email": p.get("email"),
+                "metadata": p.get("metadata", {}),
+                "created": _now(),
+            }
+            self.customers[cus["id"]] = cus
+            return cus
+        if len(parts) == 2 and parts[0] == "customers" and method == "GET":
+            if parts[1] not in self.customers:
+                raise StripeError(404, {"type": "invalid_request_error", "message": f"No such customer: '{parts[1]}'"})
+            return self.customers[parts[1]]
+        if len(parts) == 2 and parts[0] == "payment_methods" and method == "GET":
+            return self._payment_method(parts[1])
+        if len(parts) == 3 and parts[0] == "payment_methods" and parts[2] == "attach" and method == "POST":
+            pm = self._payment_method(parts[1])
+            pm["customer"] = p.get("customer")
+            return pm
+        if parts == ["payment_intents"] and method == "POST":
+            return self._create_intent(p)
+        if len(parts) == 2 and parts[0] == "payment_intents" and method == "GET":
+            return self._intent(parts[1])
+        if len(parts) == 3 and parts[0] == "payment_intents" and method == "POST":
+            pi = self._intent(parts[1])
+            if parts[2] == "confirm":
+                if p.get("payment_method"):
+                    self._payment_method(p["payment_method"])
+                    pi["payment_method"] = p["payment_method"]
+                return self._confirm(pi)
+            if parts[2] == "cancel":
+                if pi["status"] in ("succeeded", "canceled"):
+                    raise StripeError(
+                        400,
+                        {
+                            "type": "invalid_request_error",
+                            "code": "payment_intent_unexpected_state",
+                            "message": f"You cannot cancel a PaymentIntent with a status of {pi['status']}.",
+                        },
+                    )
+                pi.update(status="canceled", cancellation_reason=p.get("cancellation_reason", "requested_by_customer"))
+                self._emit("payment_intent.canceled", pi)
+                return pi
+        if parts == ["refunds"] and method == "POST":
+            return self._refund(p)
+        raise StripeError(
+            404, {"type": "invalid_request_error", "message": f"Unrecognized request URL ({method} {path})."}
+        )
+
+    def _create_intent(self, p: dict[str, Any]) -> dict[str, Any]:
+        try:
+            amount = int(p.get("amount", ""))
+        except ValueError:
+            raise invalid("Invalid integer: amount", "amount") from None
+        if amount < 50:
+            raise invalid("Amount must be at least $0.50 usd", "amount")
+        if p.get("currency") != "usd":
+            raise invalid("Invalid currency", "currency")
+        pm_id = p.get("payment_method")
+        if pm_id:
+            self._payment_method(pm_id)
+        if self.faults.amount_delta_next > 0:
+            self.faults.amount_delta_next -= 1
+            amount += self.faults.amount_delta
+        pi_id = _new_id("pi")
+        pi: dict[str, Any] = {
+            "id": pi_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": 0,
+            "currency": "usd",
+            "customer": p.get("customer"),
+            "payment_method": pm_id,
+            "metadata": p.get("metadata", {}),
+            "status": "requires_confirmation" if pm_id else "requires_payment_method",
+            "client_secret": f"{pi_id}_secret_{secrets.token_hex(12)}",
+            "latest_charge": None,
+            "next_action": None,
+            "last_payment_error": None,
+            "cancellation_reason": None,
+            "created": _now(),
+            "livemode": False,
+        }
+        self.intents[pi_id] = pi
+        if p.get("confirm") == "true":
+            return self._confirm(pi)
+        return pi
+
+    def _refund(self, p: dict[str, Any]) -> dict[str, Any]:
+        pi = self._intent(p.get("payment_intent", ""))
+        charge = self.charges.get(pi.get("latest_charge") or "")
+        if charge is None:
+            raise invalid("This PaymentIntent has no charge to refund.", "payment_intent")
+        remaining = charge["amount"] - charge["amount_refunded"]
+        amount = int(p.get("amount", remaining))
+        if not 0 < amount <= remaining:
+            raise invalid("Refund amount exceeds what remains of the charge.", "amount")
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        refund = {
+            "id": _new_id("re"),
+            "object": "refund",
+            "amount": amount,
+            "charge": charge["id"],
+            "payment_intent": pi["id"],
+            "status": "succeeded",
+            "created": _now(),
+        }
+        self.refunds[refund["id"]] = refund
+        self._emit("charge.refunded", charge)
+        return refund
