@@ -1,0 +1,48 @@
+"""The bench's report: the results table it prints and the chart it writes next to the JSON."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'scenario':<26} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} {'requests':>9}"]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<26} {r['rps']:>9.1f} {r['p50_ms'] or 0:>8.2f} {r['p95_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f}"
+            f" {r['errors']:>7} {r['requests']:>9}"
+        )
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict[str, Any]], path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    ax1.barh(names, [results[n]["rps"] for n in names], color="#4c72b0")
+    ax1.set_xlabel("requests per second (deliveries for webhook-delivery)")
+    ax1.invert_yaxis()
+    # Request latencies only: the webhook scenario's "latency" is a backlog's drain time.
+    names = [n for n in names if "note" not in results[n]]
+    width = 0.27
+    for k, (key, color) in enumerate((("p50_ms", "#55a868"), ("p95_ms", "#dd8452"), ("p99_ms", "#c44e52"))):
+        ax2.barh(
+            [i + (k - 1) * width for i in range(len(names))],
+            [results[n][key] or 0 for n in names],
+            height=width,
+            color=color,
+            label=key.replace("_ms", ""),
+        )
+    ax2.set_yticks(range(len(names)), names)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("request latency (ms)")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
