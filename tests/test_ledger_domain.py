@@ -195,7 +195,6 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
             sender_email="alice@example.com",
             amount_minor=amount,
             fee_minor=fee,
-            idempotency=_idem(),
             transfer_id="tr_test1",
         ),
     )
@@ -208,7 +207,6 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
         source_fee_minor=source_share,
         destination_fee_minor=destination_share,
         network_fee_minor=network_share,
-        idempotency=_idem(),
         transfer_id="tr_test1",
     )
     settled = await _call(ledger.SettleTransfer, settle)
@@ -229,9 +227,21 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
     assert not any(e.account_kind == "player" and e.player_email == "bob@example.com" for e in source_entries)
     # Shares that do not add up to the fee are refused.
     settle.network_fee_minor += 1
-    settle.idempotency.key = uuid.uuid4().hex
     with pytest.raises(errors.InvalidRequest):
         await _call(ledger.SettleTransfer, settle)
+    # Settled once: a return of the same transfer is refused, whatever it claims.
+    with pytest.raises(errors.InvalidRequest) as exc:
+        await _call(
+            ledger.ReturnTransfer,
+            ledger_pb2.ReturnTransferRequest(
+                source_tenant_id=source,
+                sender_email="alice@example.com",
+                amount_minor=amount + fee,
+                transfer_id="tr_test1",
+            ),
+        )
+    assert exc.value.error_code == "IDEMPOTENCY_KEY_REUSED"
+    assert (await _wallet(ledger, source, "alice@example.com")).balance_minor == 20_000 - amount - fee
     await _check_clean(ledger)
 
 
@@ -245,7 +255,6 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
             sender_email="carol@example.com",
             amount_minor=1000,
             fee_minor=100,
-            idempotency=_idem(),
             transfer_id="tr_test2",
         ),
     )
@@ -258,7 +267,6 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
                 sender_email="carol@example.com",
                 amount_minor=1000,
                 fee_minor=0,
-                idempotency=_idem(),
                 transfer_id="tr_test3",
             ),
         )
@@ -268,7 +276,6 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
             source_tenant_id=source,
             sender_email="carol@example.com",
             amount_minor=1100,
-            idempotency=_idem(),
             transfer_id="tr_test2",
         ),
     )
@@ -320,4 +327,51 @@ async def test_a_clawback_may_leave_a_debt_and_a_payout_may_not_overdraw(api: Ap
     )
     revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
     assert (revenue.owed_minor, revenue.paid_out_minor, revenue.lifetime_minor) == (0, 720, 720)
+    await _check_clean(ledger)
+
+
+async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, ledger: Any) -> None:
+    """transfers:held pools every tenant's transfers in flight: a release must fit its own hold,
+    or one transfer could be paid out of another's escrow."""
+    source = await _tenant(api)
+    await _credit(ledger, source, "erin@example.com", 1100)
+
+    def give_back(amount: int, transfer_id: str = "tr_pool") -> ledger_pb2.ReturnTransferRequest:
+        return ledger_pb2.ReturnTransferRequest(
+            source_tenant_id=source, sender_email="erin@example.com", amount_minor=amount, transfer_id=transfer_id
+        )
+
+    with pytest.raises(errors.NotFound) as exc:  # nothing held for it
+        await _call(ledger.ReturnTransfer, give_back(1100))
+    assert exc.value.error_code == "PREREQUISITE_NOT_FOUND"
+    hold = ledger_pb2.HoldTransferRequest(
+        source_tenant_id=source,
+        sender_email="erin@example.com",
+        amount_minor=1000,
+        fee_minor=100,
+        transfer_id="tr_pool",
+    )
+    held = await _call(ledger.HoldTransfer, hold)
+    assert (await _call(ledger.HoldTransfer, hold)).transaction_id == held.transaction_id  # a retry replays
+    with pytest.raises(errors.InvalidRequest) as exc:  # more than was held
+        await _call(ledger.ReturnTransfer, give_back(5000))
+    assert exc.value.error_code == "PREREQUISITE_MISMATCH"
+    returned = await _call(ledger.ReturnTransfer, give_back(1100))
+    assert (await _call(ledger.ReturnTransfer, give_back(1100))).duplicate  # a retry replays, nothing more
+    assert returned.transaction_id
+    settle = ledger_pb2.SettleTransferRequest(
+        source_tenant_id=source,
+        destination_tenant_id=source,
+        recipient_email="frank@example.com",
+        amount_minor=1000,
+        source_fee_minor=35,
+        destination_fee_minor=35,
+        network_fee_minor=30,
+        transfer_id="tr_pool",
+    )
+    with pytest.raises(errors.InvalidRequest) as exc:  # returned already: never settled too
+        await _call(ledger.SettleTransfer, settle)
+    assert exc.value.error_code == "IDEMPOTENCY_KEY_REUSED"
+    assert (await _wallet(ledger, source, "erin@example.com")).balance_minor == 1100
+    assert (await _wallet(ledger, source, "frank@example.com")).balance_minor == 0
     await _check_clean(ledger)

@@ -122,6 +122,25 @@ def adjust_balance(r: ledger_pb2.AdjustBalanceRequest) -> tuple[Op, str]:
     return op, player
 
 
+TRANSFERS_NAMESPACE = "transfers"
+
+
+def _transfer_keys(transfer_id: str) -> tuple[ledger_pb2.Idempotency, ledger_pb2.Idempotency]:
+    """(hold, release) keys of a transfer: settling and returning share the release key, so at
+    most one of them is ever applied."""
+    transfer_id = validate.reference(transfer_id, "transfer_id")
+    return (
+        ledger_pb2.Idempotency(namespace=TRANSFERS_NAMESPACE, key=f"transfer:{transfer_id}:hold"),
+        ledger_pb2.Idempotency(namespace=TRANSFERS_NAMESPACE, key=f"transfer:{transfer_id}:release"),
+    )
+
+
+def _releasing(op: Op, tenant_id: str, hold_key: ledger_pb2.Idempotency, check: Any) -> Op:
+    op.requires = validate.scoped_key(tenant_id, hold_key)
+    op.requires_check = check
+    return op
+
+
 def hold_transfer(r: ledger_pb2.HoldTransferRequest) -> tuple[Op, str]:
     tenant_id = validate.tenant(r.source_tenant_id)
     sender = chart.player(tenant_id, r.sender_email)
@@ -129,14 +148,17 @@ def hold_transfer(r: ledger_pb2.HoldTransferRequest) -> tuple[Op, str]:
     fee = money.fee_of(amount, bps=money.TRANSFER_FEE_BPS)
     if r.fee_minor != fee:
         raise errors.InvalidRequest("fee_minor must be 10% of amount_minor, rounded down")
+    hold_key, _ = _transfer_keys(r.transfer_id)
     op = posting_op(
         tenant_id=tenant_id,
-        idem=r.idempotency,
+        idem=hold_key,
         kind="transfer_hold",
         postings=[(sender, -(amount + fee)), (chart.TRANSFERS_HELD, amount + fee)],
-        metadata={"transfer_id": validate.reference(r.transfer_id, "transfer_id"), "amount": amount, "fee": fee},
+        metadata={"transfer_id": r.transfer_id, "amount": amount, "fee": fee},
         event=validate.outbox_event(r.event),
     )
+    # Stored with the hold's result, so that its release can be checked against it.
+    op.extra = {"held_minor": amount + fee, "amount_minor": amount, "sender": sender}
     return op, sender
 
 
@@ -155,9 +177,10 @@ def settle_transfer(r: ledger_pb2.SettleTransferRequest) -> tuple[Op, str]:
         raise errors.InvalidRequest("the fee shares must add up to the held fee, 3.5% to the destination")
     if shares[0] > money.fee_of(amount, bps=money.TRANSFER_FEE_BPS - money.TRANSFER_DESTINATION_BPS):
         raise errors.InvalidRequest("the source's share is at most 6.5%")
+    hold_key, release_key = _transfer_keys(r.transfer_id)
     op = posting_op(
         tenant_id=source,
-        idem=r.idempotency,
+        idem=release_key,
         kind="transfer_settle",
         postings=[
             (chart.TRANSFERS_HELD, -(amount + fee)),
@@ -166,28 +189,38 @@ def settle_transfer(r: ledger_pb2.SettleTransferRequest) -> tuple[Op, str]:
             (chart.revenue(destination), shares[1]),
             (chart.NETWORK_FEES, shares[2]),
         ],
-        metadata={
-            "transfer_id": validate.reference(r.transfer_id, "transfer_id"),
-            "destination_tenant_id": destination,
-        },
+        metadata={"transfer_id": r.transfer_id, "destination_tenant_id": destination},
         event=validate.outbox_event(r.event),
     )
-    return op, recipient
+
+    def fits(hold: dict[str, Any]) -> str | None:
+        if hold.get("amount_minor") != amount or hold.get("held_minor") != amount + fee:
+            return "the settlement's amount is not the transfer's as held"
+        return None
+
+    return _releasing(op, source, hold_key, fits), recipient
 
 
 def return_transfer(r: ledger_pb2.ReturnTransferRequest) -> tuple[Op, str]:
     tenant_id = validate.tenant(r.source_tenant_id)
     sender = chart.player(tenant_id, r.sender_email)
     amount = validate.amount(r.amount_minor)
+    hold_key, release_key = _transfer_keys(r.transfer_id)
     op = posting_op(
         tenant_id=tenant_id,
-        idem=r.idempotency,
+        idem=release_key,
         kind="transfer_return",
         postings=[(chart.TRANSFERS_HELD, -amount), (sender, amount)],
-        metadata={"transfer_id": validate.reference(r.transfer_id, "transfer_id")},
+        metadata={"transfer_id": r.transfer_id},
         event=validate.outbox_event(r.event),
     )
-    return op, sender
+
+    def fits(hold: dict[str, Any]) -> str | None:
+        if hold.get("held_minor") != amount or hold.get("sender") != sender:
+            return "a return gives back exactly what was held, to its sender"
+        return None
+
+    return _releasing(op, tenant_id, hold_key, fits), sender
 
 
 def pay_out(r: ledger_pb2.PayOutRequest) -> tuple[Op, str]:

@@ -35,6 +35,7 @@ import asyncpg
 from services.common import errors, idempotency, ids
 from services.common.logs import request_id_var
 from services.ledger import chart
+from services.ledger.reads_sql import ACCOUNTS_CTE, ACCOUNTS_SQL, IDEMPOTENCY_SELECT, IDEMPOTENCY_SQL, account_args
 from services.ledger.writes import Batch, write_batch
 
 log = logging.getLogger("invo.ledger.engine")
@@ -42,32 +43,6 @@ log = logging.getLogger("invo.ledger.engine")
 # Arbitrary constant naming the ledger's single write lock.
 LEDGER_WRITE_LOCK = 0x1ED6E2
 BATCH_RETRIES_MAX = 3
-
-# The accounts of a batch, created if new: new ones come back from the INSERT, existing ones from
-# the table (the SELECT cannot see the CTE's rows: same snapshot, so nothing is read twice). Rows
-# carry NULL idempotency columns, so they can share a result with the idempotency lookup.
-_ACCOUNTS_CTE = (
-    "new AS ("
-    "  INSERT INTO accounts (code, kind, tenant_id, player_email, constrained)"
-    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])"
-    "  ON CONFLICT (code) DO NOTHING"
-    "  RETURNING id, code, debits_posted, credits_posted, debits_pending, credits_pending),"
-    " accounts_read AS ("
-    "  SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending,"
-    "         NULL::text AS scope, NULL::text AS key, NULL::bytea AS request_hash, NULL::jsonb AS result FROM new"
-    "  UNION ALL"
-    "  SELECT id, code, debits_posted, credits_posted, debits_pending, credits_pending, NULL, NULL, NULL, NULL"
-    "  FROM accounts WHERE code = ANY($1::text[]))"
-)
-_ACCOUNTS_SQL = f"WITH {_ACCOUNTS_CTE} SELECT * FROM accounts_read"
-# Stored results of the batch's idempotency keys ($n: scopes, $m: keys), shaped like accounts_read.
-_IDEMPOTENCY_SELECT = (
-    "SELECT NULL::bigint AS id, NULL::text AS code, NULL::bigint AS debits_posted, NULL::bigint AS credits_posted,"
-    " NULL::bigint AS debits_pending, NULL::bigint AS credits_pending, i.scope, i.key, i.request_hash, i.result"
-    " FROM idempotency i"
-    " JOIN unnest(${0}::text[], ${1}::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key"
-)
-_IDEMPOTENCY_SQL = _IDEMPOTENCY_SELECT.format(1, 2)
 
 
 class InsufficientBalance(errors.PaymentRequired):
@@ -99,6 +74,11 @@ class Op:
     event: EventBuilder | None = None
     # A background expiry: a hold that is no longer pending is skipped, not an error.
     quiet: bool = False
+    # Another write this one depends on, by its idempotency (scope, key): it must have been applied
+    # (in an earlier batch or earlier in this one), and `requires_check` (given its stored result)
+    # answers None or why this op does not fit it. A transfer's release requires its hold.
+    requires: tuple[str, str] | None = None
+    requires_check: Callable[[dict[str, Any]], str | None] | None = None
     # The request that asked for it, recorded with the transaction.
     request_id: str = dataclasses.field(default_factory=request_id_var.get)
 
@@ -132,17 +112,6 @@ class HoldState:
     status: str
     postings: list[tuple[str, int]]
     expires_at: datetime.datetime | None
-
-
-def _account_args(codes: list[str], infos: dict[str, chart.AccountInfo]) -> list[list[Any]]:
-    """The parameters $1..$5 of `_ACCOUNTS_CTE`."""
-    return [
-        codes,
-        [infos[c].kind for c in codes],
-        [infos[c].tenant_id for c in codes],
-        [infos[c].player_email for c in codes],
-        [infos[c].constrained for c in codes],
-    ]
 
 
 def _nets(postings: list[tuple[str, int]]) -> dict[str, int]:
@@ -278,6 +247,7 @@ class Engine:
                 outcomes.append({**(prior[1] or {}), "duplicate": True})
                 continue
             try:
+                self._check_requirement(op, seen)
                 result = self._apply_op(op, b)
             except errors.InvoError as exc:
                 seen[(op.scope, op.key)] = (op.request_hash, None)
@@ -295,24 +265,38 @@ class Engine:
         await write_batch(conn, b)
         return outcomes
 
+    @staticmethod
+    def _check_requirement(op: Op, seen: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]) -> None:
+        if op.requires is None:
+            return
+        found = seen.get(op.requires)
+        if found is None or found[1] is None:
+            raise errors.NotFound(
+                "The write this one depends on was never applied.", error_code="PREREQUISITE_NOT_FOUND"
+            )
+        problem = op.requires_check(found[1]) if op.requires_check is not None else None
+        if problem is not None:
+            raise errors.InvalidRequest(problem, error_code="PREREQUISITE_MISMATCH")
+
     async def _load(
         self, conn: asyncpg.Connection, ops: list[Op], b: Batch
     ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
         """Stored idempotency results, and the accounts (and holds) the ops touch into `b`. Without
         holds (a purchase, a transfer) that is one round trip; posting or voiding a hold takes
         three, since the hold's postings name the accounts to read."""
-        keys = ([op.scope for op in ops], [op.key for op in ops])
+        required = [op.requires for op in ops if op.requires is not None]
+        keys = ([op.scope for op in ops] + [r[0] for r in required], [op.key for op in ops] + [r[1] for r in required])
         if any(op.kind in ("post", "void") for op in ops):
-            rows = await conn.fetch(_IDEMPOTENCY_SQL, *keys)
+            rows = await conn.fetch(IDEMPOTENCY_SQL, *keys)
             await self._load_holds(conn, ops, b)
             codes, infos = self._codes(ops, b)
             if codes:
-                rows += await conn.fetch(_ACCOUNTS_SQL, *_account_args(codes, infos))
+                rows += await conn.fetch(ACCOUNTS_SQL, *account_args(codes, infos))
         else:
             codes, infos = self._codes(ops, b)
             rows = await conn.fetch(
-                f"WITH {_ACCOUNTS_CTE} SELECT * FROM accounts_read UNION ALL {_IDEMPOTENCY_SELECT.format(6, 7)}",
-                *_account_args(codes, infos),
+                f"WITH {ACCOUNTS_CTE} SELECT * FROM accounts_read UNION ALL {IDEMPOTENCY_SELECT.format(6, 7)}",
+                *account_args(codes, infos),
                 *keys,
             )
         stored: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = {}
