@@ -58,7 +58,12 @@ class Settings:
     gateway_host: str = _field("INVO_GATEWAY_HOST", "127.0.0.1", "Gateway HTTP listen host.")
     gateway_port: int = _field("INVO_GATEWAY_PORT", 8080, "Gateway HTTP listen port.")
     public_base_url: str = _field("INVO_PUBLIC_BASE_URL", "", "The gateway's public URL; empty: http://<host>:<port>.")
-    admin_token: str = _field("INVO_ADMIN_TOKEN", "", "Bearer token of /admin/*. Empty: admin API disabled.")
+    admin_token: str = _field(
+        "INVO_ADMIN_TOKEN",
+        "",
+        "Bootstrap bearer token of /admin/* (acts as an admin, creates the named operators)."
+        " Empty: only named operators' credentials open it.",
+    )
     key_pepper: str = _field(
         "INVO_KEY_PEPPER", "", "Secret that keys the HMAC under which SDK keys are stored (required)."
     )

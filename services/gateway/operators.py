@@ -37,7 +37,10 @@ ROLES = (VIEWER, SUPPORT, FINANCE, ADMIN)
 # What a route is for -> the roles that may do it. Support and finance are siblings: neither does
 # the other's work; admin does everything.
 READ = frozenset({VIEWER, SUPPORT, FINANCE, ADMIN})  # looks, changes nothing
-CARE = frozenset({SUPPORT, ADMIN})  # partners' integrations: redeliveries, secret and key rotation
+# Partners' integrations: redeliveries and revoking a key. Nothing that answers a secret: a new SDK
+# key or signing secret would let its holder act as the tenant (spend players' wallets, forge
+# webhooks), so issuing and rotating them is the admin's.
+CARE = frozenset({SUPPORT, ADMIN})
 MONEY = frozenset({FINANCE, ADMIN})  # moves money: credits, debits, later refunds and payouts
 MANAGE = frozenset({ADMIN})  # tenants' terms and the operators themselves
 
@@ -48,8 +51,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("PATCH", "/admin/tenants/{tenant_id}"): MANAGE,
     # SDK keys (the listing shows prefixes only)
     ("GET", "/admin/tenants/{tenant_id}/keys"): READ,
-    ("POST", "/admin/tenants/{tenant_id}/keys"): CARE,
-    ("POST", "/admin/tenants/{tenant_id}/keys/{key_id}/rotate"): CARE,
+    ("POST", "/admin/tenants/{tenant_id}/keys"): MANAGE,
+    ("POST", "/admin/tenants/{tenant_id}/keys/{key_id}/rotate"): MANAGE,
     ("POST", "/admin/tenants/{tenant_id}/keys/{key_id}/revoke"): CARE,
     # the ledger
     ("POST", "/admin/players/credit"): MONEY,
@@ -60,7 +63,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/webhooks/deliveries/{delivery_id}"): READ,
     ("POST", "/admin/webhooks/deliveries/{delivery_id}/redeliver"): CARE,
     ("POST", "/admin/webhooks/redeliver-failed"): CARE,
-    ("POST", "/admin/tenants/{tenant_id}/webhook-secret/rotate"): CARE,
+    ("POST", "/admin/tenants/{tenant_id}/webhook-secret/rotate"): MANAGE,
     # operators (names and emails are not for every role to read)
     ("POST", "/admin/operators"): MANAGE,
     ("GET", "/admin/operators"): MANAGE,
@@ -133,8 +136,6 @@ def cache_of(request: web.Request) -> OperatorCache:
 
 async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
     """The operator a request's bearer credential belongs to; an SDK key never is one."""
-    if not ctx.settings.admin_token:
-        raise errors.Unauthenticated("The admin API is disabled.", error_code="ADMIN_DISABLED")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -142,10 +143,13 @@ async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
         raise errors.Unauthenticated(
             "Missing admin bearer token (Authorization: Bearer <token>).", error_code="MISSING_ADMIN_TOKEN"
         )
-    if constant_time_equal(token, ctx.settings.admin_token):
-        return BOOTSTRAP
+    # Named operators keep working once the bootstrap token is retired (INVO_ADMIN_TOKEN empty).
     if token.startswith(CREDENTIAL_PREFIX) and len(token) <= CREDENTIAL_LEN_MAX:
         return await cache_of(request).resolve(token)
+    if not ctx.settings.admin_token:
+        raise errors.Unauthenticated("The bootstrap admin token is disabled.", error_code="ADMIN_DISABLED")
+    if constant_time_equal(token, ctx.settings.admin_token):
+        return BOOTSTRAP
     raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from typing import Any
 
 import asyncpg
 from invo.v1 import tenants_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 
-from services.common import errors, events, grpcutil, ids
+from services.common import errors, events, grpcutil, ids, logs
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.webhooks.consumer import Consumer
@@ -35,6 +36,8 @@ _ts = grpcutil.timestamp
 _DELIVERY_COLUMNS = (
     "delivery_id, event_id, tenant_id, event_type, url, status, attempts, next_attempt_at, created_at, delivered_at"
 )
+
+log = logging.getLogger("invo.webhooks")
 
 
 def scope(tenant_id: str, *, all_tenants: bool) -> str:
@@ -138,6 +141,8 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             " updated_at = now() WHERE delivery_id = $1 AND (status <> 'pending' OR lease_until IS NULL)",
             request.delivery_id,
         )
+        # The record of who asked: every log line carries the caller's request and operator ids.
+        log.info("redelivery of %s requested", request.delivery_id, extra=logs.fields(delivery_id=request.delivery_id))
         self.wake.set()
         return await self._message(await self._get(request))
 
@@ -152,8 +157,14 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             request.since.ToDatetime(tzinfo=datetime.UTC),
             request.all_tenants,
         )
+        redelivered = int(result.split()[-1])
+        log.info(
+            "redelivery of %d failed deliveries requested",
+            redelivered,
+            extra=logs.fields(tenant_id=tenant_id or "*", since=request.since.ToJsonString(), redelivered=redelivered),
+        )
         self.wake.set()
-        return webhooks_pb2.RedeliverFailedResponse(redelivered=int(result.split()[-1]))
+        return webhooks_pb2.RedeliverFailedResponse(redelivered=redelivered)
 
     async def SendTestEvent(self, request: webhooks_pb2.SendTestEventRequest, context: Any) -> Any:
         info = await self.tenants.get(scope(request.tenant_id, all_tenants=False))
