@@ -90,3 +90,26 @@ def test_limits_are_checked(kw: dict[str, float]) -> None:
     args: dict[str, object] = {"name": "x", "failures_max": 1, "cooldown_s": 1.0, **kw}
     with pytest.raises(ValueError):
         CircuitBreaker(**args)  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_probe_does_not_leave_the_breaker_refusing_for_ever() -> None:
+    """The caller's deadline cancels the half-open probe: no verdict, so the next call probes."""
+    import asyncio
+
+    p = Processor(api_key="sk_test", api_base="http://127.0.0.1:9", timeout_s=1.0, failures_max=1, cooldown_s=30.0)
+    clock = Clock()
+    p.breaker.clock = clock
+    try:
+        p.breaker.record_failure()
+        clock.now += 30.0
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        probe = asyncio.ensure_future(p._guarded(never))
+        await asyncio.sleep(0)  # the probe is taken and waits on the processor
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        clock.now += 1000.0
+        p.breaker.before_call()  # not refused: this call is the new probe
+        assert p.breaker.probing
+    finally:
+        await p.close()

@@ -73,6 +73,12 @@ class CircuitBreaker:
         if self.state == "half_open":
             self.probing = True
 
+    def abandon(self) -> None:
+        """A call ended with neither answer (cancelled, an unexpected error): if it was the probe,
+        the next call may probe instead. Without this, a cancelled probe left the breaker refusing
+        every call for ever."""
+        self.probing = False
+
     def record_success(self) -> None:
         if self.open_until is not None:
             log.info("%s circuit breaker closes", self.name)

@@ -103,6 +103,9 @@ class Processor:
         except stripe.StripeError:
             self.breaker.record_success()
             raise
+        except BaseException:
+            self.breaker.abandon()  # cancelled (the caller's deadline) or unexpected: no verdict
+            raise
         self.breaker.record_success()
         return result
 

@@ -50,20 +50,35 @@ class Recovery:
         self.requires_action_timeout_s = requires_action_timeout_s
 
     async def drive_stale(self) -> int:
-        """Charge again the pending orders whose lease ran out; returns how many were taken."""
-        rows = await self.store.claim_stale(RECOVERY_BATCH)
-        for row in rows:
+        """Charge again the pending orders whose lease ran out; returns how many were taken.
+
+        One order is claimed at a time, just before it is driven: a lease taken for a whole batch
+        would run out for the batch's last orders while the first ones wait on the processor, and
+        a retry or another replica would drive them at the same time."""
+        seen: set[str] = set()
+        while len(seen) < RECOVERY_BATCH:
+            rows = await self.store.claim_stale(1)
+            if not rows or rows[0]["order_id"] in seen:
+                break  # none left, or one this round already drove came back: the next round
+            seen.add(rows[0]["order_id"])
             try:
-                await self.purchases.drive(row, source="recovery", deadline=None)
+                await self.purchases.drive(rows[0], source="recovery", deadline=None)
             except errors.InvoError as exc:
-                log.warning("recovery of %s: %s", row["order_id"], exc.error_code)
-        return len(rows)
+                log.warning("recovery of %s: %s", rows[0]["order_id"], exc.error_code)
+                break  # a dependency is failing: the others would too; the next round tries again
+        return len(seen)
 
     async def cancel_abandoned(self, *, older_than_s: float | None = None) -> int:
         """Cancel the challenges pending longer than `older_than_s` (default: the setting)."""
         limit_s = self.requires_action_timeout_s if older_than_s is None else older_than_s
-        rows = await self.store.claim_abandoned(older_than_s=limit_s, limit=RECOVERY_BATCH)
-        for row in rows:
+        seen: set[str] = set()
+        while len(seen) < RECOVERY_BATCH:  # one claim at a time, as drive_stale does, for the same reason
+            rows = await self.store.claim_abandoned(older_than_s=limit_s, limit=1)
+            if not rows or rows[0]["order_id"] in seen:
+                break
+            row = rows[0]
+            seen.add(row["order_id"])
+            failed = False
             try:
                 outcome = await self.processor.cancel(
                     order_id=row["order_id"], payment_intent_id=row["payment_intent_id"]
@@ -75,10 +90,13 @@ class Recovery:
                 await self.settlement.apply(row, outcome, source="recovery", deadline=None)
             except errors.InvoError as exc:
                 log.warning("cancelling abandoned %s: %s", row["order_id"], exc.error_code)
+                failed = True
             finally:
                 # Whatever happened, the next round may look again (a settled order is not picked).
                 await self.store.release(row["order_id"])
-        return len(rows)
+            if failed:
+                break  # the processor or the ledger is failing: the next round tries again
+        return len(seen)
 
     async def round(self) -> float | None:
         """One pass of every step (a round of services/common/loops.py): a full batch anywhere
