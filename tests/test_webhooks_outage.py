@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from services.common import events, ids
 from services.common.stack import Stack
 from tests.helpers import Api, eventually
-from tests.test_webhooks import (
+from tests.webhooks_support import (
     RESTARTER,
     Receiver,
     list_all,
