@@ -27,7 +27,7 @@ from services.common.stack import Stack
 from services.payments.inbox import Dispatcher
 from services.payments.registry import Handled, Registry
 from tests.helpers import Api, assert_envelope, eventually
-from tests.test_payments_api import (
+from tests.payments_support import (
     CONFIRM,
     THREE_DS,
     VISA,
