@@ -10,7 +10,7 @@ from typing import Any
 
 from services.common.stack import Stack
 from tests.helpers import Api, eventually
-from tests.test_payments_resilience import (
+from tests.payments_resilience_support import (
     Sim,
     assert_charged_once,
     balance,
