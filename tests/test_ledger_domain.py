@@ -353,9 +353,9 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
     )
     held = await _call(ledger.HoldTransfer, hold)
     assert (await _call(ledger.HoldTransfer, hold)).transaction_id == held.transaction_id  # a retry replays
-    with pytest.raises(errors.InvalidRequest) as exc:  # more than was held
+    with pytest.raises(errors.InvalidRequest) as mismatch:  # more than was held
         await _call(ledger.ReturnTransfer, give_back(5000))
-    assert exc.value.error_code == "PREREQUISITE_MISMATCH"
+    assert mismatch.value.error_code == "PREREQUISITE_MISMATCH"
     returned = await _call(ledger.ReturnTransfer, give_back(1100))
     assert (await _call(ledger.ReturnTransfer, give_back(1100))).duplicate  # a retry replays, nothing more
     assert returned.transaction_id
@@ -369,9 +369,9 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
         network_fee_minor=30,
         transfer_id="tr_pool",
     )
-    with pytest.raises(errors.InvalidRequest) as exc:  # returned already: never settled too
+    with pytest.raises(errors.InvalidRequest) as reused:  # returned already: never settled too
         await _call(ledger.SettleTransfer, settle)
-    assert exc.value.error_code == "IDEMPOTENCY_KEY_REUSED"
+    assert reused.value.error_code == "IDEMPOTENCY_KEY_REUSED"
     assert (await _wallet(ledger, source, "erin@example.com")).balance_minor == 1100
     assert (await _wallet(ledger, source, "frank@example.com")).balance_minor == 0
     await _check_clean(ledger)

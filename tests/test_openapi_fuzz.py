@@ -39,7 +39,7 @@ FORESEEABLE_400 = {"IDEMPOTENCY_KEY_REUSED", "INVALID_PAYMENT_METHOD"}
 # The processor's events need Stripe's signature over the body, which no generated case carries:
 # every positive case is a 400 INVALID_SIGNATURE by design.
 UNSIGNABLE = {("POST", "/webhooks/processor")}
-# NDJSON is not one JSON document: its lines are checked by tests/test_ledger_reads.py instead.
+# NDJSON is not one JSON document: its lines are checked by tests/test_ledger_export.py instead.
 STREAMED = {("GET", "/api/players/balances/export")}
 
 
