@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -73,6 +74,21 @@ class Api:
 
     async def patch(self, path: str, **kw: Any) -> Response:
         return await self.request("PATCH", path, **kw)
+
+    async def credit(
+        self, tenant_id: str, email: str, amount: str, *, reason: str = "test funding", **extra: Any
+    ) -> Response:
+        """An operator's credit of a player (the bootstrap token), with a fresh idempotency key
+        unless `extra` names one: the admin API requires it."""
+        body = {
+            "tenant_id": tenant_id,
+            "player_email": email,
+            "amount": amount,
+            "reason": reason,
+            "idempotency_key": f"fund-{uuid.uuid4().hex}",
+            **extra,
+        }
+        return await self.post("/admin/players/credit", admin=True, json=body)
 
     async def create_tenant(self, **settings: Any) -> dict[str, Any]:
         body = {"name": "Test Game", "currency_name": "Gold Coins", **settings}

@@ -23,15 +23,7 @@ BALANCE_KEYS = {"player_email", "balance", "available_balance", "pending"}
 
 
 async def credit(api: Api, tenant_id: str, email: str, amount: str = "50", **extra: Any) -> Response:
-    body = {
-        "tenant_id": tenant_id,
-        "player_email": email,
-        "amount": amount,
-        "reason": "test funding",
-        "idempotency_key": ids.new_id("fund"),
-        **extra,
-    }
-    return await api.post("/admin/players/credit", admin=True, json=body)
+    return await api.credit(tenant_id, email, amount, **extra)
 
 
 def with_key(body: dict[str, Any], **changes: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import nats
@@ -19,17 +18,7 @@ PURCHASE = "/api/item-purchases/purchase-item"
 
 
 async def fund(api: Api, tenant_id: str, email: str, amount: str) -> None:
-    resp = await api.post(
-        "/admin/players/credit",
-        admin=True,
-        json={
-            "tenant_id": tenant_id,
-            "player_email": email,
-            "amount": amount,
-            "reason": "test funding",
-            "idempotency_key": uuid.uuid4().hex,
-        },
-    )
+    resp = await api.credit(tenant_id, email, amount)
     assert resp.status == 200, resp
 
 

@@ -18,17 +18,7 @@ from tests.helpers import Api, eventually
 
 async def test_purchases_waiting_on_a_stalled_write_lock_get_503_once_and_then_succeed(stack: Stack, api: Api) -> None:
     t = await api.create_tenant()
-    credit = await api.post(
-        "/admin/players/credit",
-        admin=True,
-        json={
-            "tenant_id": t["tenant_id"],
-            "player_email": "p@example.com",
-            "amount": "10",
-            "reason": "test",
-            "idempotency_key": "busy-fund",
-        },
-    )
+    credit = await api.credit(t["tenant_id"], "p@example.com", "10", reason="test", idempotency_key="busy-fund")
     assert credit.status == 200, credit
 
     def purchase(i: int) -> ledger_pb2.PurchaseItemRequest:

@@ -14,7 +14,6 @@ import datetime
 import json
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -192,17 +191,7 @@ async def send_test(api: Api, key: str) -> dict[str, Any]:
 
 
 async def credit(api: Api, tenant_id: str, email: str = "player@example.com", amount: str = "10") -> None:
-    resp = await api.post(
-        "/admin/players/credit",
-        admin=True,
-        json={
-            "tenant_id": tenant_id,
-            "player_email": email,
-            "amount": amount,
-            "reason": "webhook test",
-            "idempotency_key": uuid.uuid4().hex,
-        },
-    )
+    resp = await api.credit(tenant_id, email, amount, reason="webhook test")
     assert resp.status == 200, resp
 
 
