@@ -169,3 +169,19 @@ def test_settings_from_env_are_typed_and_checked() -> None:
         Settings.from_env({"INVO_DB_POOL_MAX": "-1"})
     with pytest.raises(ConfigError):
         Settings.from_env({}).require("database_url")
+
+
+def test_the_secret_cache_is_bounded_in_size_and_age_and_never_holds_the_secret() -> None:
+    from services.gateway.auth import SecretCache
+
+    cache: SecretCache[str] = SecretCache(ttl_s=60.0, size_max=2)
+    cache.put("ivsdk_a", "A")
+    cache.put("ivsdk_b", "B")
+    assert cache.get("ivsdk_a") == "A"  # now the most recently used
+    cache.put("ivsdk_c", "C")  # over the bound: the least recently used (b) goes
+    assert (cache.get("ivsdk_a"), cache.get("ivsdk_b"), cache.get("ivsdk_c")) == ("A", None, "C")
+    cache.put("ivsdk_d", "D", ttl_s=-1.0)  # already expired (a rotated key past its end)
+    assert cache.get("ivsdk_d") is None
+    cache.forget(lambda v: v == "A")
+    assert cache.get("ivsdk_a") is None
+    assert not any("ivsdk" in repr(k) for k in cache._entries)

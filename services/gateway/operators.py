@@ -14,16 +14,14 @@ that every routed admin route is listed, so a new route cannot be forgotten.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import time
 
 from aiohttp import web
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
 from services.common import errors
 from services.common.crypto import constant_time_equal
+from services.gateway.auth import SecretCache
 from services.gateway.backends import Backends
 from services.gateway.context import GatewayContext
 
@@ -92,31 +90,22 @@ class OperatorCache:
         self.backends = backends
         # The tenants process serves OperatorsService on the same channel as TenantsService.
         self.stub = tenants_pb2_grpc.OperatorsServiceStub(backends.channels["tenants"])
-        self.ttl_s = ttl_s
-        self.size_max = size_max
-        self._entries: collections.OrderedDict[bytes, tuple[float, Operator]] = collections.OrderedDict()
+        self.cache: SecretCache[Operator] = SecretCache(ttl_s=ttl_s, size_max=size_max)
 
     async def resolve(self, credential: str) -> Operator:
         """The credential's operator; raises `Unauthenticated` for an unknown or revoked one."""
-        digest = hashlib.sha256(credential.encode()).digest()
-        now = time.monotonic()
-        hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
-            self._entries.move_to_end(digest)
-            return hit[1]
+        hit = self.cache.get(credential)
+        if hit is not None:
+            return hit
         resp: tenants_pb2.Operator = await self.backends.call(
             self.stub.AuthenticateOperator, tenants_pb2.AuthenticateOperatorRequest(credential=credential)
         )
         found = Operator(resp.operator_id, resp.role)
-        self._entries[digest] = (now + self.ttl_s, found)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self.size_max:
-            self._entries.popitem(last=False)
+        self.cache.put(credential, found)
         return found
 
     def forget(self, operator_id: str) -> None:
-        for digest in [d for d, (_, op) in self._entries.items() if op.operator_id == operator_id]:
-            del self._entries[digest]
+        self.cache.forget(lambda op: op.operator_id == operator_id)
 
 
 OPERATOR_CACHE = web.AppKey("operator_cache", OperatorCache)
