@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from invo.v1 import ledger_pb2
+import pytest
+from invo.v1 import ledger_pb2, ledger_pb2_grpc
+
+from services.common import grpcutil
+from services.common.stack import Stack
 
 TIMEOUT_S = 30.0
 NAMESPACE = "stateful"
@@ -72,3 +77,17 @@ class Sent:
     method: str
     request: Any
     response: Any
+
+
+@pytest.fixture
+async def ledger(stack: Stack) -> AsyncIterator[Any]:
+    """A stub of the session's ledger service, on a channel of the test's own."""
+    ch = grpcutil.channel(stack.env["INVO_LEDGER_ADDR"])
+    try:
+        yield ledger_pb2_grpc.LedgerServiceStub(ch)
+    finally:
+        await ch.close()
+
+
+async def call_ledger(method: Any, request: Any) -> Any:
+    return await grpcutil.call(method, request, timeout_s=TIMEOUT_S)

@@ -5,36 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from invo.v1 import ledger_pb2, ledger_pb2_grpc
+from invo.v1 import ledger_pb2
 
-from services.common import errors, grpcutil
-from services.common.stack import Stack
+from services.common import errors
 from services.ledger import chart
 from tests.helpers import Api
-from tests.ledger_stateful_support import TIMEOUT_S, _check_ok, _idem, _key, _posting
+from tests.ledger_stateful_support import _check_ok, _idem, _key, _posting, call_ledger, ledger
+
+__all__ = ["ledger"]  # the fixture, imported for this module's tests
 
 # -- concurrency --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def ledger(stack: Stack) -> AsyncIterator[Any]:
-    ch = grpcutil.channel(stack.env["INVO_LEDGER_ADDR"])
-    try:
-        yield ledger_pb2_grpc.LedgerServiceStub(ch)
-    finally:
-        await ch.close()
-
-
-async def _call(method: Any, request: Any) -> Any:
-    return await grpcutil.call(method, request, timeout_s=TIMEOUT_S)
-
-
 async def _topup(ledger: Any, tenant_id: str, player: str, amount: int) -> None:
-    res = await _call(
+    res = await call_ledger(
         ledger.Transfer,
         ledger_pb2.TransferRequest(
             tenant_id=tenant_id,
@@ -47,7 +34,7 @@ async def _topup(ledger: Any, tenant_id: str, player: str, amount: int) -> None:
 
 
 async def _entries(ledger: Any, tenant_id: str, account: str) -> list[ledger_pb2.Entry]:
-    resp = await _call(
+    resp = await call_ledger(
         ledger.ListEntries, ledger_pb2.ListEntriesRequest(tenant_id=tenant_id, account=account, limit=1000)
     )
     assert resp.has_more is False
@@ -55,7 +42,7 @@ async def _entries(ledger: Any, tenant_id: str, account: str) -> list[ledger_pb2
 
 
 async def _balance(ledger: Any, account: str) -> tuple[int, int, int]:
-    resp = await _call(ledger.GetBalances, ledger_pb2.GetBalancesRequest(accounts=[account]))
+    resp = await call_ledger(ledger.GetBalances, ledger_pb2.GetBalancesRequest(accounts=[account]))
     (b,) = resp.balances
     return (b.balance_minor, b.pending_minor, b.available_minor)
 
@@ -81,7 +68,7 @@ async def test_a_hundred_concurrent_purchases_never_overdraw(api: Api, ledger: A
     await _topup(ledger, tenant_id, player, 2000)  # 20 units: exactly 20 potions of 1 unit
 
     outcomes = await asyncio.gather(
-        *(_call(ledger.PurchaseItem, _purchase(tenant_id, email, 100)) for _ in range(100)),
+        *(call_ledger(ledger.PurchaseItem, _purchase(tenant_id, email, 100)) for _ in range(100)),
         return_exceptions=True,
     )
     ok = [o for o in outcomes if isinstance(o, ledger_pb2.PurchaseItemResponse)]
@@ -103,9 +90,9 @@ async def test_a_hundred_concurrent_purchases_never_overdraw(api: Api, ledger: A
         assert e.balance_after_minor == running, entries
         assert e.balance_after_minor >= 0, entries
     assert {e.transaction_id for e in entries if e.kind == "item_purchase"} == {o.transaction_id for o in ok}
-    revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
+    revenue = await call_ledger(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
     assert revenue.owed_minor == 20 * 90
-    _check_ok(await _call(ledger.Check, ledger_pb2.CheckRequest()))
+    _check_ok(await call_ledger(ledger.Check, ledger_pb2.CheckRequest()))
 
 
 @pytest.mark.parametrize("write", ["purchase", "topup"])
@@ -127,7 +114,7 @@ async def test_one_key_sent_fifty_times_at_once_moves_money_once(api: Api, ledge
             idempotency=_idem(key),
         )
 
-    answers = await asyncio.gather(*(_call(method, request) for _ in range(50)))
+    answers = await asyncio.gather(*(call_ledger(method, request) for _ in range(50)))
     assert len({a.transaction_id for a in answers}) == 1
     assert [a.duplicate for a in answers].count(False) == 1
     assert [a.duplicate for a in answers].count(True) == 49
@@ -137,4 +124,4 @@ async def test_one_key_sent_fifty_times_at_once_moves_money_once(api: Api, ledge
     entries = await _entries(ledger, tenant_id, player)
     assert [e.amount_minor for e in entries] == [1000, moved]
     assert entries[1].transaction_id == answers[0].transaction_id
-    _check_ok(await _call(ledger.Check, ledger_pb2.CheckRequest()))
+    _check_ok(await call_ledger(ledger.Check, ledger_pb2.CheckRequest()))

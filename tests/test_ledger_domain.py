@@ -7,19 +7,19 @@ from __future__ import annotations
 import pathlib
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from invo.v1 import ledger_pb2, ledger_pb2_grpc
+from invo.v1 import ledger_pb2
 
-from services.common import errors, grpcutil, money
-from services.common.stack import Stack
+from services.common import errors, money
 from services.ledger import chart
 from tests.helpers import Api
+from tests.ledger_stateful_support import call_ledger, ledger
+
+__all__ = ["ledger"]  # the fixture, imported for this module's tests
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TIMEOUT_S = 30.0
 # What an account code looks like when spelled out in code: a quoted literal starting with one
 # of the chart's prefixes.
 ACCOUNT_LITERAL = re.compile(r"""["'](?:world:|network:fees|transfers:held|player:|tenant:[^"']*:revenue)""")
@@ -44,21 +44,8 @@ def test_the_grep_sees_a_spelled_account() -> None:
     assert not ACCOUNT_LITERAL.search("chart.player(tenant_id, email)")
 
 
-@pytest.fixture
-async def ledger(stack: Stack) -> AsyncIterator[Any]:
-    ch = grpcutil.channel(stack.env["INVO_LEDGER_ADDR"])
-    try:
-        yield ledger_pb2_grpc.LedgerServiceStub(ch)
-    finally:
-        await ch.close()
-
-
 def _idem() -> ledger_pb2.Idempotency:
     return ledger_pb2.Idempotency(namespace="domain-test", key=uuid.uuid4().hex)
-
-
-async def _call(method: Any, request: Any) -> Any:
-    return await grpcutil.call(method, request, timeout_s=TIMEOUT_S)
 
 
 async def _tenant(api: Api) -> str:
@@ -66,7 +53,7 @@ async def _tenant(api: Api) -> str:
 
 
 async def _credit(ledger: Any, tenant_id: str, email: str, amount: int) -> ledger_pb2.TransactionResult:
-    return await _call(
+    return await call_ledger(
         ledger.CreditPurchase,
         ledger_pb2.CreditPurchaseRequest(
             tenant_id=tenant_id,
@@ -79,7 +66,7 @@ async def _credit(ledger: Any, tenant_id: str, email: str, amount: int) -> ledge
 
 
 async def _wallet(ledger: Any, tenant_id: str, email: str) -> ledger_pb2.AccountBalance:
-    resp = await _call(
+    resp = await call_ledger(
         ledger.GetPlayerBalances,
         ledger_pb2.GetPlayerBalancesRequest(players=[ledger_pb2.PlayerRef(tenant_id=tenant_id, player_email=email)]),
     )
@@ -88,12 +75,12 @@ async def _wallet(ledger: Any, tenant_id: str, email: str) -> ledger_pb2.Account
 
 
 async def _entries(ledger: Any, tenant_id: str) -> list[ledger_pb2.Entry]:
-    resp = await _call(ledger.ListEntries, ledger_pb2.ListEntriesRequest(tenant_id=tenant_id, limit=1000))
+    resp = await call_ledger(ledger.ListEntries, ledger_pb2.ListEntriesRequest(tenant_id=tenant_id, limit=1000))
     return list(resp.entries)
 
 
 async def _check_clean(ledger: Any) -> None:
-    check = await _call(ledger.Check, ledger_pb2.CheckRequest())
+    check = await call_ledger(ledger.Check, ledger_pb2.CheckRequest())
     assert check.ok and check.total_balance_minor == 0, check
 
 
@@ -106,13 +93,13 @@ async def test_a_posting_to_another_tenants_account_is_refused(api: Api, ledger:
         ledger_pb2.Posting(account=chart.player(mine, "thief@example.com"), amount_minor=5000),
     ]
     with pytest.raises(errors.Forbidden) as exc:
-        await _call(
+        await call_ledger(
             ledger.Transfer,
             ledger_pb2.TransferRequest(tenant_id=mine, kind="steal", postings=steal, idempotency=_idem()),
         )
     assert exc.value.error_code == "ACCOUNT_NOT_OWNED"
     with pytest.raises(errors.Forbidden):
-        await _call(
+        await call_ledger(
             ledger.CreateHold,
             ledger_pb2.CreateHoldRequest(
                 tenant_id=mine, kind="steal", postings=steal, idempotency=_idem(), expires_in_ms=60_000
@@ -120,7 +107,7 @@ async def test_a_posting_to_another_tenants_account_is_refused(api: Api, ledger:
         )
     # Another tenant's revenue is refused the same way.
     with pytest.raises(errors.Forbidden):
-        await _call(
+        await call_ledger(
             ledger.Transfer,
             ledger_pb2.TransferRequest(
                 tenant_id=mine,
@@ -151,12 +138,12 @@ async def test_a_purchase_without_a_network_fee_is_refused(api: Api, ledger: Any
         currency_name="Gold Coins",
     )
     with pytest.raises(errors.InvalidRequest) as exc:
-        await _call(ledger.PurchaseItem, request)
+        await call_ledger(ledger.PurchaseItem, request)
     assert "network_fee_bps" in exc.value.message
     assert (await _wallet(ledger, tenant_id, "p@example.com")).balance_minor == 1000
     # An explicit zero is a fee like any other: everything to the partner.
     request.network_fee_bps = 0
-    res = await _call(ledger.PurchaseItem, request)
+    res = await call_ledger(ledger.PurchaseItem, request)
     assert (res.partner_amount_minor, res.network_fee_minor, res.new_balance_minor) == (500, 0, 500)
 
 
@@ -188,7 +175,7 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
     await _credit(ledger, source, "alice@example.com", 20_000)
     amount = 10_000
     fee, source_share, destination_share, network_share = money.split_transfer_fee(amount, source_bps=350)
-    held = await _call(
+    held = await call_ledger(
         ledger.HoldTransfer,
         ledger_pb2.HoldTransferRequest(
             source_tenant_id=source,
@@ -209,11 +196,11 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
         network_fee_minor=network_share,
         transfer_id="tr_test1",
     )
-    settled = await _call(ledger.SettleTransfer, settle)
-    replay = await _call(ledger.SettleTransfer, settle)
+    settled = await call_ledger(ledger.SettleTransfer, settle)
+    replay = await call_ledger(ledger.SettleTransfer, settle)
     assert replay.duplicate and replay.transaction_id == settled.transaction_id
     assert (await _wallet(ledger, destination, "bob@example.com")).balance_minor == amount
-    revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=destination))
+    revenue = await call_ledger(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=destination))
     assert revenue.owed_minor == destination_share
     # Each tenant sees its own side of the settlement, tagged with itself.
     dest_entries = [e for e in await _entries(ledger, destination) if e.transaction_id == settled.transaction_id]
@@ -228,10 +215,10 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
     # Shares that do not add up to the fee are refused.
     settle.network_fee_minor += 1
     with pytest.raises(errors.InvalidRequest):
-        await _call(ledger.SettleTransfer, settle)
+        await call_ledger(ledger.SettleTransfer, settle)
     # Settled once: a return of the same transfer is refused, whatever it claims.
     with pytest.raises(errors.InvalidRequest) as exc:
-        await _call(
+        await call_ledger(
             ledger.ReturnTransfer,
             ledger_pb2.ReturnTransferRequest(
                 source_tenant_id=source,
@@ -248,7 +235,7 @@ async def test_a_transfer_between_tenants_shows_in_both_tenants_entries(api: Api
 async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, ledger: Any) -> None:
     source = await _tenant(api)
     await _credit(ledger, source, "carol@example.com", 1100)
-    await _call(
+    await call_ledger(
         ledger.HoldTransfer,
         ledger_pb2.HoldTransferRequest(
             source_tenant_id=source,
@@ -260,7 +247,7 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
     )
     assert (await _wallet(ledger, source, "carol@example.com")).balance_minor == 0
     with pytest.raises(errors.InvalidRequest):  # the fee is the seed's 10%, nothing else
-        await _call(
+        await call_ledger(
             ledger.HoldTransfer,
             ledger_pb2.HoldTransferRequest(
                 source_tenant_id=source,
@@ -270,7 +257,7 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
                 transfer_id="tr_test3",
             ),
         )
-    await _call(
+    await call_ledger(
         ledger.ReturnTransfer,
         ledger_pb2.ReturnTransferRequest(
             source_tenant_id=source,
@@ -286,7 +273,7 @@ async def test_a_returned_transfer_gives_the_sender_back_everything(api: Api, le
 async def test_a_clawback_may_leave_a_debt_and_a_payout_may_not_overdraw(api: Api, ledger: Any) -> None:
     tenant_id = await _tenant(api)
     await _credit(ledger, tenant_id, "dave@example.com", 1000)
-    await _call(
+    await call_ledger(
         ledger.PurchaseItem,
         ledger_pb2.PurchaseItemRequest(
             tenant_id=tenant_id,
@@ -300,7 +287,7 @@ async def test_a_clawback_may_leave_a_debt_and_a_payout_may_not_overdraw(api: Ap
             currency_name="Gold Coins",
         ),
     )
-    clawed = await _call(
+    clawed = await call_ledger(
         ledger.ClawBack,
         ledger_pb2.ClawBackRequest(
             tenant_id=tenant_id,
@@ -313,19 +300,19 @@ async def test_a_clawback_may_leave_a_debt_and_a_payout_may_not_overdraw(api: Ap
     )
     (wallet,) = [b for b in clawed.balances if b.player_email == "dave@example.com"]
     assert wallet.balance_minor == -800
-    revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
+    revenue = await call_ledger(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
     assert revenue.owed_minor == 720
     with pytest.raises(errors.PaymentRequired) as exc:
-        await _call(
+        await call_ledger(
             ledger.PayOut,
             ledger_pb2.PayOutRequest(tenant_id=tenant_id, amount_minor=721, idempotency=_idem(), payout_id="po_1"),
         )
     assert exc.value.error_code == "INSUFFICIENT_BALANCE"
-    await _call(
+    await call_ledger(
         ledger.PayOut,
         ledger_pb2.PayOutRequest(tenant_id=tenant_id, amount_minor=720, idempotency=_idem(), payout_id="po_2"),
     )
-    revenue = await _call(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
+    revenue = await call_ledger(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
     assert (revenue.owed_minor, revenue.paid_out_minor, revenue.lifetime_minor) == (0, 720, 720)
     await _check_clean(ledger)
 
@@ -342,7 +329,7 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
         )
 
     with pytest.raises(errors.NotFound) as exc:  # nothing held for it
-        await _call(ledger.ReturnTransfer, give_back(1100))
+        await call_ledger(ledger.ReturnTransfer, give_back(1100))
     assert exc.value.error_code == "PREREQUISITE_NOT_FOUND"
     hold = ledger_pb2.HoldTransferRequest(
         source_tenant_id=source,
@@ -351,13 +338,13 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
         fee_minor=100,
         transfer_id="tr_pool",
     )
-    held = await _call(ledger.HoldTransfer, hold)
-    assert (await _call(ledger.HoldTransfer, hold)).transaction_id == held.transaction_id  # a retry replays
+    held = await call_ledger(ledger.HoldTransfer, hold)
+    assert (await call_ledger(ledger.HoldTransfer, hold)).transaction_id == held.transaction_id  # a retry replays
     with pytest.raises(errors.InvalidRequest) as mismatch:  # more than was held
-        await _call(ledger.ReturnTransfer, give_back(5000))
+        await call_ledger(ledger.ReturnTransfer, give_back(5000))
     assert mismatch.value.error_code == "PREREQUISITE_MISMATCH"
-    returned = await _call(ledger.ReturnTransfer, give_back(1100))
-    assert (await _call(ledger.ReturnTransfer, give_back(1100))).duplicate  # a retry replays, nothing more
+    returned = await call_ledger(ledger.ReturnTransfer, give_back(1100))
+    assert (await call_ledger(ledger.ReturnTransfer, give_back(1100))).duplicate  # a retry replays, nothing more
     assert returned.transaction_id
     settle = ledger_pb2.SettleTransferRequest(
         source_tenant_id=source,
@@ -370,7 +357,7 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
         transfer_id="tr_pool",
     )
     with pytest.raises(errors.InvalidRequest) as reused:  # returned already: never settled too
-        await _call(ledger.SettleTransfer, settle)
+        await call_ledger(ledger.SettleTransfer, settle)
     assert reused.value.error_code == "IDEMPOTENCY_KEY_REUSED"
     assert (await _wallet(ledger, source, "erin@example.com")).balance_minor == 1100
     assert (await _wallet(ledger, source, "frank@example.com")).balance_minor == 0
