@@ -362,3 +362,9 @@ async def test_a_transfer_is_released_once_and_only_as_it_was_held(api: Api, led
     assert (await _wallet(ledger, source, "erin@example.com")).balance_minor == 1100
     assert (await _wallet(ledger, source, "frank@example.com")).balance_minor == 0
     await _check_clean(ledger)
+
+
+def test_a_players_account_built_from_its_parts_is_what_its_code_parses_to() -> None:
+    tenant_id = "tn_" + "A" * 26
+    for email in ("Zoe@Example.COM", "  bob@example.com "):
+        assert chart.player_info(tenant_id, email) == chart.parse(chart.player(tenant_id, email))

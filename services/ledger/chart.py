@@ -68,6 +68,13 @@ def player(tenant_id: str, email: str) -> str:
     return f"player:{tenant_id}:{normalize_email(email)}"
 
 
+def player_info(tenant_id: str, email: str) -> AccountInfo:
+    """A player's wallet, built from its parts (what `parse` would answer for its code, without
+    parsing it back: the balance reads build one per player asked)."""
+    normal = normalize_email(email)
+    return AccountInfo(f"player:{tenant_id}:{normal}", "player", True, tenant_id=tenant_id, player_email=normal)
+
+
 def revenue(tenant_id: str) -> str:
     return f"tenant:{tenant_id}:revenue"
 

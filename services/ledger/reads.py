@@ -16,10 +16,9 @@ PROBLEMS_MAX = 100
 _ts = grpcutil.timestamp
 
 
-def balance_message(code: str, balance: int, pending: int) -> ledger_pb2.AccountBalance:
-    info = chart.parse(code)
+def balance_message(info: chart.AccountInfo, balance: int, pending: int) -> ledger_pb2.AccountBalance:
     return ledger_pb2.AccountBalance(
-        account=code,
+        account=info.code,
         balance_minor=balance,
         pending_minor=pending,
         available_minor=balance - pending,
@@ -27,15 +26,16 @@ def balance_message(code: str, balance: int, pending: int) -> ledger_pb2.Account
     )
 
 
-async def balances(pool: asyncpg.Pool, codes: list[str]) -> list[ledger_pb2.AccountBalance]:
-    """Balances of `codes` in the order asked; an unknown account reads as zero."""
+async def balances(pool: asyncpg.Pool, infos: list[chart.AccountInfo]) -> list[ledger_pb2.AccountBalance]:
+    """Balances of the accounts (already checked by the caller) in the order asked; an unknown
+    account reads as zero."""
     rows = await pool.fetch(
         "SELECT code, credits_posted - debits_posted AS balance, debits_pending FROM accounts"
         " WHERE code = ANY($1::text[])",
-        codes,
+        [info.code for info in infos],
     )
     found = {r["code"]: (r["balance"], r["debits_pending"]) for r in rows}
-    return [balance_message(code, *found.get(code, (0, 0))) for code in codes]
+    return [balance_message(info, *found.get(info.code, (0, 0))) for info in infos]
 
 
 async def transaction(pool: asyncpg.Pool, transaction_id: str, tenant_id: str) -> ledger_pb2.Transaction:
@@ -183,7 +183,9 @@ async def check(pool: asyncpg.Pool) -> ledger_pb2.CheckResponse:
     return ledger_pb2.CheckResponse(
         ok=total == 0 and not negative and not unbalanced and not drifted,
         total_balance_minor=total,
-        negative_accounts=[balance_message(r["code"], r["balance"], r["debits_pending"]) for r in negative],
+        negative_accounts=[
+            balance_message(chart.parse(r["code"]), r["balance"], r["debits_pending"]) for r in negative
+        ],
         unbalanced_transactions=[r["txn_id"] for r in unbalanced],
         drifted_accounts=[r["code"] for r in drifted],
         player_debts=debts,

@@ -16,7 +16,6 @@ from services.common import errors, loops
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
-from services.common.players import normalize_email
 from services.ledger import chart, domain, reads, validate
 from services.ledger.engine import Engine, Op
 
@@ -36,7 +35,7 @@ def _result_message(result: dict[str, Any]) -> ledger_pb2.TransactionResult:
         status=result["status"],
         # Sorted: a replay read back from jsonb must list the accounts as the first answer did.
         balances=[
-            reads.balance_message(code, snap["balance"], snap["pending"])
+            reads.balance_message(chart.parse(code), snap["balance"], snap["pending"])
             for code, snap in sorted(result.get("balances", {}).items())
         ],
     )
@@ -221,18 +220,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     # -- reads ----------------------------------------------------------------------------
 
     async def GetBalances(self, request: ledger_pb2.GetBalancesRequest, context: Any) -> Any:
-        codes = list(request.accounts)
-        if len(codes) > validate.BALANCES_MAX:
+        if len(request.accounts) > validate.BALANCES_MAX:
             raise errors.InvalidRequest(f"at most {validate.BALANCES_MAX} accounts at once")
-        for code in codes:
-            chart.parse(code)
-        return ledger_pb2.GetBalancesResponse(balances=await reads.balances(self.pool, codes))
+        infos = [chart.parse(code) for code in request.accounts]
+        return ledger_pb2.GetBalancesResponse(balances=await reads.balances(self.pool, infos))
 
     async def GetPlayerBalances(self, request: ledger_pb2.GetPlayerBalancesRequest, context: Any) -> Any:
         if len(request.players) > validate.BALANCES_MAX:
             raise errors.InvalidRequest(f"at most {validate.BALANCES_MAX} players at once")
-        codes = [chart.player(validate.tenant(p.tenant_id), normalize_email(p.player_email)) for p in request.players]
-        return ledger_pb2.GetPlayerBalancesResponse(balances=await reads.balances(self.pool, codes))
+        infos = [chart.player_info(validate.tenant(p.tenant_id), p.player_email) for p in request.players]
+        return ledger_pb2.GetPlayerBalancesResponse(balances=await reads.balances(self.pool, infos))
 
     async def GetTransaction(self, request: ledger_pb2.GetTransactionRequest, context: Any) -> Any:
         return await reads.transaction(self.pool, request.transaction_id, request.tenant_id)
