@@ -100,13 +100,20 @@ class Stack:
         database_name: str = "invo",
         nats_namespace: str = "",
         extra_env: Mapping[str, str] | None = None,
+        process_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """`extra_env` is applied to every process (and shapes the ports chosen at start);
+        `process_env[name]` only to the process `name`, on top of the shared env, each time it is
+        spawned: a fault test points ONE service at a proxy in front of PostgreSQL or NATS."""
         self.home = home
         self.base_env = dict(os.environ if env is None else env)
         self.durable = durable
         self.database_name = database_name
         self.nats_namespace = nats_namespace
         self.extra_env = dict(extra_env or {})
+        self.process_env: dict[str, dict[str, str]] = {}
+        for name, overrides in (process_env or {}).items():
+            self.set_process_env(name, overrides)
         self.logs = home / "logs"
         self.postgres: devservers.Postgres | None = None
         self.nats: devservers.Nats | None = None
@@ -228,6 +235,20 @@ class Stack:
     def process_names(self) -> list[str]:
         return [n for n in PROCESSES if n != "processor_sim" or self.use_simulator]
 
+    def set_process_env(self, name: str, overrides: Mapping[str, str]) -> None:
+        """Replace the overrides for process `name` (an empty mapping removes them). They apply
+        from its next spawn: `restart(name)` or `start_process(name)` after this call."""
+        if name not in PROCESSES:
+            raise StackError(f"no process named {name!r}; the processes are {', '.join(PROCESSES)}")
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise StackError(f"process_env[{name!r}] must map str to str, got {key!r}: {value!r}")
+        self.process_env[name] = dict(overrides)
+
+    def env_for(self, name: str) -> dict[str, str]:
+        """The environment process `name` is spawned with: the shared `env`, then its overrides."""
+        return {**self.env, **self.process_env.get(name, {})}
+
     def _spawn(self, name: str) -> None:
         # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: every service is
         # started from the Stack's own long-lived thread, so restart() from any thread is safe.
@@ -238,7 +259,7 @@ class Stack:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
-                env=self.env,
+                env=self.env_for(name),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
