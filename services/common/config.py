@@ -101,6 +101,12 @@ class Settings:
     processor_sim_listen: str = _field(
         "INVO_PROCESSOR_SIM_LISTEN", "127.0.0.1:12111", "host:port of the processor simulator (development)."
     )
+    processor_sim_state: str = _field(
+        "INVO_PROCESSOR_SIM_STATE",
+        "",
+        "The processor simulator's journal (development); empty: $INVO_HOME/processor_sim/state.jsonl, "
+        "or memory only without INVO_HOME.",
+    )
     processor_sim_webhook_url: str = _field(
         "INVO_PROCESSOR_SIM_WEBHOOK_URL", "", "Where the simulator posts processor webhooks (the gateway)."
     )

@@ -1,4 +1,6 @@
 import asyncio
+import os
+import pathlib
 
 from services.common import logs
 from services.common.config import Settings
@@ -10,6 +12,9 @@ def main() -> None:
     logs.setup("processor_sim", settings.log_level)
     settings.require("processor_secret_key", "processor_webhook_secret")
     host, _, port = settings.processor_sim_listen.rpartition(":")
+    state = settings.processor_sim_state
+    if not state and os.environ.get("INVO_HOME"):
+        state = str(pathlib.Path(os.environ["INVO_HOME"]) / "processor_sim" / "state.jsonl")
     asyncio.run(
         serve(
             host=host,
@@ -17,6 +22,7 @@ def main() -> None:
             secret_key=settings.processor_secret_key,
             webhook_secret=settings.processor_webhook_secret,
             webhook_url=settings.processor_sim_webhook_url,
+            state_path=pathlib.Path(state) if state else None,
         )
     )
 

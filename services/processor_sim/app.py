@@ -14,7 +14,10 @@ so production and tests run one code path. It implements:
   webhooks, send each webhook twice, hold webhooks back and release them in reverse order; list
   what was called and sent.
 
-State is in memory: the simulator is a development and test tool, not a store of record.
+State survives a restart, as Stripe's does: every object is journaled before the call that made
+it answers (state.py), in `INVO_PROCESSOR_SIM_STATE` (`make run`: `.invo/processor_sim/state.jsonl`),
+and the webhooks it still owed are sent again when it comes back. PaymentIntents can be listed
+(`GET /v1/payment_intents`, Stripe's pagination), which the fault suite uses to count charges.
 
 This module holds the `Simulator` and the aiohttp app and server around it (`create_app`, `serve`);
 the REST API is in `resources`, the events in `webhooks`, the test controls in `controls`. The
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import signal
 
 from aiohttp import web
@@ -40,6 +44,7 @@ from services.processor_sim.resources import (
     decode_form,
     invalid,
 )
+from services.processor_sim.state import Journal
 from services.processor_sim.webhooks import (
     API_VERSION,
     WEBHOOK_ATTEMPTS_MAX,
@@ -76,6 +81,10 @@ class Simulator(StripeResources):
     async def control(self, request: web.Request) -> web.Response:
         return await controls.control(self, request)
 
+    async def close(self) -> None:
+        await super().close()
+        self.journal.close()
+
 
 def create_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
@@ -90,12 +99,30 @@ def create_app(sim: Simulator) -> web.Application:
     return app
 
 
-async def serve(*, host: str, port: int, secret_key: str, webhook_secret: str, webhook_url: str) -> None:
-    sim = Simulator(secret_key=secret_key, webhook_secret=webhook_secret, webhook_url=webhook_url)
+async def serve(
+    *,
+    host: str,
+    port: int,
+    secret_key: str,
+    webhook_secret: str,
+    webhook_url: str,
+    state_path: pathlib.Path | None = None,
+) -> None:
+    sim = Simulator(
+        secret_key=secret_key, webhook_secret=webhook_secret, webhook_url=webhook_url, journal=Journal(state_path)
+    )
     runner = web.AppRunner(create_app(sim), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    log.info("processor simulator on http://%s:%s, webhooks to %s", host, port, webhook_url)
+    log.info(
+        "processor simulator on http://%s:%s, webhooks to %s, %d PaymentIntents on record, %d webhooks owed",
+        host,
+        port,
+        webhook_url,
+        len(sim.intents),
+        len(sim.owed_events),
+    )
+    sim.resume(sim.owed_events)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,7 +4,9 @@
 calls fail with 500s, time out, or succeed but answer late; charge another amount than asked;
 delay, duplicate or hold webhooks); `release_webhooks` sends the held ones (newest first unless
 told otherwise); `dispute` opens or closes a dispute on a charge; `state` lists what was called
-and sent; `reset` clears the faults and the held webhooks.
+and sent; `forget_idempotency` forgets every idempotency key (as 24 hours later), `forget_intent` one
+PaymentIntent; `reset` clears
+the faults and the held webhooks.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
                 "message": "The cardholder failed 3-D Secure authentication.",
             }
             pi.update(status="requires_payment_method", next_action=None, last_payment_error=error)
+            sim.save("intents", pi)
             sim._emit("payment_intent.payment_failed", pi)
         else:
             sim._succeed(pi)
@@ -42,6 +45,8 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
         for name in ("timeout_s", "slow_s", "webhook_delay_s"):
             if name in body:
                 setattr(sim.faults, name, float(body[name]))
+        if "match" in body:
+            sim.faults.match = str(body["match"])
         for name in ("webhook_duplicate", "webhook_hold"):
             if name in body:
                 setattr(sim.faults, name, bool(body[name]))
@@ -62,14 +67,34 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
             if dispute is None:
                 return web.json_response({"error": "no dispute"}, status=400)
             dispute["status"] = "lost" if body["close"] == "lost" else "won"
+            sim.save("charges", charge)
             sim._emit("charge.dispute.closed", dispute)
         else:
             sim._open_dispute(charge)
         return web.json_response(charge)
     if action == "state":
         return web.json_response(
-            {"calls": sim.calls, "sent_webhooks": sim.sent_webhooks, "intents": list(sim.intents.values())}
+            {
+                "calls": list(sim.calls),
+                "sent_webhooks": list(sim.sent_webhooks),
+                "intents": list(sim.intents.values()),
+            }
         )
+    if action == "forget_intent":
+        # A processor that lost a PaymentIntent (or another account's key): the payments service
+        # must hold the order, never make a second intent for it.
+        pi_id = str(body.get("payment_intent", ""))
+        if sim.intents.pop(pi_id, None) is None:
+            return web.json_response({"error": "no such payment intent"}, status=400)
+        sim.journal.put("intents", pi_id, None)
+        return web.json_response({"forgotten": pi_id})
+    if action == "forget_idempotency":
+        # As if the keys' 24 hours had passed: a retry with an old key is a new request again.
+        forgotten = list(sim.idempotency)
+        sim.idempotency.clear()
+        for key in forgotten:
+            sim.journal.put("idempotency", key, None)
+        return web.json_response({"forgotten": len(forgotten)})
     if action == "reset":
         sim.faults = Faults()
         sim.held_webhooks.clear()

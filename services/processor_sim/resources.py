@@ -10,6 +10,7 @@ retrieve / confirm / cancel, with Stripe's status machine) and Refunds; form-enc
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import secrets
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.processor_sim.state import Journal
 from services.processor_sim.webhooks import WebhookSender, _new_id, _now
 
 # Stripe's test payment methods, and what each does in the simulator.
@@ -47,6 +49,8 @@ DECLINE_MESSAGES = {
     "insufficient_funds": "Your card has insufficient funds.",
 }
 IDEMPOTENCY_TTL_S = 24 * 3600
+CALLS_KEPT_MAX = 10_000  # the API calls remembered for tests (/_sim/state), newest kept
+LIST_LIMIT_MAX = 100  # Stripe's own bound on a list page
 
 
 def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -81,18 +85,29 @@ def invalid(message: str, param: str | None = None) -> StripeError:
 
 
 class StripeResources(WebhookSender):
-    """Stripe's objects, in memory, and the REST API over them."""
+    """Stripe's objects, kept in `journal` across restarts (state.py), and the REST API over them."""
 
-    def __init__(self, *, secret_key: str, webhook_secret: str, webhook_url: str) -> None:
-        super().__init__(webhook_secret=webhook_secret, webhook_url=webhook_url)
+    def __init__(
+        self, *, secret_key: str, webhook_secret: str, webhook_url: str, journal: Journal | None = None
+    ) -> None:
+        journal = journal if journal is not None else Journal(None)
+        super().__init__(webhook_secret=webhook_secret, webhook_url=webhook_url, journal=journal)
         self.secret_key = secret_key
-        self.customers: dict[str, dict[str, Any]] = {}
-        self.payment_methods: dict[str, dict[str, Any]] = {}
-        self.intents: dict[str, dict[str, Any]] = {}
-        self.charges: dict[str, dict[str, Any]] = {}
-        self.refunds: dict[str, dict[str, Any]] = {}
-        self.idempotency: dict[str, tuple[float, str, int, dict[str, Any]]] = {}
-        self.calls: list[tuple[str, str]] = []  # (method, path) of every API call, for tests
+        state = journal.load()
+        self.customers: dict[str, dict[str, Any]] = state["customers"]
+        self.payment_methods: dict[str, dict[str, Any]] = state["payment_methods"]
+        self.intents: dict[str, dict[str, Any]] = state["intents"]
+        self.charges: dict[str, dict[str, Any]] = state["charges"]
+        self.refunds: dict[str, dict[str, Any]] = state["refunds"]
+        # key -> [expires_at, request fingerprint, status, body]
+        self.idempotency: dict[str, list[Any]] = state["idempotency"]
+        self.owed_events: list[dict[str, Any]] = list(state["events"].values())
+        # (method, path) of the latest API calls, for tests
+        self.calls: collections.deque[tuple[str, str]] = collections.deque(maxlen=CALLS_KEPT_MAX)
+
+    def save(self, kind: str, obj: dict[str, Any]) -> None:
+        """Record a created or changed object before the call that changed it answers."""
+        self.journal.put(kind, obj["id"], obj)
 
     # -- objects ----------------------------------------------------------------------------
 
@@ -121,6 +136,7 @@ class StripeResources(WebhookSender):
             "livemode": False,
         }
         self.payment_methods[pm_id] = pm
+        self.save("payment_methods", pm)
         return pm
 
     def _intent(self, pi_id: str) -> dict[str, Any]:
@@ -152,12 +168,14 @@ class StripeResources(WebhookSender):
             "metadata": pi["metadata"],
         }
         self.charges[charge["id"]] = charge
+        self.save("charges", charge)
         return charge
 
     def _succeed(self, pi: dict[str, Any]) -> None:
         charge = self._charge(pi)
         pi.update(status="succeeded", latest_charge=charge["id"], next_action=None, last_payment_error=None)
         pi["amount_received"] = pi["amount"]
+        self.save("intents", pi)
         self._emit("payment_intent.succeeded", pi)
         after = TEST_CARDS.get(pi["payment_method"], {}).get("after")
         if after == "dispute":
@@ -174,6 +192,7 @@ class StripeResources(WebhookSender):
             "payment_method": self.payment_methods.get(pi["payment_method"]),
         }
         pi.update(status="requires_payment_method", last_payment_error=error)
+        self.save("intents", pi)
         self._emit("payment_intent.payment_failed", pi)
         return StripeError(402, {**error, "payment_intent": dict(pi)})
 
@@ -197,6 +216,7 @@ class StripeResources(WebhookSender):
                 status="requires_action",
                 next_action={"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect"}},
             )
+            self.save("intents", pi)
             return pi
         self._succeed(pi)
         return pi
@@ -209,11 +229,12 @@ class StripeResources(WebhookSender):
             return web.json_response(
                 {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
             )
-        if self.faults.timeout_next > 0:
+        targeted = self.faults.match in request.path
+        if self.faults.timeout_next > 0 and targeted:
             self.faults.timeout_next -= 1
             await asyncio.sleep(self.faults.timeout_s)
             return web.json_response({"error": {"type": "api_error", "message": "timed out"}}, status=500)
-        if self.faults.fail_next > 0:
+        if self.faults.fail_next > 0 and targeted:
             self.faults.fail_next -= 1
             return web.json_response({"error": {"type": "api_error", "message": "Simulated failure."}}, status=500)
         form = await request.post() if request.method == "POST" else {}
@@ -241,8 +262,9 @@ class StripeResources(WebhookSender):
         except StripeError as exc:
             status, body = exc.status, {"error": exc.body}
         if request.method == "POST" and key and status < 500:
-            self.idempotency[key] = (time.time() + IDEMPOTENCY_TTL_S, fingerprint, status, body)
-        if self.faults.slow_next > 0:
+            self.idempotency[key] = [time.time() + IDEMPOTENCY_TTL_S, fingerprint, status, body]
+            self.journal.put("idempotency", key, self.idempotency[key])
+        if self.faults.slow_next > 0 and targeted:
             # The work is done and its webhook sent: only the answer is late (a lost response).
             self.faults.slow_next -= 1
             await asyncio.sleep(self.faults.slow_s)
@@ -259,6 +281,7 @@ class StripeResources(WebhookSender):
                 "created": _now(),
             }
             self.customers[cus["id"]] = cus
+            self.save("customers", cus)
             return cus
         if len(parts) == 2 and parts[0] == "customers" and method == "GET":
             if parts[1] not in self.customers:
@@ -269,9 +292,12 @@ class StripeResources(WebhookSender):
         if len(parts) == 3 and parts[0] == "payment_methods" and parts[2] == "attach" and method == "POST":
             pm = self._payment_method(parts[1])
             pm["customer"] = p.get("customer")
+            self.save("payment_methods", pm)
             return pm
         if parts == ["payment_intents"] and method == "POST":
             return self._create_intent(p)
+        if parts == ["payment_intents"] and method == "GET":
+            return self._list(self.intents, p, url="/v1/payment_intents")
         if len(parts) == 2 and parts[0] == "payment_intents" and method == "GET":
             return self._intent(parts[1])
         if len(parts) == 3 and parts[0] == "payment_intents" and method == "POST":
@@ -292,6 +318,7 @@ class StripeResources(WebhookSender):
                         },
                     )
                 pi.update(status="canceled", cancellation_reason=p.get("cancellation_reason", "requested_by_customer"))
+                self.save("intents", pi)
                 self._emit("payment_intent.canceled", pi)
                 return pi
         if parts == ["refunds"] and method == "POST":
@@ -335,9 +362,36 @@ class StripeResources(WebhookSender):
             "livemode": False,
         }
         self.intents[pi_id] = pi
+        self.save("intents", pi)
         if p.get("confirm") == "true":
             return self._confirm(pi)
         return pi
+
+    @staticmethod
+    def _list(objects: dict[str, dict[str, Any]], p: dict[str, Any], *, url: str) -> dict[str, Any]:
+        """Stripe's list: newest first, `limit` (1..100, default 10), `starting_after` (the last id
+        of the previous page) or `ending_before`, `has_more`."""
+        try:
+            limit = int(p.get("limit", 10))
+        except ValueError:
+            raise invalid("Invalid integer: limit", "limit") from None
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise invalid(f"limit must be between 1 and {LIST_LIMIT_MAX}.", "limit")
+        newest_first = list(reversed(objects.values()))
+        ids = [o["id"] for o in newest_first]
+        after, before = p.get("starting_after"), p.get("ending_before")
+        for cursor, param in ((after, "starting_after"), (before, "ending_before")):
+            if cursor and cursor not in objects:
+                raise invalid(f"No such object: '{cursor}'", param)
+        if after:
+            page_from = newest_first[ids.index(after) + 1 :]
+            page, more = page_from[:limit], len(page_from) > limit
+        elif before:
+            page_to = newest_first[: ids.index(before)]
+            page, more = page_to[-limit:], len(page_to) > limit
+        else:
+            page, more = newest_first[:limit], len(newest_first) > limit
+        return {"object": "list", "url": url, "has_more": more, "data": page}
 
     def _refund(self, p: dict[str, Any]) -> dict[str, Any]:
         pi = self._intent(p.get("payment_intent", ""))
@@ -360,5 +414,7 @@ class StripeResources(WebhookSender):
             "created": _now(),
         }
         self.refunds[refund["id"]] = refund
+        self.save("charges", charge)
+        self.save("refunds", refund)
         self._emit("charge.refunded", charge)
         return refund

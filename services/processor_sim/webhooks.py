@@ -10,6 +10,7 @@ warnings, which Stripe raises on its own after a charge, start here too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -20,9 +21,15 @@ from typing import Any
 
 import aiohttp
 
+from services.processor_sim.state import Journal
+
 API_VERSION = "2025-01-27.acacia"
 WEBHOOK_TIMEOUT_S = 5.0
-WEBHOOK_ATTEMPTS_MAX = 5
+# Stripe retries an undelivered event for days; here about four minutes (0.2 s doubling to 30 s),
+# long enough to outlast a restart of the gateway, bounded so that an event nobody takes ends.
+WEBHOOK_ATTEMPTS_MAX = 15
+WEBHOOK_BACKOFF_MAX_S = 30.0
+SENT_KEPT_MAX = 10_000  # delivery attempts remembered for tests (/_sim/state), newest kept
 
 
 def _now() -> int:
@@ -47,6 +54,9 @@ class Faults:
     timeout_s: float = 30.0
     slow_next: int = 0  # process the next N calls (webhooks go out) but answer only after `slow_s`
     slow_s: float = 2.0
+    # fail_next, timeout_next and slow_next count only API calls whose path contains this ("": all),
+    # e.g. "/confirm" for the call that charges.
+    match: str = ""
     webhook_delay_s: float = 0.0
     webhook_duplicate: bool = False
     webhook_hold: bool = False  # queue webhooks until released (then sent newest first)
@@ -59,12 +69,13 @@ class Faults:
 class WebhookSender:
     """The events half of the simulator; `StripeResources` builds the REST API on it."""
 
-    def __init__(self, *, webhook_secret: str, webhook_url: str) -> None:
+    def __init__(self, *, webhook_secret: str, webhook_url: str, journal: Journal) -> None:
         self.webhook_secret = webhook_secret
         self.webhook_url = webhook_url
+        self.journal = journal
         self.faults = Faults()
         self.held_webhooks: list[dict[str, Any]] = []
-        self.sent_webhooks: list[dict[str, Any]] = []
+        self.sent_webhooks: collections.deque[dict[str, Any]] = collections.deque(maxlen=SENT_KEPT_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -81,8 +92,9 @@ class WebhookSender:
         task.add_done_callback(self._tasks.discard)
 
     def _emit(self, event_type: str, obj: dict[str, Any]) -> None:
-        event = {
-            "id": _new_id("evt"),
+        event_id = _new_id("evt")
+        event: dict[str, Any] = {
+            "id": event_id,
             "object": "event",
             "api_version": API_VERSION,
             "created": _now(),
@@ -94,11 +106,25 @@ class WebhookSender:
         if self.faults.webhook_hold:
             self.held_webhooks.append(event)
             return
+        # Owed until delivered (or given up on): a restarted simulator sends it again.
+        self.journal.put("events", event_id, event)
         copies = 2 if self.faults.webhook_duplicate else 1
         for _ in range(copies):
             self._spawn(self._deliver(event, self.faults.webhook_delay_s))
 
+    def resume(self, owed: list[dict[str, Any]]) -> None:
+        """Send the events a previous run of the simulator still owed (at start)."""
+        for event in owed:
+            self._spawn(self._deliver(event, 0))
+
     async def _deliver(self, event: dict[str, Any], delay_s: float) -> None:
+        try:
+            await self._attempts(event, delay_s)
+        finally:
+            if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                self.journal.put("events", event["id"], None)  # delivered, or given up on
+
+    async def _attempts(self, event: dict[str, Any], delay_s: float) -> None:
         if delay_s:
             await asyncio.sleep(delay_s)
         if not self.webhook_url:
@@ -121,7 +147,7 @@ class WebhookSender:
                         return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.sent_webhooks.append({"id": event["id"], "type": event["type"], "status": 0, "error": str(exc)})
-            await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+            await asyncio.sleep(min(WEBHOOK_BACKOFF_MAX_S, 0.2 * 2**attempt))
 
     def _open_dispute(self, charge: dict[str, Any]) -> None:
         dispute = {
@@ -136,6 +162,7 @@ class WebhookSender:
         }
         charge["disputed"] = True
         charge["dispute"] = dispute
+        self.journal.put("charges", charge["id"], charge)
         self._emit("charge.dispute.created", dispute)
 
     def _early_fraud_warning(self, charge: dict[str, Any]) -> None:
