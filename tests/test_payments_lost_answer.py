@@ -42,7 +42,7 @@ async def test_retry_while_the_processor_is_slow_is_409_pending_then_the_first_r
     t = await tenant(api)
     player, reference = email("slow"), ref()
     # Webhooks are held so that only the API call can settle the order: the retry must find it in flight.
-    await sim.faults(slow_next=1, slow_s=2, webhook_hold=True)
+    await sim.faults(slow_next=1, slow_s=2, webhook_hold=True, match="/confirm")
     first = asyncio.create_task(purchase(api, t, player, reference))
     try:
         order_id = await order_id_of(sim, reference)  # the processor did the work; its answer is late
@@ -70,7 +70,7 @@ async def test_retry_while_the_processor_is_slow_is_409_pending_then_the_first_r
 async def test_webhook_first_then_the_late_api_answer_is_still_success(api: Api, sim: Sim) -> None:
     t = await tenant(api)
     player, reference = email("hookfirst"), ref()
-    await sim.faults(slow_next=1, slow_s=2)
+    await sim.faults(slow_next=1, slow_s=2, match="/confirm")
     first = asyncio.create_task(purchase(api, t, player, reference))
     try:
         order_id = await order_id_of(sim, reference)
@@ -118,7 +118,7 @@ async def test_payments_killed_mid_purchase_settles_once(api: Api, sim: Sim, sta
     player, reference = email("crash"), ref()
     # The processor charges and then answers late; its webhook is held so that the order is still
     # unsettled when the payments service dies: a client retry or the recovery loop must finish it.
-    await sim.faults(slow_next=1, slow_s=4, webhook_hold=True)
+    await sim.faults(slow_next=1, slow_s=4, webhook_hold=True, match="/confirm")
     in_flight = asyncio.create_task(purchase(api, t, player, reference))
     try:
         order_id = await order_id_of(sim, reference)

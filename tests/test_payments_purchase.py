@@ -93,7 +93,7 @@ async def test_purchase_in_flight_is_409_pending_then_a_duplicate(api: Api, stac
     player = email()
     reference = ref()
     # The processor answers late; its webhook is held so only the API response can settle the order.
-    async with sim_faults(api, stack, slow_next=1, slow_s=2, webhook_hold=True):
+    async with sim_faults(api, stack, slow_next=1, slow_s=2, webhook_hold=True, match="/confirm"):
         first_task = asyncio.ensure_future(buy(api, t, player, reference))
         try:
 

@@ -28,6 +28,8 @@ class InvoError(Exception):
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     default_error: ClassVar[str] = "internal_error"
     default_error_code: ClassVar[str] = "INTERNAL_ERROR"
+    # Seconds a client should wait before retrying (the Retry-After header) when the raiser gives none.
+    default_retry_after_s: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -42,7 +44,7 @@ class InvoError(Exception):
         self.message = message
         self.error = error or self.default_error
         self.error_code = error_code or self.default_error_code
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = self.default_retry_after_s if retry_after_s is None else retry_after_s
         # Extra fields merged into the HTTP body (`param`, `decline_code`, ...); they cross gRPC
         # as JSON in trailing metadata, bounded in size.
         self.extra = extra or {}
@@ -131,10 +133,14 @@ class Unavailable(InvoError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     default_error = "service_unavailable"
     default_error_code = "SERVICE_UNAVAILABLE"
+    default_retry_after_s = 1
 
 
 class Timeout(InvoError):
-    http_status = 504
+    # A dependency that did not answer in time is, for the client, one that is unavailable: a 503
+    # with Retry-After (never a 504 or a 500), and the same request retried finishes the work.
+    http_status = 503
+    default_retry_after_s = 1
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_error = "timeout"
     default_error_code = "TIMEOUT"
@@ -171,7 +177,6 @@ _BY_HTTP_STATUS: dict[int, type[InvoError]] = {
         PayloadTooLarge,
         RateLimited,
         Unavailable,
-        Timeout,
     )
 }
 

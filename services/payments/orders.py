@@ -160,6 +160,23 @@ class OrderStore:
                 },
             )
 
+    async def set_intent(self, order_id: str, payment_intent_id: str) -> str:
+        """Store the order's PaymentIntent before it is confirmed; returns the one the order holds
+        (an id stored earlier is never replaced: the order has one intent, ever)."""
+        if not payment_intent_id:
+            raise errors.Internal("the processor created a PaymentIntent without an id")
+        stored = await self.pool.fetchval(
+            "UPDATE orders SET payment_intent_id = $2, updated_at = now()"
+            " WHERE order_id = $1 AND payment_intent_id IS NULL RETURNING payment_intent_id",
+            order_id,
+            payment_intent_id,
+        )
+        if stored is None:
+            stored = await self.pool.fetchval("SELECT payment_intent_id FROM orders WHERE order_id = $1", order_id)
+        if not stored:
+            raise errors.Internal("the order's PaymentIntent could not be stored")
+        return str(stored)
+
     async def hold_for_review(self, conn: asyncpg.Connection, order_id: str, reason: str) -> asyncpg.Record | None:
         """Keep an unsettled order as it is, never to be credited automatically, for an operator."""
         return await conn.fetchrow(

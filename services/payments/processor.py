@@ -109,11 +109,26 @@ class Processor:
         self.breaker.record_success()
         return result
 
-    async def charge(
+    def _declined(self, exc: stripe.CardError) -> Outcome:
+        err = _plain(exc.error)
+        pi_obj = err.get("payment_intent") or {}
+        return Outcome(
+            status="declined",
+            payment_intent_id=pi_obj.get("id") or "",
+            failure_code=exc.code or "card_declined",
+            failure_message=exc.user_message or "Your card was declined.",
+            decline_code=err.get("decline_code") or "",
+        )
+
+    async def create_intent(
         self, *, order_id: str, usd_cents: int, payment_method_id: str, metadata: dict[str, str]
     ) -> Outcome:
-        """Create and confirm a PaymentIntent. The idempotency key is the order id, so a retry after
-        a lost answer or a crash gets the same PaymentIntent, never a second charge."""
+        """Create the order's PaymentIntent, unconfirmed: nothing is charged until `confirm`. The
+        caller stores its id before confirming, so the order never gets a second PaymentIntent that
+        could be charged: a retry, confirm-payment or the recovery loop drives the stored one.
+        The idempotency key (the order id) makes a retry after a lost answer the same intent while
+        the processor remembers the key (Stripe: 24 hours); after that a retry makes an orphan
+        that nobody confirms, which charges nothing."""
         try:
             pi = await self._guarded(
                 self.client.v1.payment_intents.create_async(
@@ -121,21 +136,11 @@ class Processor:
                         "amount": usd_cents,
                         "currency": "usd",
                         "payment_method": payment_method_id,
-                        "confirm": True,
+                        "confirm": False,
                         "metadata": {**metadata, "order_id": order_id},
                     },
                     options={"idempotency_key": f"invo-order-{order_id}"},
                 )
-            )
-        except stripe.CardError as exc:
-            err = _plain(exc.error)
-            pi_obj = err.get("payment_intent") or {}
-            return Outcome(
-                status="declined",
-                payment_intent_id=pi_obj.get("id") or "",
-                failure_code=exc.code or "card_declined",
-                failure_message=exc.user_message or "Your card was declined.",
-                decline_code=err.get("decline_code") or "",
             )
         except stripe.InvalidRequestError as exc:
             raise errors.InvalidRequest(
@@ -143,6 +148,24 @@ class Processor:
                 error_code="INVALID_PAYMENT_METHOD",
                 extra={"param": "payment_method_id"},
             ) from exc
+        return _outcome(pi)
+
+    async def confirm(self, *, order_id: str, payment_intent_id: str) -> Outcome:
+        """Confirm (charge) the order's stored PaymentIntent. If it cannot be confirmed any more
+        (confirmed already by an earlier call whose answer was lost, or cancelled), its current
+        state is the answer."""
+        try:
+            pi = await self._guarded(
+                self.client.v1.payment_intents.confirm_async(
+                    payment_intent_id, options={"idempotency_key": f"invo-confirm-{order_id}"}
+                )
+            )
+        except stripe.CardError as exc:
+            return self._declined(exc)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "payment_intent_unexpected_state":
+                raise errors.NotFound("No such payment intent.", error_code="PAYMENT_INTENT_NOT_FOUND") from exc
+            return await self.retrieve(payment_intent_id)
         return _outcome(pi)
 
     async def retrieve(self, payment_intent_id: str) -> Outcome:

@@ -1,13 +1,16 @@
 """Currency purchases: a new order under the player's caps, the processor's charge, a replay of a
 purchase_reference, and confirm-payment after 3-D Secure. Settling is settlement.py's.
 
-A card is never charged twice for one reference: the order id is the processor's idempotency key,
-and whichever of our call, confirm-payment or the processor's webhook arrives first settles it.
+A card is never charged twice for one reference: an order has at most one PaymentIntent that is
+ever confirmed. It is created unconfirmed and its id stored before it is confirmed; every later
+attempt (a retry, the recovery loop) drives the stored one. Whichever of our call, confirm-payment
+or the processor's webhook arrives first settles the order.
 An open breaker refuses before anything is recorded, so the cap stays untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -21,7 +24,7 @@ from services.common import limits as shared_limits
 from services.common.config import Settings
 from services.payments import limits
 from services.payments.orders import ORDER_ID_RE, PAID, NewOrder, OrderStore
-from services.payments.processor import Processor, ProcessorUnavailable
+from services.payments.processor import Outcome, Processor
 from services.payments.settlement import Settlement
 
 REFERENCE_LEN_MAX = shared_limits.PURCHASE_REFERENCE_LEN_MAX
@@ -170,26 +173,57 @@ class Purchases:
         return Answer(row, duplicate=True)
 
     async def drive(self, row: asyncpg.Record, *, source: str, deadline: float | None) -> Answer:
-        """Ask the processor to charge the order (holding its lease), then settle it from the answer."""
+        """Drive the order's one PaymentIntent (holding the order's lease), then settle the order
+        from the processor's answer. An order without a PaymentIntent gets one, unconfirmed, whose
+        id is stored before it is confirmed; an order with one never gets another: its stored
+        intent is looked up and confirmed if nobody has yet."""
         try:
-            outcome = await self.processor.charge(
-                order_id=row["order_id"],
-                usd_cents=row["usd_cents"],
-                payment_method_id=row["payment_method_id"],
-                metadata={"tenant_id": row["tenant_id"], "purchase_reference": row["purchase_reference"][:450]},
-            )
-        except ProcessorUnavailable:
-            # Unknown outcome: release the lease so a retry (or the recovery loop) asks again.
-            await self.store.release(row["order_id"])
-            raise
+            outcome = await self._charge(row)
         except errors.InvalidRequest as exc:
             # The processor refused the request itself (an unknown payment method): no PaymentIntent
             # exists and nothing was charged. The answer is a 400 like any bad input, so there is
             # no order for the partner to hear of: it is voided, and no purchase.failed is sent.
             await self.store.void(row["order_id"], source=source, reason=exc.message)
             raise
-        done, already = await self.settlement.apply(row, outcome, source=source, deadline=deadline)
+        except errors.NotFound:
+            # The processor does not know the intent we stored (a processor that lost its state, or
+            # the wrong account): never make another, which could charge the card twice.
+            why = f"the processor does not know the order's PaymentIntent {row['payment_intent_id']}"
+            return Answer(await self.settlement.hold(row, why))
+        except BaseException:
+            # Unknown outcome (the processor or the database away, the caller gone): release the
+            # lease so that a retry or the recovery loop asks again, about the same intent.
+            with contextlib.suppress(Exception):
+                await self.store.release(row["order_id"])
+            raise
+        try:
+            done, already = await self.settlement.apply(row, outcome, source=source, deadline=deadline)
+        except BaseException:
+            # The charge is decided but not settled (the ledger or our database away): the next
+            # attempt finds the intent's state at the processor and settles from it.
+            with contextlib.suppress(Exception):
+                await self.store.release(row["order_id"])
+            raise
         return Answer(done, already_processed=already)
+
+    async def _charge(self, row: asyncpg.Record) -> Outcome:
+        intent_id = row["payment_intent_id"]
+        if intent_id:
+            outcome = await self.processor.retrieve(intent_id)
+        else:
+            outcome = await self.processor.create_intent(
+                order_id=row["order_id"],
+                usd_cents=row["usd_cents"],
+                payment_method_id=row["payment_method_id"],
+                metadata={"tenant_id": row["tenant_id"], "purchase_reference": row["purchase_reference"][:450]},
+            )
+            intent_id = await self.store.set_intent(row["order_id"], outcome.payment_intent_id)
+            if intent_id != outcome.payment_intent_id:
+                # Another intent was stored first (a worker whose lease ran out): that one is the order's.
+                outcome = await self.processor.retrieve(intent_id)
+        if outcome.status == "requires_confirmation":
+            outcome = await self.processor.confirm(order_id=row["order_id"], payment_intent_id=intent_id)
+        return outcome
 
     async def confirm(self, tenant_id: str, order_id: str, payment_intent_id: str, *, deadline: float | None) -> Answer:
         """confirm-payment after 3-D Secure: ask the processor, settle from its answer."""

@@ -1,8 +1,9 @@
 """The recovery loop: it drives every order nobody else will.
 
 Each round, in order:
-1. pending orders whose lease ran out (a crash, a lost processor answer) are charged again; the
-   processor's idempotency key makes that the same PaymentIntent, never a second charge;
+1. pending orders whose lease ran out (a crash, a lost processor answer) are driven again: the
+   PaymentIntent the order stored is looked up and confirmed if nobody has yet (an order never
+   gets a second one; one without an intent yet gets it now, unconfirmed, stored, then confirmed);
 2. orders whose 3-D Secure challenge has waited longer than INVO_REQUIRES_ACTION_TIMEOUT_S are
    cancelled at the processor and become `cancelled` (purchase.failed, payment_canceled), which
    releases the amount they reserved under the player's caps; if the cardholder finished the

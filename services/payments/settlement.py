@@ -9,8 +9,8 @@ confirm-payment, or the processor's webhook. Every path ends in `complete()`:
 2. one payments transaction that moves the order to `completed` only if it is still unsettled,
    records the transition and writes `purchase.completed` to the outbox.
 
-A crash between the two leaves an unsettled order whose lease runs out; the recovery loop asks the
-processor again (same idempotency key: the same PaymentIntent) and completes it.
+A crash between the two leaves an unsettled order whose lease runs out; the recovery loop looks up
+the order's stored PaymentIntent at the processor and completes it.
 
 A succeeded PaymentIntent is credited only if its amount and currency are the order's. Otherwise
 the order is held for an operator (`review_reason`), stays unsettled and is never credited
@@ -171,6 +171,10 @@ class Settlement:
                 conn, tenant_id=done["tenant_id"], event_type="purchase.completed", data=completed_event(done)
             )
         return done, False
+
+    async def hold(self, row: asyncpg.Record, why: str) -> asyncpg.Record:
+        """Hold an unsettled order for an operator: never credited or failed automatically."""
+        return await self._hold_for_review(row, why, row["payment_intent_id"] or "", event_id=None)
 
     async def _hold_for_review(
         self, row: asyncpg.Record, why: str, payment_intent_id: str, *, event_id: str | None
