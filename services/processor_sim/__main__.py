@@ -1,8 +1,7 @@
-import asyncio
 import os
 import pathlib
 
-from services.common import logs
+from services.common import logs, runtime
 from services.common.config import Settings
 from services.processor_sim.app import serve
 
@@ -15,7 +14,7 @@ def main() -> None:
     state = settings.processor_sim_state
     if not state and os.environ.get("INVO_HOME"):
         state = str(pathlib.Path(os.environ["INVO_HOME"]) / "processor_sim" / "state.jsonl")
-    asyncio.run(
+    code = runtime.run(
         serve(
             host=host,
             port=int(port),
@@ -25,6 +24,7 @@ def main() -> None:
             state_path=pathlib.Path(state) if state else None,
         )
     )
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

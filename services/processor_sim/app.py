@@ -30,10 +30,10 @@ import asyncio
 import contextlib
 import logging
 import pathlib
-import signal
 
 from aiohttp import web
 
+from services.common import runtime
 from services.processor_sim import controls
 from services.processor_sim.resources import (
     DECLINE_MESSAGES,
@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("invo.processor_sim")
+
+STOP_GRACE_S = 5.0  # webhook deliveries in flight are cancelled, and owed again at the next start
 
 
 class Simulator(StripeResources):
@@ -124,9 +126,8 @@ async def serve(
     )
     sim.resume(sim.owed_events)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # SIGTERM stops it within STOP_GRACE_S plus runtime's hard bound, or it is ended (exit 124).
+    runtime.stop_signals(stop, name="processor_sim", grace_s=STOP_GRACE_S)
     with contextlib.suppress(asyncio.CancelledError):
         await stop.wait()
     await runner.cleanup()
