@@ -187,3 +187,93 @@ async def test_bad_options_are_refused() -> None:
                 backoff_max_s=backoff_max_s,
             )
     assert calls[0] == 0
+
+
+# -- a round that swallowed its cancellation (issue 11, finding 3) -----------------------------
+
+
+async def ended_by_cancellation(task: asyncio.Task[None]) -> bool:
+    """Cancels the loop's task once; whether it ended, cancelled, within BOUND_S. Not
+    `asyncio.wait_for(task)`, which on its timeout cancels again and waits for the end that a
+    loop that never notices its cancellation never reaches."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=BOUND_S)
+    return task.done() and task.cancelled()
+
+
+async def test_a_round_whose_wait_for_swallowed_the_cancellation_still_ends_the_loop() -> None:
+    """The real race: the cancellation arrives as `wait_for`'s inner future completes, and 3.11's
+    `wait_for` answers the result instead of raising. The loop must notice after the round."""
+    futures: list[asyncio.Future[int]] = []
+    waiting = asyncio.Event()
+
+    async def round_fn() -> float | None:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        futures.append(fut)
+        waiting.set()
+        await asyncio.wait_for(fut, timeout=3600)
+        return 3600.0  # a long wait next: only a cancellation noticed now ends it promptly
+
+    task = asyncio.ensure_future(loops.supervised("test-loop", round_fn, interval_s=1.0, log=log))
+    try:
+        await asyncio.wait_for(waiting.wait(), BOUND_S)
+        futures[0].set_result(1)  # the inner future completes...
+        assert await ended_by_cancellation(task)  # ...in the same step as the cancellation
+        assert len(futures) == 1  # no round after the cancelled one
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_round_that_swallows_the_cancellation_and_answers_does_not_keep_the_loop_alive() -> None:
+    swallowing = [True]  # turned off at the end, so that the old behaviour can be cleaned up
+    rounds = [0]
+
+    async def round_fn() -> float | None:
+        rounds[0] += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if not swallowing[0]:
+                raise
+        return 0.0  # go again at once: a loop that missed its cancellation spins straight back in
+
+    task = asyncio.ensure_future(loops.supervised("test-loop", round_fn, interval_s=1.0, log=log))
+    try:
+        await asyncio.sleep(0)  # the first round reaches its wait (a yield, not a timed wait)
+        assert await ended_by_cancellation(task)
+        assert rounds[0] == 1
+    finally:
+        swallowing[0] = False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_cancellation_turned_into_an_error_is_not_counted_as_a_failed_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-py's `next_msg` raises ConnectionClosedError instead of CancelledError once its
+    connection is closed: the loop stops, it does not back off and go again."""
+    converting = [True]
+
+    async def round_fn() -> float | None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if converting[0]:
+                raise ConnectionError("nats: connection closed") from None
+            raise
+        return None
+
+    task = asyncio.ensure_future(
+        loops.supervised("test-loop", round_fn, interval_s=1.0, log=log, backoff_min_s=0.01, backoff_max_s=0.01)
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            await asyncio.sleep(0)
+            assert await ended_by_cancellation(task)
+        assert [r for r in caplog.records if "round failed" in r.getMessage()] == []
+    finally:
+        converting[0] = False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

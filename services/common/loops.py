@@ -24,7 +24,12 @@ treats a task that ends as a dead service. So a loop is written as one *round* a
   jitter so that many processes that failed together do not retry together. The first round that
   succeeds again logs the recovery and resets the backoff.
 - `asyncio.CancelledError` (a `BaseException`) is never caught: cancelling the task stops it at
-  once, whether it is in a round or waiting between rounds.
+  once, whether it is in a round or waiting between rounds. A round that swallowed the
+  cancellation does not keep the loop alive either: after every round, whatever its outcome, a
+  task with a cancellation pending (`Task.cancelling()`) raises `CancelledError`. Python 3.11's
+  `asyncio.wait_for` drops a cancellation that arrives as its inner future finishes (nats-py's
+  `fetch`/`next_msg` use it), and nats-py turns one into `ConnectionClosedError` once the
+  connection is closed: without this check a stopping service's loop went on for ever.
 
 A round must leave things consistent when it raises (a claim it cannot finish hands its work
 back or lets its lease run out): the next round starts from the state on record, not from
@@ -83,6 +88,7 @@ async def supervised(
         try:
             wait_s = await round_fn()
         except Exception as exc:  # any failure of one round; CancelledError is not an Exception
+            _stop_if_cancelled(name)  # the "failure" may be a cancellation turned into an error
             failures += 1
             wait_s = backoff_s(failures, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
             message = str(exc)[:MESSAGE_MAX]
@@ -97,6 +103,7 @@ async def supervised(
                 extra=logs.fields(loop=name, failures=failures, error_type=type(exc).__name__),
             )
         else:
+            _stop_if_cancelled(name)
             if failures:
                 log.info(
                     "%s recovered after %d failed rounds",
@@ -112,3 +119,10 @@ async def supervised(
         else:
             # Even a loop that goes again at once lets the other tasks run between rounds.
             await asyncio.sleep(0)
+
+
+def _stop_if_cancelled(name: str) -> None:
+    """Raises `CancelledError` when the current task was cancelled and the round swallowed it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError(f"{name}: cancelled during a round that swallowed the cancellation")
