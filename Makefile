@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/invo/v1/*.proto)
 GEN_STAMP := $(GEN)/.stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run up down migrate test lint bench clean
+.PHONY: help venv protos run up down migrate test lint bench faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,12 +46,15 @@ test: $(GEN_STAMP) ## run every test against real PostgreSQL and NATS
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
-	$(BIN)/ruff check services tests tools bench
-	$(BIN)/ruff format --check services tests tools bench
+	$(BIN)/ruff check services tests tools bench faults
+	$(BIN)/ruff format --check services tests tools bench faults
 	$(BIN)/mypy
 
 bench: $(GEN_STAMP) ## measure the network end to end
 	$(PY) -m bench $(BENCH_ARGS)
+
+faults: $(GEN_STAMP) ## the fault suite: every process killed in turn under load, nothing lost or doubled
+	$(PY) -m faults $(FAULTS_ARGS)
 
 clean: ## remove the venv, generated code and local data
 	rm -rf $(VENV) $(GEN) .invo .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,142 @@
+"""What the clients were told: every operation, its definite answer, and what that answer promises.
+
+An acknowledged operation (a 2xx) promises its effect on one wallet (`delta_minor`, under its
+`transaction_id`) and the webhook events that announce it; a refused one (a definite 4xx) promises
+no effect, and sometimes an event (a declined card is announced as `purchase.failed`). The checks
+compare the network's state with these promises; nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+# Outcomes of one operation.
+ACKED = "acked"  # a 2xx: it took effect, exactly once
+REFUSED = "refused"  # a definite 4xx: it took no effect
+UNRESOLVED = "unresolved"  # no definite answer before the client's deadline
+ABANDONED = "abandoned"  # a flow the client could not finish (a 3-D Secure challenge left open)
+
+# Event types whose arrival means money moved: one for an operation nobody was told about is a violation.
+MONEY_EVENTS = frozenset({"item.purchased", "balance.adjusted", "purchase.completed"})
+
+
+def minor(units: object) -> int:
+    """A signed units string ("-0.35", "100") as minor units (1/100 unit), exactly."""
+    try:
+        value = Decimal(str(units)) * 100
+    except InvalidOperation as exc:
+        raise ValueError(f"not an amount: {units!r}") from exc
+    if value != value.to_integral_value():
+        raise ValueError(f"more than two decimals: {units!r}")
+    return int(value)
+
+
+def event_key(event_type: str, data: dict[str, Any]) -> str | None:
+    """What names the operation an event announces: its transaction, its order, or (for an
+    operator's adjustment, whose event carries neither) the adjustment's unique reason."""
+    if event_type == "item.purchased":
+        return str(data.get("transaction_id") or "") or None
+    if event_type.startswith("purchase."):
+        return str(data.get("order_id") or "") or None
+    if event_type == "balance.adjusted":
+        return str(data.get("reason") or "") or None
+    return None
+
+
+@dataclasses.dataclass
+class Replay:
+    """The same request again, and the parts of its answer that must equal the first answer's."""
+
+    method: str
+    path: str
+    body: dict[str, Any]
+    tenant: int
+    admin: bool = False
+    status: int = 200
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Op:
+    op_id: int
+    phase: str
+    flow: str
+    tenant: int  # index into the workload's tenants
+    player: str
+    key: str  # the idempotency key or purchase_reference
+    outcome: str = UNRESOLVED
+    status: int = 0
+    error_code: str = ""
+    transaction_id: str = ""
+    order_id: str = ""
+    delta_minor: int = 0  # the acknowledged effect on the player's wallet
+    events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
+    allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
+    replay: Replay | None = None
+    attempts: int = 0
+    indefinite: int = 0  # attempts with a 5xx, a timeout or a connection error
+    elapsed_s: float = 0.0
+    acked_at: float = 0.0  # time.monotonic() of the definite answer
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "op_id": self.op_id,
+            "phase": self.phase,
+            "flow": self.flow,
+            "tenant": self.tenant,
+            "player": self.player,
+            "key": self.key,
+            "outcome": self.outcome,
+            "status": self.status,
+            "error_code": self.error_code,
+            "transaction_id": self.transaction_id,
+            "order_id": self.order_id,
+            "delta_minor": self.delta_minor,
+            "attempts": self.attempts,
+            "indefinite": self.indefinite,
+            "note": self.note,
+        }
+
+
+class Model:
+    """Every operation of the run, in the order they were started."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.ops: list[Op] = []
+        self._ids = itertools.count(1)
+
+    def new(self, *, phase: str, flow: str, tenant: int, player: str) -> Op:
+        op_id = next(self._ids)
+        op = Op(op_id=op_id, phase=phase, flow=flow, tenant=tenant, player=player, key=f"flt-{self.run_id}-{op_id}")
+        self.ops.append(op)
+        return op
+
+    def acked(self) -> list[Op]:
+        return [op for op in self.ops if op.outcome == ACKED]
+
+    def expected_balances(self) -> dict[tuple[int, str], int]:
+        out: dict[tuple[int, str], int] = {}
+        for op in self.acked():
+            k = (op.tenant, op.player)
+            out[k] = out.get(k, 0) + op.delta_minor
+        return out
+
+    def expected_events(self) -> dict[tuple[int, str, str], Op]:
+        """(tenant, event_type, event_key) -> the operation that promised it."""
+        out: dict[tuple[int, str, str], Op] = {}
+        for op in self.ops:
+            if op.outcome in (ACKED, REFUSED):
+                for etype, ekey in op.events:
+                    out[(op.tenant, etype, ekey)] = op
+        return out
+
+    def allowed_events(self) -> set[tuple[int, str, str]]:
+        return {(op.tenant, t, k) for op in self.ops for t, k in op.allowed_events}
+
+    def by_order(self) -> dict[str, Op]:
+        return {op.order_id: op for op in self.ops if op.order_id}

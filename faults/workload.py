@@ -1,0 +1,148 @@
+"""The bank workload: tenants with webhook receivers, funded players, and paced clients running
+the flows' mix through the public gateway while a phase's fault happens.
+
+Tenants are created through the admin API before any fault (creating one is not idempotent, so
+its answer must not be lost), each with `webhook_url` at the runner's receiver; every player is
+funded by an operator's credit, itself an operation of the model like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import secrets
+import time
+from typing import Any
+
+from faults.client import Gateway, Stats
+from faults.flows import FLOWS, Credit, Flow, Tenant, World
+from faults.model import ACKED, Model, Op
+from faults.processor import Processor
+from faults.receivers import Receivers
+from services.common.devservers import free_port
+from services.common.stack import Stack
+
+SETUP_CONCURRENCY = 16
+# Caps far above what the run spends: a cap refusal is a correct answer but tells us nothing.
+CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1000000.00"}
+
+
+@dataclasses.dataclass
+class Settings:
+    """How big and how long; the defaults are the full suite's."""
+
+    tenants: int = 4
+    players_per_tenant: int = 24
+    clients: int = 8  # concurrent partner clients
+    rate_per_s: float = 50.0  # operations started per second, all clients together, at most
+    load_s: float = 14.0  # each phase's load, at least
+    warm_s: float = 3.0  # load before the fault
+    after_heal_s: float = 4.0  # load after the fault healed, at least
+    op_deadline_s: float = 90.0  # how long a client retries one operation
+    check_deadline_s: float = 180.0  # how long the checks may wait on the network's answers
+    webhook_bound_s: float = 60.0  # how long after the load every promised event may take to arrive
+    replay_max: int = 300  # acknowledged requests replayed per check
+    request_timeout_s: float = 20.0  # one HTTP attempt (a currency purchase waits on the processor)
+    funding_minor: int = 100_000  # each player's first credit: 1,000 units
+    seed: int = 0
+
+
+class Workload:
+    def __init__(self, stack: Stack, settings: Settings) -> None:
+        self.stack = stack
+        self.settings = settings
+        # The workload's choices, repeatable from --seed; nothing secret is drawn from it.
+        self.rng = random.Random(settings.seed or secrets.randbits(32))  # noqa: S311
+        self.run_id = secrets.token_hex(3)
+        self.receivers = Receivers()
+        self.gateway = Gateway(
+            stack.gateway_url,
+            admin_token=stack.env["INVO_ADMIN_TOKEN"],
+            request_timeout_s=settings.request_timeout_s,
+            rng=self.rng,
+        )
+        processor = Processor(
+            self.gateway,
+            base_url=stack.env["INVO_PROCESSOR_API_BASE"],
+            secret_key=stack.env.get("INVO_PROCESSOR_SECRET_KEY", ""),
+        )
+        self.world = World(
+            gateway=self.gateway,
+            processor=processor,
+            tenants=[],
+            model=Model(self.run_id),
+            rng=self.rng,
+            op_deadline_s=settings.op_deadline_s,
+            processor_stats=Stats("processor"),
+        )
+        self.flows: list[Flow] = [f for f, _ in FLOWS]
+        self.weights: list[int] = [w for _, w in FLOWS]
+
+    async def __aenter__(self) -> Workload:
+        await self.gateway.__aenter__()
+        await self.receivers.start(free_port())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.receivers.stop()
+        finally:
+            await self.gateway.__aexit__(*exc)
+
+    async def setup(self) -> list[Op]:
+        for index in range(self.settings.tenants):
+            body: dict[str, Any] = {
+                "name": f"faults {self.run_id} #{index}",
+                "currency_name": "Fault Coins",
+                "webhook_url": self.receivers.url(index),
+                "spending_caps": CAPS,
+                "rate_limit_per_second": 100_000,
+            }
+            status, out, _ = await self.gateway.once(
+                "POST", "/admin/tenants", headers=self.gateway.headers(admin=True), body=body
+            )
+            if status != 201 or not isinstance(out, dict):
+                raise RuntimeError(f"could not create a tenant: {status} {out!r:.300}")
+            players = [f"p{n}-{self.run_id}-{index}@faults.test" for n in range(self.settings.players_per_tenant)]
+            tenant = Tenant(
+                index, str(out["tenant_id"]), str(out["sdk_key"]), str(out["webhook_signing_secret"]), players
+            )
+            self.receivers.register(index, tenant.tenant_id, tenant.signing_secret)
+            self.world.tenants.append(tenant)
+        funding = Credit(amount_minor_choices=(self.settings.funding_minor,))
+        gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+
+        async def fund(tenant: Tenant, player: str) -> Op:
+            async with gate:
+                return await funding.run(self.world, "setup", target=(tenant, player))
+
+        ops = await asyncio.gather(*(fund(t, p) for t in self.world.tenants for p in t.players))
+        refused = [op.summary() for op in ops if op.outcome != ACKED]
+        if refused:
+            raise RuntimeError(f"funding refused: {refused[:3]}")
+        return list(ops)
+
+    def start(self, phase: str, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """The clients, running the mix until `stop` is set; each finishes the operation it is in."""
+        interval_s = self.settings.clients / self.settings.rate_per_s
+
+        async def client(n: int) -> None:
+            next_at = time.monotonic() + interval_s * n / self.settings.clients  # staggered starts
+            while not stop.is_set():
+                delay_s = next_at - time.monotonic()
+                if delay_s > 0:
+                    # Pacing, not waiting on the network: a client starts an operation every interval_s.
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=delay_s)
+                        return
+                    except TimeoutError:
+                        pass
+                next_at = max(next_at + interval_s, time.monotonic())
+                flow = self.rng.choices(self.flows, weights=self.weights)[0]
+                await flow.run(self.world, phase)
+
+        return [asyncio.ensure_future(client(n)) for n in range(self.settings.clients)]
+
+    def ops_of(self, phase: str) -> list[Op]:
+        return [op for op in self.world.model.ops if op.phase == phase]

@@ -1,0 +1,189 @@
+"""The fault suite's short version on the session's network, and proof that its checks can fail.
+
+`make faults` runs every fault on a network of its own; here two phases (the ledger and the
+payments service SIGKILLed under load) run on the test session's network, which must be healthy
+afterwards. The checks are then shown to catch what they exist to catch: a credit nobody was
+told of (doubled), an acknowledged write that is not in the ledger (lost), a webhook that never
+comes (missing), a forged signature, and a second charge for one order at the processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+
+from faults import phases, report, runner
+from faults.checks import Checker
+from faults.flows import CardPurchase
+from faults.model import ACKED
+from faults.proxy import TcpProxy
+from faults.workload import Settings, Workload
+from services.common.stack import Stack
+from tests.helpers import eventually
+
+SHORT = Settings(
+    tenants=2,
+    players_per_tenant=30,  # the session's velocity rule (10 purchases a minute per player) stays out of the way
+    clients=6,
+    rate_per_s=40.0,
+    load_s=6.0,
+    warm_s=2.0,
+    after_heal_s=2.0,
+    op_deadline_s=45.0,
+    check_deadline_s=60.0,
+    webhook_bound_s=30.0,
+    replay_max=150,
+)
+
+
+async def test_two_faults_under_load_lose_nothing_and_double_nothing(stack: Stack) -> None:
+    started = time.monotonic()
+    result = await runner.run(stack, SHORT, [phases.by_name(n) for n in phases.SHORT])
+    rows = result["phases"]
+    assert result["violations"] == 0, report.table(rows) + "\n" + report.violations_text(rows)
+    by_phase = {r["phase"]: r for r in rows}
+    for name in phases.SHORT:
+        row = by_phase[name]
+        # The fault happened under load, and the load went on through it.
+        assert row["heal_s"] is not None and row["heal_s"] > 0, row
+        assert row["acknowledged"] > 50 and row["requests"] >= row["operations"], row
+        assert row["unresolved"] == 0, row
+        assert row["findings"]["replayed"] > 0 and row["findings"]["webhooks"]["expected"] > 0, row
+    assert result["processor_source"], result
+    assert time.monotonic() - started < 120, "the short version must stay well under 2 minutes"
+    # The session's network is whole again for the tests after this one.
+    assert stack.dead() == []
+    async with aiohttp.ClientSession() as http, http.get(stack.gateway_url + "/readyz") as resp:
+        assert resp.status == 200
+
+
+async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_and_a_second_charge(
+    stack: Stack,
+) -> None:
+    settings = Settings(tenants=1, players_per_tenant=2, replay_max=10, check_deadline_s=30, webhook_bound_s=10)
+    async with Workload(stack, settings) as wl:
+        checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
+        setup = await wl.setup()
+        paid = await CardPurchase("card_purchase", "pm_card_visa").run(wl.world, "sabotage")
+        assert paid.outcome == ACKED, paid
+        clean = await checker.run(phase_ops=[*setup, paid], deadline_s=30, webhook_bound_s=10)
+        assert clean.violations == 0, clean.summary()
+
+        tenant, player = wl.world.tenants[0], wl.world.tenants[0].players[0]
+        # 1. Money moved that no client was told of: an operator's credit behind the model's back.
+        status, body, _ = await wl.gateway.once(
+            "POST",
+            "/admin/players/credit",
+            headers=wl.gateway.headers(admin=True),
+            body={
+                "tenant_id": tenant.tenant_id,
+                "player_email": player,
+                "amount": "7",
+                "reason": "not in the model",
+                "idempotency_key": f"sabotage-{wl.run_id}",
+            },
+        )
+        assert status == 200, body
+        # 2. An acknowledged write the ledger never saw, whose webhook will never come.
+        forged = wl.world.model.new(phase="sabotage", flow="item_purchase", tenant=0, player=tenant.players[1])
+        forged.outcome, forged.transaction_id, forged.delta_minor = ACKED, "txn_forged", -100
+        forged.events = [("item.purchased", "txn_forged")]
+        # 3. A delivery whose signature is not the tenant's.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                wl.receivers.url(0),
+                data=b'{"event_id": "evt_x", "event_type": "item.purchased"}',
+                headers={"X-Invo-Signature": f"t={int(time.time())},v1={'0' * 64}"},
+            ) as resp,
+        ):
+            assert resp.status == 400
+        # 4. A second charge at the processor for an order that was charged and credited once.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                stack.env["INVO_PROCESSOR_API_BASE"] + "/v1/payment_intents",
+                data={
+                    "amount": "100",
+                    "currency": "usd",
+                    "payment_method": "pm_card_visa",
+                    "confirm": "true",
+                    "metadata[tenant_id]": tenant.tenant_id,
+                    "metadata[order_id]": paid.order_id,
+                },
+                headers={"Authorization": f"Bearer {stack.env['INVO_PROCESSOR_SECRET_KEY']}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+
+        async def sabotage_seen() -> bool:
+            # The operator's balance.adjusted is on its way: wait for it, so the phantom is seen.
+            return any(r.key == "not in the model" for r in wl.receivers.events.values())
+
+        await eventually(sabotage_seen, timeout_s=20)
+        found = await checker.run(phase_ops=[forged], deadline_s=30, webhook_bound_s=1)
+
+    assert [d["moved_minor"] for d in found.doubled] == [{player: 700}], found.doubled
+    assert [lost["key"] for lost in found.lost] == [forged.key], found.lost
+    assert {w["player"] for w in found.wallets} == set(tenant.players), found.wallets
+    assert found.webhooks["missing"] == 1 and found.webhooks["bad_signatures_or_tenant"] == 1, found.webhooks
+    assert [p["key"] for p in found.webhooks["phantom"]] == ["not in the model"], found.webhooks
+    assert [d["order_id"] for d in found.processor["double_charges"]] == [paid.order_id], found.processor
+    assert [d["order_id"] for d in found.processor["orders_with_several_intents"]] == [paid.order_id]
+    assert found.ledger["ok"] is True  # the ledger itself is consistent: only the clients' story is not
+    # doubled, lost, two wallets, missing, forged, phantom, charged twice, a second PaymentIntent
+    assert found.violations == 9, found.summary()
+
+
+async def test_the_proxy_cuts_every_connection_then_forwards_again() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    proxy = TcpProxy("127.0.0.1", int(server.sockets[0].getsockname()[1]))
+    port = await proxy.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+
+        async def roundtrip() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            writer.write(b"ping")
+            await writer.drain()
+            return reader, writer, await asyncio.wait_for(reader.read(4), timeout=5)
+
+        async def reset(reader: asyncio.StreamReader) -> bool:
+            try:
+                return await asyncio.wait_for(reader.read(4), timeout=5) == b""
+            except ConnectionResetError:
+                return True
+
+        reader, _writer, echoed = await roundtrip()
+        assert echoed == b"ping"
+        assert proxy.cut(hold_s=0.5) == 1
+        # The open connection is reset, and so is a new one during the hold.
+        assert await reset(reader)
+        refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(refused_writer)
+        assert await reset(refused_reader)
+
+        async def forwards_again() -> bool:
+            try:
+                return (await roundtrip())[2] == b"ping"
+            except (ConnectionError, TimeoutError):
+                return False
+
+        assert await eventually(forwards_again, timeout_s=5)
+    finally:
+        for w in writers:
+            w.close()
+        await proxy.stop()
+        server.close()
+        await server.wait_closed()
