@@ -3,7 +3,8 @@
 Drives the real command line (`python -m services.common.stack up|down`) with a data directory of
 its own (`INVO_HOME`), so it starts its own PostgreSQL and NATS, and checks what a user sees: the
 banner, `dev.env`, a working gateway, idempotent `up`, a `down` that leaves no process behind, data
-that survives a restart, and a dying service that takes the network down and is named in the log.
+that survives a restart; and `run` in the foreground, which restarts a service that dies, names
+it with its log tail, and stops everything when one crash-loops.
 
 Every process of one network carries `INVO_HOME=<home>` in its environment (the supervisor, the
 services, postgres, nats-server), and postgres / nats-server name `<home>` on their command line,
@@ -249,29 +250,84 @@ def test_up_down_restart(tmp_path: pathlib.Path) -> None:
         _cleanup(env, home)
 
 
-def test_dead_service_stops_network_and_is_named(tmp_path: pathlib.Path) -> None:
+def _service_pids(home: pathlib.Path, service: str) -> set[int]:
+    return {pid for pid, cmd in _network_processes(home).items() if f"-m services.{service}" in cmd}
+
+
+def _readyz(gateway_url: str) -> int:
+    try:
+        with urllib.request.urlopen(gateway_url + "/readyz", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
+    except OSError:
+        return 0
+
+
+def test_run_restarts_a_dead_service_and_stops_on_a_crash_loop(tmp_path: pathlib.Path) -> None:
+    """`make run` in the foreground: a killed service comes back and is reported with its log
+    tail; one that keeps dying (5 deaths within 60 s) stops the network with exit code 1."""
     home = tmp_path / "invo-home"
     env = _env(home, free_port())
+    out_path = tmp_path / "terminal.txt"  # what the developer's terminal shows
+    with open(out_path, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "services.common.stack", "run"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def terminal() -> str:
+        return out_path.read_text(errors="replace")
+
     try:
-        dev, pids = _start(env, home)
+        _wait_until(
+            lambda: ((home / "pids.json").exists() and (home / "dev.env").exists()) or run.poll() is not None,
+            timeout_s=UP_TIMEOUT_S,
+            what="the network up",
+        )
+        assert run.poll() is None, terminal()
+        dev = _read_dev_env(home)
+        # The foreground banner shows the demo key and the admin token, as the README promises.
+        assert dev["INVO_DEMO_SDK_KEY"] in terminal() and dev["INVO_ADMIN_TOKEN"] in terminal(), terminal()
+        pids = _started_pids(home)
+        (first,) = _service_pids(home, "ledger")
+
+        os.kill(first, signal.SIGKILL)
+
+        _wait_until(lambda: "ledger is serving again" in terminal(), timeout_s=EXIT_TIMEOUT_S, what="ledger back")
+        text = terminal()
+        assert "ledger died (exit code -9)" in text, text
+        assert '  | {"ts": ' in text.split("ledger died (exit code -9)", 1)[1], text  # its log tail
+        (second,) = _service_pids(home, "ledger")
+        assert second != first
+        assert second in json.loads((home / "pids.json").read_text()), "pids.json must name it for `down`"
+        assert _readyz(dev["INVO_GATEWAY_URL"]) == 200
         _assert_tenant_served(dev)
-        supervisor = pids[0]
-        ledger = [
-            p for p in pids[1:] if b"services.ledger" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        ]
-        assert len(ledger) == 1, ledger
 
-        os.kill(ledger[0], signal.SIGKILL)
-
-        _wait_until(lambda: _pid_gone(supervisor), timeout_s=EXIT_TIMEOUT_S, what="supervisor exited")
-        log = (home / "logs" / "stack.log").read_text(errors="replace")
-        assert "service ledger died" in log, log[-4000:]
+        # Keep killing it: the fifth death within a minute is a crash loop, and that stops all.
+        killed = {first}
+        deadline = time.monotonic() + 2 * EXIT_TIMEOUT_S
+        while run.poll() is None and time.monotonic() < deadline:
+            for pid in _service_pids(home, "ledger") - killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        assert run.wait(EXIT_TIMEOUT_S) == 1, terminal()
+        assert len(killed) == 5, (killed, terminal())
+        assert "ledger is crash-looping (5 deaths within 60 s)" in terminal(), terminal()
         _assert_nothing_left(home, pids)
         assert not (home / "dev.env").exists()
         assert not (home / "stack.pid").exists()
-
-        down = _down(env)  # nothing to stop, and it says so
-        assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
-        assert "not running" in down.stdout, down.stdout
     finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(EXIT_TIMEOUT_S)
         _cleanup(env, home)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import pathlib
 import pwd
@@ -22,7 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 PG_SYSTEM_USER = "invo-postgres"
 PG_SUPERUSER = "invo"
@@ -80,6 +87,83 @@ def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, ti
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(10)
+
+
+def private_dir(path: pathlib.Path) -> pathlib.Path:
+    """Create `path` (and missing parents) as 0700, and take group and other bits off one that
+    exists: the network's home and logs hold secrets or lines that may quote them."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def open_private_log(path: pathlib.Path) -> BinaryIO:
+    """Open a log for appending with mode 0600, fixing the mode of one made before this rule."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are not zombies (an orphaned zombie is reaped by init,
+    if init reaps at all: it must not count as alive)."""
+    found: list[int] = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_group(pgid: int, *, timeout_s: float = 10.0) -> None:
+    """SIGKILL what is left of the process group `pgid` (every server here leads its own group,
+    so the group is ours) and wait until no member is alive: PostgreSQL's backends outlive a
+    SIGKILLed postmaster and hold its shared memory, so a new postmaster must wait for them."""
+    deadline = time.monotonic() + timeout_s
+    while members := _live_group_members(pgid):
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise ServerError(f"processes {members} of group {pgid} still alive {timeout_s}s after SIGKILL")
+        time.sleep(0.05)
+
+
+def http_json(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: Any = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, Any]:
+    """One JSON request to a server of ours on loopback: (status, decoded body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))  # noqa: S310
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - our own loopback URL
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def grpc_serving(addr: str, timeout_s: float) -> bool:
+    """Does the gRPC server at `addr` answer the standard health check with SERVING?"""
+    with grpc.insecure_channel(addr) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def _pg_bin() -> pathlib.Path:
@@ -148,7 +232,13 @@ class Postgres:
         if os.geteuid() == 0:
             self._user = _ensure_system_user(PG_SYSTEM_USER)
             _allow_traverse(self.bin)
-            _allow_traverse(self.data_dir.parent)
+            # The data dir's parent is the network's home, which holds secrets.json: the
+            # postgres user's group may enter it (0710), nobody else; above it, traverse only.
+            home = self.data_dir.parent
+            home.mkdir(parents=True, exist_ok=True)
+            os.chown(home, -1, self._user.pw_gid)
+            home.chmod(0o710)
+            _allow_traverse(home.parent)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         if self._user is not None:
@@ -221,8 +311,7 @@ class Postgres:
         ]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as logf:
+        with open_private_log(self.log_path) as logf:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
                 args,
                 stdout=logf,
@@ -259,9 +348,23 @@ class Postgres:
     def url(self, database: str) -> str:
         return f"postgresql://{PG_SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
+    def restart(self, *, timeout_s: float = 60.0) -> None:
+        """Start again after the postmaster died, on the same port and data dir (every URL handed
+        out stays valid); crash recovery replays the WAL. Its orphaned backends are killed first."""
+        if self.proc is None or self.port == 0:
+            raise ServerError("postgres was never started")
+        if self.proc.poll() is None:
+            raise ServerError(f"postgres (pid {self.proc.pid}) is still running")
+        kill_group(self.proc.pid)  # start_new_session: the postmaster's pid is its group's id
+        self.start(port=self.port, timeout_s=timeout_s)
+
     def stop(self) -> None:
         if self.proc is not None:
+            died = self.proc.poll() is not None
             stop_process(self.proc, sig=signal.SIGINT, timeout_s=30)
+            if died:  # a postmaster that was killed leaves its backends behind
+                with contextlib.suppress(ServerError):
+                    kill_group(self.proc.pid)
             self.proc = None
 
 
@@ -287,14 +390,13 @@ class Nats:
         self.port = 0
         self.http_port = 0
 
-    def start(self, *, port: int = 0, timeout_s: float = 30.0) -> str:
+    def start(self, *, port: int = 0, http_port: int = 0, timeout_s: float = 30.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         conf = self.store_dir.parent / "nats.conf"
         conf.write_text(NATS_CONFIG.format(port=self.port, http_port=self.http_port, store_dir=self.store_dir))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as logf:
+        with open_private_log(self.log_path) as logf:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
                 [str(nats_server_binary()), "-c", str(conf)],
                 stdout=logf,
@@ -320,6 +422,14 @@ class Nats:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def restart(self, *, timeout_s: float = 30.0) -> None:
+        """Start again after nats-server died, on the same ports and store (JetStream recovers it)."""
+        if self.proc is None or self.port == 0:
+            raise ServerError("nats-server was never started")
+        if self.proc.poll() is None:
+            raise ServerError(f"nats-server (pid {self.proc.pid}) is still running")
+        self.start(port=self.port, http_port=self.http_port, timeout_s=timeout_s)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -23,29 +23,43 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import crypto, devservers
+from services.common import crypto, devservers, logs
 from services.common.config import SERVICES, Settings
 from services.common.service import migrate_all
+
+if TYPE_CHECKING:
+    from services.common.stackcli import Supervisor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 PROCESSES = ("processor_sim", *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
+LOG_TAIL_BYTES_MAX = 64 * 1024
 DEMO_TENANT = {"name": "Demo Game", "currency_name": "Demo Coins", "environment": "sandbox"}
 
 
 class StackError(Exception):
     pass
+
+
+class CrashLoop(StackError):
+    """A process died `deaths` times within `window_s`: restarting it again would hide the fault."""
+
+    def __init__(self, name: str, *, deaths: int, window_s: float, log_tail: str) -> None:
+        self.name = name
+        self.deaths = deaths
+        self.log_tail = log_tail
+        tail = "\n".join("  | " + line for line in log_tail.splitlines())
+        super().__init__(
+            f"{name} is crash-looping ({deaths} deaths within {window_s:g} s); stopping the network."
+            f" Last lines of its log:\n{tail}"
+        )
 
 
 def default_home() -> pathlib.Path:
@@ -54,40 +68,12 @@ def default_home() -> pathlib.Path:
 
 def _write_private(path: pathlib.Path, text: str) -> None:
     """Write atomically (a reader sees the old file or the whole new one) with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _http_json(
-    method: str,
-    url: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    body: Any = None,
-    timeout_s: float = 10.0,
-) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))  # noqa: S310
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - our own loopback URL
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def _grpc_serving(addr: str, timeout_s: float) -> bool:
-    with grpc.insecure_channel(addr) as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError:
-            return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class Stack:
@@ -123,6 +109,9 @@ class Stack:
         self.demo: dict[str, str] = {}
         self.use_simulator = True
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
+        # When each process or server was last started (monotonic), for the supervision.
+        self.started_at_s: dict[str, float] = {}
+        self._supervisor: Supervisor | None = None
 
     # -- secrets and servers -------------------------------------------------------------
 
@@ -157,6 +146,7 @@ class Stack:
                 durable=self.durable,
             )
             server_url = self.postgres.start()
+            self.started_at_s["postgres"] = time.monotonic()
         parsed = urllib.parse.urlsplit(server_url)
         if external and self.database_name == "invo":
             return external  # use the named database as it is
@@ -178,13 +168,15 @@ class Stack:
         if external:
             return external
         self.nats = devservers.Nats(self.home / "nats", log_path=self.logs / "nats.log")
-        return self.nats.start()
+        url = self.nats.start()
+        self.started_at_s["nats"] = time.monotonic()
+        return url
 
     # -- processes ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
+        devservers.private_dir(self.home)
+        devservers.private_dir(self.logs)
         try:
             self._start()
         except BaseException:
@@ -253,9 +245,10 @@ class Stack:
         # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: every service is
         # started from the Stack's own long-lived thread, so restart() from any thread is safe.
         self.procs[name] = self._spawner.submit(self._popen, name).result()
+        self.started_at_s[name] = time.monotonic()
 
     def _popen(self, name: str) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "ab") as logf:
+        with devservers.open_private_log(self.logs / f"{name}.log") as logf:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
@@ -270,14 +263,16 @@ class Stack:
     def restart(self, name: str, *, sig: int = signal.SIGTERM) -> None:
         """Stop one process (SIGKILL simulates a crash) and start it again; wait until it serves."""
         proc = self.procs[name]
+        self._forget_pending(name)
         devservers.stop_process(proc, sig=sig, timeout_s=STOP_TIMEOUT_S)
         self._spawn(name)
         self._wait_ready([name])
 
     def stop_process(self, name: str) -> None:
         """Stop one process and keep it stopped (an outage of it) until `start_process(name)`.
-        A process stopped this way is not reported by `dead()`."""
+        A process stopped this way is not reported by `dead()`, nor restarted by `watch_once()`."""
         proc = self.procs.pop(name)
+        self._forget_pending(name)
         devservers.stop_process(proc, timeout_s=STOP_TIMEOUT_S)
 
     def start_process(self, name: str) -> None:
@@ -287,22 +282,25 @@ class Stack:
         self._spawn(name)
         self._wait_ready([name])
 
+    def is_ready(self, name: str, *, timeout_s: float) -> bool:
+        """Does process `name` serve: its gRPC health, the gateway's /readyz, the simulator's port."""
+        if name == "gateway":
+            try:
+                status, _ = devservers.http_json("GET", self.gateway_url + "/readyz", timeout_s=timeout_s)
+            except (OSError, ValueError):
+                return False
+            return status == 200
+        if name == "processor_sim":
+            return not devservers.port_is_free(int(self.env["INVO_PROCESSOR_SIM_LISTEN"].rpartition(":")[2]))
+        return devservers.grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], timeout_s)
+
     def _wait_ready(self, names: tuple[str, ...] | list[str] = PROCESSES) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         pending = list(names)
         while pending:
             self.raise_if_dead()
             name = pending[0]
-            if name == "gateway":
-                try:
-                    status, _ = _http_json("GET", self.gateway_url + "/readyz", timeout_s=5)
-                    ok = status == 200
-                except OSError:
-                    ok = False
-            elif name == "processor_sim":
-                ok = not devservers.port_is_free(int(self.env["INVO_PROCESSOR_SIM_LISTEN"].rpartition(":")[2]))
-            else:
-                ok = _grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], 2.0)
+            ok = self.is_ready(name, timeout_s=5.0 if name == "gateway" else 2.0)
             if ok:
                 pending.pop(0)
                 continue
@@ -320,10 +318,57 @@ class Stack:
             raise StackError(f"service {name} died (exit code {code}):\n{self.log_tail(name)}")
 
     def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last `lines` lines of logs/<name>.log (read from its last 64 KB: logs grow),
+        redacted: the tail is printed, and `make up` prints into a file."""
         path = self.logs / f"{name}.log"
-        if not path.exists():
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES_MAX))
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return logs.redact("\n".join(text.splitlines()[-lines:]))
+
+    # -- supervision: `make run` restarts what dies, as Kubernetes would ---------------------
+
+    def watch_once(self) -> list[str]:
+        """One round of supervision; `make run` calls it every 0.5 s (the tests' session never
+        does, so a process a test stops or kills stays as the test left it).
+
+        A process or embedded server that died is reported with the end of its log and
+        restarted after its backoff; the wait is a due time checked on later rounds, never a
+        sleep here. A restarted process is reported again once it serves. Raises `CrashLoop`
+        when one dies too often. Returns the report, one line each. The bookkeeping is
+        `stackcli.Supervisor`'s. Not thread-safe with `restart`/`stop_process`: one thread."""
+        if self._supervisor is None:
+            from services.common import stackcli  # here, not at the top: stackcli imports this module
+
+            self._supervisor = stackcli.Supervisor(self)
+        return self._supervisor.watch_once()
+
+    def spawn(self, name: str) -> int:
+        """Start process `name` again without waiting for it to serve; its pid."""
+        self._spawn(name)
+        return self.procs[name].pid
+
+    def servers(self) -> dict[str, devservers.Postgres | devservers.Nats]:
+        """The embedded servers this stack started (none for `INVO_DATABASE_URL` / `INVO_NATS_URL`)."""
+        found: dict[str, devservers.Postgres | devservers.Nats] = {}
+        if self.postgres is not None:
+            found["postgres"] = self.postgres
+        if self.nats is not None:
+            found["nats"] = self.nats
+        return found
+
+    def restart_server(self, name: str) -> None:
+        """Start the embedded server `name` that died again, on the same port and data dir (every
+        URL handed out stays valid), from the spawner thread as the processes (see `_spawn`)."""
+        self._spawner.submit(self.servers()[name].restart).result()
+        self.started_at_s[name] = time.monotonic()
+
+    def _forget_pending(self, name: str) -> None:
+        if self._supervisor is not None:
+            self._supervisor.forget(name)
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.env['INVO_ADMIN_TOKEN']}"}
@@ -332,13 +377,13 @@ class Stack:
         path = self.home / "demo.json"
         if path.exists():
             demo = json.loads(path.read_text())
-            status, _ = _http_json(
+            status, _ = devservers.http_json(
                 "GET", self.gateway_url + "/api/tenant", headers={"X-Game-Secret-Key": demo["sdk_key"]}
             )
             if status == 200:
                 self.demo = demo
                 return
-        status, body = _http_json(
+        status, body = devservers.http_json(
             "POST", self.gateway_url + "/admin/tenants", headers=self.admin_headers(), body=DEMO_TENANT
         )
         if status != 201:
@@ -369,6 +414,7 @@ class Stack:
         return found
 
     def stop(self) -> None:
+        self._supervisor = None  # a stopped stack has nothing pending
         # The gateway first so no new work arrives, then the services together, then the servers.
         if "gateway" in self.procs:
             devservers.stop_process(self.procs["gateway"], timeout_s=STOP_TIMEOUT_S)

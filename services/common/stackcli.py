@@ -1,16 +1,23 @@
 """The dev network's command line: `make run`, `make up`, `make down`, `make migrate`.
 
 `python -m services.common.stack run|up|down|migrate` lands here (through `stack.main`). `run`
-supervises a `Stack` in the foreground and prints the banner; `up` starts `run --detached` in the
-background and waits for `.invo/dev.env`; `down` stops it by the pid files it left; `migrate`
-applies every service's migrations to `INVO_DATABASE_URL` or the embedded server.
+supervises a `Stack` in the foreground (restarting what dies, see `Supervisor`) and prints the
+banner; `up` starts `run --detached` in the background, waits for `.invo/dev.env` and prints the
+banner from it; `down` stops it by the pid files it left; `migrate` applies every service's
+migrations to `INVO_DATABASE_URL` or the embedded server.
+
+Secrets (the admin token, the demo SDK key) reach the terminal only, never a file but the 0600
+ones under `.invo/`: `run --detached` writes its output to `logs/stack.log`, so it names dev.env
+instead of printing them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,41 +25,190 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
-from services.common import devservers
+from services.common import devservers, logs
 from services.common.config import SERVICES, Settings
 from services.common.service import migrate_all
 from services.common.stack import (
     DEMO_TENANT,
     READY_TIMEOUT_S,
     ROOT,
+    STOP_TIMEOUT_S,
+    CrashLoop,
     Stack,
     StackError,
     _write_private,
     default_home,
 )
 
+WATCH_INTERVAL_S = 0.5
+READY_PROBE_TIMEOUT_S = 0.5  # one readiness probe inside a watch round: it runs every 0.5 s
 
-def _banner(stack: Stack) -> str:
-    env = stack.dev_env()
-    key = env["INVO_DEMO_SDK_KEY"]
+
+def _banner(dev: Mapping[str, str], *, logs_dir: pathlib.Path, simulator: bool, secrets_shown: bool) -> str:
+    """What `make run` / `make up` print, from dev.env's settings. Without `secrets_shown` (the
+    output goes to a file) the SDK key and the admin token are named, not printed."""
+    gateway = dev["INVO_GATEWAY_URL"]
+    dev_env = logs_dir.parent / "dev.env"
+    key = dev["INVO_DEMO_SDK_KEY"] if secrets_shown else f"INVO_DEMO_SDK_KEY in {dev_env}"
+    token = dev["INVO_ADMIN_TOKEN"] if secrets_shown else f"INVO_ADMIN_TOKEN in {dev_env}"
+    curl_key = key if secrets_shown else "$INVO_DEMO_SDK_KEY"
     lines = [
         "",
         "INVO Network is up.",
-        f"  gateway        {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/openapi.json)",
-        f"  demo tenant    {env['INVO_DEMO_TENANT_ID']} (sandbox, {DEMO_TENANT['currency_name']!r})",
+        f"  gateway        {gateway}   (OpenAPI: {gateway}/openapi.json)",
+        f"  demo tenant    {dev['INVO_DEMO_TENANT_ID']} (sandbox, {DEMO_TENANT['currency_name']!r})",
         f"  demo SDK key   {key}",
-        f"  admin token    {env['INVO_ADMIN_TOKEN']}",
+        f"  admin token    {token}",
         "",
         "Try:",
-        f'  curl -H "X-Game-Secret-Key: {key}" {stack.gateway_url}/api/tenant',
+        f'  curl -H "X-Game-Secret-Key: {curl_key}" {gateway}/api/tenant',
         "",
-        "gRPC services: " + ", ".join(f"{n} {env[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
-        f"Card processor: {env['INVO_PROCESSOR_API_BASE']}"
-        + (" (the simulator; test cards such as pm_card_visa)" if stack.use_simulator else ""),
-        f"Logs: {stack.logs}/<service>.log",
+        "gRPC services: " + ", ".join(f"{n} {dev[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
+        f"Card processor: {dev['INVO_PROCESSOR_API_BASE']}"
+        + (" (the simulator; test cards such as pm_card_visa)" if simulator else ""),
+        f"Logs: {logs_dir}/<service>.log",
     ]
     return "\n".join(lines)
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print a line of the supervisor's own (redacted: under `make up` it lands in stack.log)."""
+    print(logs.redact(text), file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# -- supervision ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RestartPolicy:
+    """Kubernetes' restart policy in small: a process that dies is restarted after a delay that
+    starts at `initial_delay_s` and doubles to `max_delay_s`; one that ran `stable_after_s` before
+    dying starts again from the initial delay; `max_deaths` deaths within `window_s` is a crash
+    loop, which stops the network instead (a developer must look at it)."""
+
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    window_s: float = 60.0
+    max_deaths: int = 5
+    stable_after_s: float = 60.0
+    next_delay_s: float = dataclasses.field(init=False, default=0.0)
+    deaths: collections.deque[float] = dataclasses.field(init=False, default_factory=collections.deque)
+
+    def __post_init__(self) -> None:
+        self.next_delay_s = self.initial_delay_s
+
+    def record_death(self, now_s: float, *, ran_s: float) -> float:
+        """Record a death at monotonic `now_s` of a process that ran `ran_s`; the restart delay."""
+        if ran_s >= self.stable_after_s:
+            self.next_delay_s = self.initial_delay_s
+        self.deaths.append(now_s)
+        while self.deaths and self.deaths[0] <= now_s - self.window_s:
+            self.deaths.popleft()
+        # Bounded: only the deaths within the window are kept, and at most max_deaths of those.
+        while len(self.deaths) > self.max_deaths:
+            self.deaths.popleft()
+        delay_s = self.next_delay_s
+        self.next_delay_s = min(self.next_delay_s * 2, self.max_delay_s)
+        return delay_s
+
+    @property
+    def crash_looping(self) -> bool:
+        return len(self.deaths) >= self.max_deaths
+
+
+class Supervisor:
+    """The bookkeeping behind `Stack.watch_once`: per process and embedded server, its restart
+    policy, when its pending restart is due, and since when its readiness is awaited."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.policies: dict[str, RestartPolicy] = {}
+        self.restart_at_s: dict[str, float] = {}
+        self.awaiting_ready_s: dict[str, float] = {}
+
+    def forget(self, name: str) -> None:
+        """`name` was stopped or restarted on purpose: nothing of it is pending any more."""
+        self.restart_at_s.pop(name, None)
+        self.awaiting_ready_s.pop(name, None)
+
+    def watch_once(self) -> list[str]:
+        now_s = time.monotonic()
+        report: list[str] = []
+        for name, proc in list(self.stack.procs.items()):
+            if proc.poll() is not None and name not in self.restart_at_s:
+                report += self._record_death(name, f"exit code {proc.returncode}", now_s)
+        for name, server in self.stack.servers().items():
+            if server.proc is not None and server.proc.poll() is not None and name not in self.restart_at_s:
+                report += self._record_death(name, f"exit code {server.proc.returncode}", now_s)
+        for name, due_s in sorted(self.restart_at_s.items(), key=lambda item: item[1]):
+            if due_s <= now_s:
+                del self.restart_at_s[name]
+                report += self._restart(name)
+        for name, since_s in list(self.awaiting_ready_s.items()):
+            report += self._check_ready(name, since_s)
+        return report
+
+    def _record_death(self, name: str, how: str, now_s: float) -> list[str]:
+        policy = self.policies.setdefault(name, RestartPolicy())
+        ran_s = now_s - self.stack.started_at_s.get(name, now_s)
+        delay_s = policy.record_death(now_s, ran_s=ran_s)
+        self.awaiting_ready_s.pop(name, None)
+        tail = self.stack.log_tail(name)
+        if policy.crash_looping:
+            raise CrashLoop(name, deaths=len(policy.deaths), window_s=policy.window_s, log_tail=tail)
+        self.restart_at_s[name] = now_s + delay_s
+        head = (
+            f"{name} died ({how}) after running {ran_s:.1f} s; restarting it in {delay_s:g} s"
+            f" (death {len(policy.deaths)} of {policy.max_deaths} allowed within {policy.window_s:g} s)."
+            f" Last lines of {self.stack.logs / name}.log:"
+        )
+        return [head, *("  | " + line for line in tail.splitlines())]
+
+    def _restart(self, name: str) -> list[str]:
+        if name not in self.stack.servers():
+            pid = self.stack.spawn(name)
+            self.awaiting_ready_s[name] = time.monotonic()
+            return [f"{name} restarted (pid {pid})."]
+        # A server blocks this round until it answers (seconds: crash recovery); the services
+        # reconnect to it on their own, or die and are restarted.
+        try:
+            self.stack.restart_server(name)
+        except devservers.ServerError as exc:
+            self.stack.started_at_s[name] = time.monotonic()
+            return [f"{name} did not restart: {exc}", *self._record_death(name, "failed to start", time.monotonic())]
+        server = self.stack.servers()[name]
+        pid = server.proc.pid if server.proc is not None else 0
+        return [f"{name} restarted on port {server.port} (pid {pid}) and answers."]
+
+    def _check_ready(self, name: str, since_s: float) -> list[str]:
+        proc = self.stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            self.awaiting_ready_s.pop(name, None)
+            return []  # stopped on purpose, or dead: the next round reports it
+        if self.stack.is_ready(name, timeout_s=READY_PROBE_TIMEOUT_S):
+            del self.awaiting_ready_s[name]
+            return [f"{name} is serving again ({time.monotonic() - since_s:.1f} s after its restart)."]
+        if time.monotonic() - since_s > READY_TIMEOUT_S:
+            # Kubernetes' liveness probe in small: one that never serves is killed, so it counts
+            # as a death (and towards a crash loop) instead of hanging the network silently.
+            del self.awaiting_ready_s[name]
+            devservers.stop_process(proc, sig=signal.SIGKILL, timeout_s=STOP_TIMEOUT_S)
+            return [f"{name} did not serve within {READY_TIMEOUT_S:g} s of its restart; killed it."]
+        return []
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def _read_env_file(path: pathlib.Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -103,37 +259,42 @@ def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    devservers.private_dir(home)
     stack = Stack(home)
     _write_private(home / "stack.pid", str(os.getpid()))
     code = 0
+    started = False
     try:
-        print("Starting PostgreSQL, NATS JetStream and the INVO services...", flush=True)
+        _say("Starting PostgreSQL, NATS JetStream and the INVO services...")
         stack.start()
+        started = True
         _write_private(home / "pids.json", json.dumps(stack.pids()))
-        print(_banner(stack), flush=True)
+        dev = stack.dev_env()
+        # Detached, stdout is logs/stack.log: the secrets stay in dev.env, which `up` prints.
+        print(_banner(dev, logs_dir=stack.logs, simulator=stack.use_simulator, secrets_shown=True), flush=True)
         # Last, and atomically: `make up` takes dev.env appearing as "the network is ready".
-        _write_private(home / "dev.env", "".join(f"{k}={v}\n" for k, v in stack.dev_env().items()))
+        _write_private(home / "dev.env", "".join(f"{k}={v}\n" for k, v in dev.items()))
         if not detached:
-            print("\nCtrl-C stops everything.", flush=True)
+            _say("\nCtrl-C stops everything; a process that dies is restarted.")
         while not stop["requested"]:
-            dead = stack.dead()
-            if dead:
-                for name, rc in dead:
-                    print(f"\nservice {name} died (exit code {rc}); last lines of its log:", file=sys.stderr)
-                    print(stack.log_tail(name), file=sys.stderr)
-                code = 1
-                break
-            time.sleep(0.5)
+            report = stack.watch_once()
+            if report:
+                _say("\n".join(report), err=True)
+                _write_private(home / "pids.json", json.dumps(stack.pids()))  # `make down` kills by it
+            time.sleep(WATCH_INTERVAL_S)
+    except CrashLoop as exc:
+        _say(f"\n{exc}", err=True)
+        code = 1
     except (StackError, devservers.ServerError, OSError) as exc:
-        print(f"\nINVO Network failed to start: {exc}", file=sys.stderr)
+        _say(f"\nINVO Network {'stopped on an error' if started else 'failed to start'}: {exc}", err=True)
         code = 1
     finally:
-        print("Stopping...", flush=True)
+        _say("Stopping...")
         stack.stop()
         for name in ("dev.env", "stack.pid", "pids.json"):
             with contextlib.suppress(FileNotFoundError):
                 (home / name).unlink()
-        print("Stopped.", flush=True)
+        _say("Stopped.")
     return code
 
 
@@ -141,15 +302,14 @@ def cmd_up(home: pathlib.Path) -> int:
     if _running_pid(home) is not None:
         print((home / "dev.env").read_text() if (home / "dev.env").exists() else "already starting")
         return 0
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
+    devservers.private_dir(home)
+    devservers.private_dir(home / "logs")
     # Left behind by a supervisor that was killed: they describe a network that is gone.
     for stale in ("dev.env", "pids.json", "stack.pid"):
         with contextlib.suppress(FileNotFoundError):
             (home / stale).unlink()
     log_path = home / "logs" / "stack.log"
-    log_offset = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as logf:
+    with devservers.open_private_log(log_path) as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.common.stack", "run", "--detached"],
             cwd=ROOT,
@@ -162,10 +322,10 @@ def cmd_up(home: pathlib.Path) -> int:
     deadline = time.monotonic() + READY_TIMEOUT_S + 60
     while time.monotonic() < deadline:
         if (home / "dev.env").exists():
-            with open(log_path, "rb") as f:
-                f.seek(log_offset)
-                text = f.read().decode(errors="replace")
-            print(text[text.find("INVO Network is up.") :].strip())
+            # The banner with the secrets, to the terminal only: from dev.env (0600), not the log.
+            dev = _read_env_file(home / "dev.env")
+            simulator = not os.environ.get("INVO_PROCESSOR_API_BASE")  # as Stack decides it
+            print(_banner(dev, logs_dir=home / "logs", simulator=simulator, secrets_shown=True).strip())
             print(f"\nRunning in the background; settings in {home / 'dev.env'}; `make down` stops it.")
             return 0
         if proc.poll() is not None:
@@ -203,14 +363,11 @@ def cmd_migrate(home: pathlib.Path) -> int:
     stack: Stack | None = None
     if not env.get("INVO_DATABASE_URL"):
         if (home / "dev.env").exists() and _running_pid(home) is not None:
-            for line in (home / "dev.env").read_text().splitlines():
-                k, _, v = line.partition("=")
-                if k == "INVO_DATABASE_URL":
-                    env[k] = v
+            env["INVO_DATABASE_URL"] = _read_env_file(home / "dev.env").get("INVO_DATABASE_URL", "")
         else:
             stack = Stack(home)
-            home.mkdir(parents=True, exist_ok=True)
-            stack.logs.mkdir(exist_ok=True)
+            devservers.private_dir(home)
+            devservers.private_dir(stack.logs)
             env["INVO_DATABASE_URL"] = stack._database_url(stack._secrets()["pg_password"])
     try:
         applied = asyncio.run(migrate_all(Settings.from_env(env)))
