@@ -1,6 +1,7 @@
 """No log line carries a secret, and every file under INVO_HOME that holds one is private.
 
-The unit tests cover the redaction safety net in `services.common.logs`.
+The unit tests cover the redaction safety net in `services.common.logs`; the slow test starts a
+network the way `make up` does and reads every file it left under its home.
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import stat
 import subprocess
 import sys
 
 import pytest
 
 from services.common import logs
-from tests.test_devstack import ROOT
+from services.common.devservers import free_port
+from tests.test_devstack import ROOT, _cleanup, _down, _env, _read_dev_env, _up
 
 SDK_KEY = "ivsdk_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0U1v"
 ADMIN_TOKEN = "invo_admin_Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1H"
@@ -118,3 +121,62 @@ def test_a_service_log_line_is_redacted() -> None:
     assert ADMIN_TOKEN not in res.stderr and SDK_KEY not in res.stderr, res.stderr
     assert lines[0]["msg"] == "admin invo_admin_[REDACTED]" and lines[0]["key"] == "ivsdk_[REDACTED]"
     assert lines[1]["msg"] == "Authorization: Bearer [REDACTED]"
+
+
+# -- what `make up` leaves under INVO_HOME ------------------------------------------------------
+
+
+def _secret_values(home: pathlib.Path) -> dict[str, str]:
+    """Every secret the network generated (secrets.json) or handed out (the demo SDK key)."""
+    found = {f"secrets.json:{k}": v for k, v in json.loads((home / "secrets.json").read_text()).items()}
+    dev = _read_dev_env(home)
+    found["demo SDK key"] = dev["INVO_DEMO_SDK_KEY"]
+    found["admin token"] = dev["INVO_ADMIN_TOKEN"]
+    return {name: value for name, value in found.items() if len(value) >= 16}
+
+
+def _files_holding(home: pathlib.Path, secrets: dict[str, str]) -> dict[pathlib.Path, list[str]]:
+    needles = {name: value.encode() for name, value in secrets.items()}
+    holding: dict[pathlib.Path, list[str]] = {}
+    for path in home.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        names = [name for name, needle in needles.items() if needle in data]
+        if names:
+            holding[path] = names
+    return holding
+
+
+@pytest.mark.slow
+def test_up_leaves_no_secret_in_a_log_and_none_readable_by_others(tmp_path: pathlib.Path) -> None:
+    home = tmp_path / "invo-home"
+    env = _env(home, free_port())
+    try:
+        up = _up(env)
+        assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
+        secrets = _secret_values(home)
+        dev = _read_dev_env(home)
+        # `make up` shows them on the terminal, as `make run` does...
+        assert dev["INVO_DEMO_SDK_KEY"] in up.stdout and dev["INVO_ADMIN_TOKEN"] in up.stdout, up.stdout
+        holding = _files_holding(home, secrets)
+        # ...but no log carries one: not stack.log (the detached run's stdout), not a service's.
+        in_logs = {str(p.relative_to(home)): names for p, names in holding.items() if p.is_relative_to(home / "logs")}
+        assert not in_logs, in_logs
+        assert (home / "logs" / "stack.log").exists()
+        assert f"INVO_DEMO_SDK_KEY in {home / 'dev.env'}" in (home / "logs" / "stack.log").read_text()
+        # Every file holding one is the user's alone, and so is every directory above it in home.
+        assert {home / "dev.env", home / "secrets.json", home / "demo.json"} <= set(holding), holding
+        for path in holding:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+            for parent in path.relative_to(home).parents:
+                mode = stat.S_IMODE((home / parent).stat().st_mode)
+                # 0700; 0710 when root runs PostgreSQL as its own user (its group may only enter).
+                assert mode & 0o067 == 0, (home / parent, oct(mode))
+        for log in (home / "logs").iterdir():
+            assert stat.S_IMODE(log.stat().st_mode) == 0o600, (log, oct(log.stat().st_mode))
+        assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
+        down = _down(env)
+        assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
+    finally:
+        _cleanup(env, home)

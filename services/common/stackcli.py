@@ -271,7 +271,7 @@ def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
         _write_private(home / "pids.json", json.dumps(stack.pids()))
         dev = stack.dev_env()
         # Detached, stdout is logs/stack.log: the secrets stay in dev.env, which `up` prints.
-        print(_banner(dev, logs_dir=stack.logs, simulator=stack.use_simulator, secrets_shown=True), flush=True)
+        print(_banner(dev, logs_dir=stack.logs, simulator=stack.use_simulator, secrets_shown=not detached), flush=True)
         # Last, and atomically: `make up` takes dev.env appearing as "the network is ready".
         _write_private(home / "dev.env", "".join(f"{k}={v}\n" for k, v in dev.items()))
         if not detached:
