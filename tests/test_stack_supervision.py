@@ -6,10 +6,12 @@ backoff and reported with the end of its log; the network stops only on a signal
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pathlib
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -74,6 +76,24 @@ def _watch_until(stack: Stack, done: Callable[[list[str]], bool], *, what: str) 
     return report
 
 
+@contextlib.contextmanager
+def _hold_port(port: int) -> Iterator[None]:
+    """Listen on 127.0.0.1:`port` as soon as the killed server has let go of it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        sock.listen()
+        yield
+
+
 def _gateway(stack: Stack, method: str, path: str, body: Any = None) -> int:
     try:
         status, _ = http_json(method, stack.gateway_url + path, headers=stack.admin_headers(), body=body, timeout_s=5)
@@ -122,9 +142,14 @@ def test_killed_postgres_comes_back_and_serves(supervised: Stack) -> None:
     port = stack.postgres.port
 
     os.kill(stack.postgres.proc.pid, signal.SIGKILL)  # the postmaster; its backends are orphaned
-    report = _watch_until(stack, lambda r: any(line.startswith("postgres restarted") for line in r), what="pg back")
+    # Someone else takes its port for a while: the first restart fails, counts as a death, and
+    # is tried again after the backoff, on the same port once it is free.
+    with _hold_port(port):
+        report = _watch_until(stack, lambda r: any("postgres did not restart" in line for line in r), what="refused")
+    report += _watch_until(stack, lambda r: any(line.startswith("postgres restarted") for line in r), what="pg back")
 
     assert any(line.startswith("postgres died (exit code -9)") for line in report), report
+    assert any(line.startswith("postgres died (failed to start)") for line in report), report
     assert stack.postgres.port == port
     # The services' pools reconnect (or the service dies and is restarted): a write goes through.
     tenant = {"name": "After PG", "currency_name": "Coins", "environment": "sandbox"}

@@ -363,8 +363,15 @@ class Stack:
     def restart_server(self, name: str) -> None:
         """Start the embedded server `name` that died again, on the same port and data dir (every
         URL handed out stays valid), from the spawner thread as the processes (see `_spawn`)."""
-        self._spawner.submit(self.servers()[name].restart).result()
+        server = self.servers()[name]
         self.started_at_s[name] = time.monotonic()
+        try:
+            self._spawner.submit(server.restart).result()
+        except (devservers.ServerError, OSError, subprocess.SubprocessError) as exc:
+            # One that started but never answered is killed: the next attempt needs its port.
+            if server.proc is not None and server.proc.poll() is None:
+                devservers.stop_process(server.proc, sig=signal.SIGKILL, timeout_s=STOP_TIMEOUT_S)
+            raise devservers.ServerError(f"{name} did not restart: {exc}") from exc
 
     def _forget_pending(self, name: str) -> None:
         if self._supervisor is not None:

@@ -176,8 +176,7 @@ class Supervisor:
         try:
             self.stack.restart_server(name)
         except devservers.ServerError as exc:
-            self.stack.started_at_s[name] = time.monotonic()
-            return [f"{name} did not restart: {exc}", *self._record_death(name, "failed to start", time.monotonic())]
+            return [str(exc), *self._record_death(name, "failed to start", time.monotonic())]
         server = self.stack.servers()[name]
         pid = server.proc.pid if server.proc is not None else 0
         return [f"{name} restarted on port {server.port} (pid {pid}) and answers."]
