@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         stack.start()
-        result = asyncio.run(runner.run(stack, settings, faults))
+        result = asyncio.run(runner.run(stack, settings, faults, supervised=True))
         ok = result["violations"] == 0
     finally:
         stack.stop()

@@ -83,6 +83,8 @@ class Checker:
         self.reported: set[str] = set()
         self.evidence = evidence.Evidence(world, receivers, self.stats)
         self.processor_restarted_at = 0.0  # time.monotonic() of the simulator's last start by a fault
+        # What the supervisor (`Stack.watch_once`, when the runner runs it) reported since the last check.
+        self.supervisor_lines: list[str] = []
 
     def _new(self, kind: str, key: str) -> bool:
         """True the first time a finding is seen: each is reported in one check only."""
@@ -117,15 +119,23 @@ class Checker:
         return f
 
     async def health(self, deadline: float) -> list[dict[str, Any]]:
-        """Processes that died (each a violation), started again so the run goes on."""
-        dead = []
+        """Processes that died on their own (each a violation: the faults restart what they kill),
+        whether the supervisor restarted them already or they are started again here."""
+        lines, self.supervisor_lines = self.supervisor_lines, []
+        dead: list[dict[str, Any]] = [
+            {"process": line.partition(" ")[0], "supervisor": line[:500]}
+            for line in lines
+            if " died (" in line or "did not serve within" in line
+        ]
         for name, code in self.stack.dead():
-            tail = self.stack.log_tail(name, LOG_TAIL_LINES)
-            dead.append({"process": name, "exit_code": code, "log_tail": tail[-2000:]})
+            if not any(d["process"] == name for d in dead):  # one the supervisor reported, not restarted yet
+                tail = self.stack.log_tail(name, LOG_TAIL_LINES)
+                dead.append({"process": name, "exit_code": code, "log_tail": tail[-2000:]})
             await blocking(self.stack.restart, name)
-        for server, label in ((self.stack.nats, "nats"), (self.stack.postgres, "postgres")):
-            if server is not None and server.proc is not None and server.proc.poll() is not None:
+        for label, server in self.stack.servers().items():
+            if server.proc is not None and server.proc.poll() is not None:
                 dead.append({"process": label, "exit_code": server.proc.returncode, "log_tail": ""})
+                await blocking(self.stack.restart_server, label)
         answer = await self.world.gateway.until_definite("GET", "/readyz", deadline=deadline, stats=self.stats)
         if answer.status != 200:
             dead.append({"process": "gateway", "exit_code": None, "log_tail": f"/readyz answered {answer.status}"})

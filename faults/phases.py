@@ -90,24 +90,29 @@ class KillNats:
             raise RuntimeError("this network uses an external NATS (INVO_NATS_URL): it cannot be killed")
 
     async def inject(self, stack: Stack) -> Times:
+        t = Times(injected_at=time.monotonic())
+        # Killed and started again in one call on SPAWNER, the thread that also runs the
+        # supervisor's rounds: no round can see it dead and restart it too.
+        t.detail = await blocking(self._kill_and_restart, stack)
+        t.healed_at = time.monotonic()
+        return t
+
+    @staticmethod
+    def _kill_and_restart(stack: Stack) -> str:
         nats = stack.nats
         if nats is None or nats.proc is None:
             raise RuntimeError("NATS is not ours")
-        t = Times(injected_at=time.monotonic())
         nats.proc.kill()
-        await blocking(nats.proc.wait, 10)
-        port = nats.port
+        nats.proc.wait(10)
         for attempt in range(1, NATS_RESTART_ATTEMPTS_MAX + 1):
             try:
-                await blocking(nats.start, port=port)
-                break
+                stack.restart_server("nats")
+                return f"nats-server restarted on port {nats.port}"
             except Exception:
                 if attempt == NATS_RESTART_ATTEMPTS_MAX:
                     raise
-                await asyncio.sleep(0.5 * attempt)  # the old server's listening socket may linger
-        t.healed_at = time.monotonic()
-        t.detail = f"nats-server restarted on port {port}"
-        return t
+                time.sleep(0.5 * attempt)  # the killed server's listening socket may linger a moment
+        raise RuntimeError("unreachable")
 
     async def restore(self, stack: Stack) -> None:
         return None

@@ -9,15 +9,18 @@ checks found that this phase broke (lost, doubled, webhooks missing and duplicat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 from faults.checks import Checker, Findings
 from faults.client import Stats
 from faults.model import ABANDONED, ACKED, REFUSED, UNRESOLVED, Op
-from faults.phases import Fault, Times
+from faults.phases import Fault, Times, blocking
 from faults.workload import Settings, Workload
-from services.common.stack import Stack
+from services.common.stack import Stack, StackError
+
+SUPERVISE_S = 0.5  # make run's period
 
 
 def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Findings, **extra: Any) -> dict[str, Any]:
@@ -92,34 +95,62 @@ async def run_phase(wl: Workload, checker: Checker, fault: Fault) -> dict[str, A
     return row
 
 
-async def run(stack: Stack, settings: Settings, faults: list[Fault]) -> dict[str, Any]:
+async def supervise(stack: Stack, checker: Checker, stop: asyncio.Event) -> None:
+    """`make run`'s supervision (`Stack.watch_once`) every SUPERVISE_S, on the thread that runs the
+    faults' restarts (it is not thread-safe with them); what it reports goes to the next check."""
+    while not stop.is_set():
+        try:
+            checker.supervisor_lines += await blocking(stack.watch_once)
+        except StackError as exc:  # a crash loop: the supervisor gives up, the run says so
+            checker.supervisor_lines.append(f"supervisor died ({exc})"[:2000])
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SUPERVISE_S)  # the supervisor's period, as in make run
+
+
+async def run(stack: Stack, settings: Settings, faults: list[Fault], *, supervised: bool = False) -> dict[str, Any]:
+    """The whole run; `supervised`: restart what dies on its own, as `make run` does (the test
+    session's network is never supervised: a test's stopped process stays stopped)."""
+    stop = asyncio.Event()
+    supervisor: asyncio.Task[None] | None = None
+    try:
+        async with Workload(stack, settings) as wl:
+            checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
+            if supervised:
+                supervisor = asyncio.ensure_future(supervise(stack, checker, stop))
+            return await _run(wl, checker, settings, faults)
+    finally:
+        stop.set()
+        if supervisor is not None:
+            await supervisor
+
+
+async def _run(wl: Workload, checker: Checker, settings: Settings, faults: list[Fault]) -> dict[str, Any]:
     started = time.monotonic()
-    async with Workload(stack, settings) as wl:
-        checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
-        setup_ops = await wl.setup()
-        setup = await checker.run(
-            phase_ops=setup_ops, deadline_s=settings.check_deadline_s, webhook_bound_s=settings.webhook_bound_s
-        )
-        rows = [_row("setup", wl.gateway.stats, setup_ops, None, setup)]
-        for fault in faults:
-            rows.append(await run_phase(wl, checker, fault))
-        wl.gateway.stats = Stats("final")
-        final = await checker.run(
-            phase_ops=wl.world.model.ops,
-            deadline_s=settings.check_deadline_s,
-            webhook_bound_s=settings.webhook_bound_s,
-            replay_all=True,
-        )
-        rows.append(_row("final check", wl.gateway.stats, [], None, final))
-        model = wl.world.model
-        return {
-            "run_id": wl.run_id,
-            "elapsed_s": round(time.monotonic() - started, 1),
-            "settings": {k: v for k, v in vars(settings).items()},
-            "phases": rows,
-            "violations": sum(int(r.get("violations", 0)) for r in rows),
-            "operations": len(model.ops),
-            "acknowledged": len(model.acked()),
-            "processor_source": wl.world.processor.source,
-            "odd_answers": [op.summary() for op in model.ops if op.note][:50],
-        }
+    setup_ops = await wl.setup()
+    setup = await checker.run(
+        phase_ops=setup_ops, deadline_s=settings.check_deadline_s, webhook_bound_s=settings.webhook_bound_s
+    )
+    rows = [_row("setup", wl.gateway.stats, setup_ops, None, setup)]
+    for fault in faults:
+        rows.append(await run_phase(wl, checker, fault))
+    wl.gateway.stats = Stats("final")
+    final = await checker.run(
+        phase_ops=wl.world.model.ops,
+        deadline_s=settings.check_deadline_s,
+        webhook_bound_s=settings.webhook_bound_s,
+        replay_all=True,
+    )
+    rows.append(_row("final check", wl.gateway.stats, [], None, final))
+    model = wl.world.model
+    return {
+        "run_id": wl.run_id,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "settings": {k: v for k, v in vars(settings).items()},
+        "phases": rows,
+        "violations": sum(int(r.get("violations", 0)) for r in rows),
+        "operations": len(model.ops),
+        "acknowledged": len(model.acked()),
+        "processor_source": wl.world.processor.source,
+        "odd_answers": [op.summary() for op in model.ops if op.note][:50],
+    }

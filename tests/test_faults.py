@@ -4,7 +4,8 @@
 payments service SIGKILLed under load) run on the test session's network, which must be healthy
 afterwards. The checks are then shown to catch what they exist to catch: a credit nobody was
 told of (doubled), an acknowledged write that is not in the ledger (lost), a webhook that never
-comes (missing), a forged signature, and a second charge for one order at the processor.
+comes (missing), a forged signature, a second charge for one order at the processor, and a
+process that died on its own.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ async def test_two_faults_under_load_lose_nothing_and_double_nothing(stack: Stac
         assert resp.status == 200
 
 
-async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_and_a_second_charge(
+async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_a_second_charge_and_a_death(
     stack: Stack,
 ) -> None:
     settings = Settings(tenants=1, players_per_tenant=2, replay_max=10, check_deadline_s=30, webhook_bound_s=10)
@@ -119,6 +120,11 @@ async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_and_
         ):
             assert resp.status == 200, await resp.text()
 
+        # 5. A process that dies on its own (no fault of ours restarts it).
+        victim = stack.procs["transfers"]
+        victim.kill()
+        await asyncio.to_thread(victim.wait, 10)
+
         async def sabotage_seen() -> bool:
             # The operator's balance.adjusted is on its way: wait for it, so the phantom is seen.
             return any(r.key == "not in the model" for r in wl.receivers.events.values())
@@ -134,8 +140,9 @@ async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_and_
     assert [d["order_id"] for d in found.processor["double_charges"]] == [paid.order_id], found.processor
     assert [d["order_id"] for d in found.processor["orders_with_several_intents"]] == [paid.order_id]
     assert found.ledger["ok"] is True  # the ledger itself is consistent: only the clients' story is not
-    # doubled, lost, two wallets, missing, forged, phantom, charged twice, a second PaymentIntent
-    assert found.violations == 9, found.summary()
+    assert [d["process"] for d in found.dead] == ["transfers"] and stack.dead() == [], found.dead
+    # doubled, lost, two wallets, missing, forged, phantom, charged twice, a second PaymentIntent, a death
+    assert found.violations == 10, found.summary()
 
 
 async def test_the_proxy_cuts_every_connection_then_forwards_again() -> None:
