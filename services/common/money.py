@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-_DECIMAL = re.compile(r"^(0|[1-9]\d{0,17})(?:\.(\d+))?$")
+# ASCII digits only, nothing around them: `\d`, int() and Decimal() also read other scripts' digits
+# ("1\u0660\u0660" is 100 to them) and strip spaces, and a money API reads an amount one way or refuses it.
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(?:\.([0-9]+))?")
 
 
 class AmountError(ValueError):
@@ -27,10 +29,10 @@ def parse_scaled(value: object, *, places: int, field: str) -> int:
             raise AmountError(f"{field} must be a finite number")
         text = format(value, "f")
     elif isinstance(value, str):
-        text = value.strip()
+        text = value
     else:
         raise AmountError(f"{field} must be a decimal string")
-    m = _DECIMAL.match(text)
+    m = _DECIMAL.fullmatch(text)
     if not m:
         raise AmountError(f'{field} must be a non-negative decimal like "10.00", got {value!r}')
     whole, frac = m.group(1), m.group(2) or ""
