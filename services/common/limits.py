@@ -30,7 +30,11 @@ LINKED_GAME_IDS_MAX = 1000
 RATE_LIMIT_PER_SECOND_MAX = 100_000
 CAP_USD_CENTS_MAX = 100_000_000_00  # $100M: a typo guard, not a business rule
 ROTATION_OVERLAP_S_MAX = 30 * 86400
+SDK_KEY_PREFIX = "ivsdk_"
 SDK_KEY_LEN_MAX = 100
+# What every SDK key looks like (the prefix, then base62; URL-safe base64 allowed too): anything
+# else is refused without a lookup.
+SDK_KEY_RE = re.compile(rf"{SDK_KEY_PREFIX}[A-Za-z0-9_-]{{1,{SDK_KEY_LEN_MAX - len(SDK_KEY_PREFIX)}}}")
 
 # -- players, purchases, adjustments ---------------------------------------------------------------
 EMAIL_LEN_MAX = 254
@@ -50,6 +54,26 @@ ADJUSTMENT_MINOR_MAX = 10**13
 METADATA_KEYS_MAX = 50
 METADATA_KEY_LEN_MAX = 40
 METADATA_BYTES_MAX = 8192  # the seed's 8 KB, as compact JSON text
+
+# -- request shape ---------------------------------------------------------------------------------
+# A body is an object of fields, a field at most an object or list of a few levels (metadata): 32
+# levels is far past any request we take, and far short of a recursion limit in any parser or
+# walker behind the gateway.
+JSON_DEPTH_MAX = 32
+# Ledger entry ids are PostgreSQL bigints, so a cursor names at most this.
+CURSOR_ENTRY_ID_MAX = 2**63 - 1
+
+# -- authentication ---------------------------------------------------------------------------------
+# An unknown, revoked or expired credential is remembered as such this long (at most the cache's
+# own TTL), so that a flood of one bad key costs one lookup. A key issued later is never one that
+# was refused before (keys are random), and this gateway forgets its misses when it issues one; a
+# miss outlives an issue through another replica by this much at most.
+AUTH_MISS_TTL_S = 2.0
+# Failed authentications per client address: a burst, then a steady rate; past it, a request that
+# would need a lookup or a token comparison is 429 with Retry-After.
+AUTH_FAILURES_BURST = 20
+AUTH_FAILURES_PER_S = 1.0
+AUTH_FAILURE_ADDRESSES_MAX = 10_000  # bounded memory: refilled buckets go first, then the oldest
 
 # -- reads ----------------------------------------------------------------------------------------
 BATCH_EMAILS_MAX = 1000

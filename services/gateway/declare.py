@@ -168,9 +168,19 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         raise refusal(model, exc) from None
 
 
-def _query_dict(request: web.Request) -> dict[str, str]:
-    # The first value of a repeated parameter, as `request.query.get` always gave.
-    return {k: request.query.getone(k) for k in request.query}
+def _query_dict(model: type[BaseModel], request: web.Request) -> dict[str, str]:
+    """The query as one value per name. A parameter the route reads, sent twice, is refused:
+    which of the two would count is anyone's guess (parameters it ignores are ignored)."""
+    out: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in out and name in model.model_fields:
+            raise errors.InvalidRequest(
+                f"{name} is given more than once; send it once.",
+                error_code="INVALID_PARAMETER",
+                extra={"param": name},
+            )
+        out.setdefault(name, value)
+    return out
 
 
 def validating(decl: Declaration, handler: Handler) -> Handler:
@@ -180,7 +190,7 @@ def validating(decl: Declaration, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         if decl.query is not None:
-            kwargs["query"] = parse(decl.query, _query_dict(request))
+            kwargs["query"] = parse(decl.query, _query_dict(decl.query, request))
         if decl.body is not None:
             raw = await (read_json(request) if decl.body_required else read_optional_json(request))
             kwargs["body"] = parse(decl.body, raw)

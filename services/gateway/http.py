@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
-from services.common import errors
+from services.common import errors, limits
 from services.common.logs import request_id_var
 
 
@@ -46,6 +47,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON: exact numbers, no NaN, no key twice, at most `limits.JSON_DEPTH_MAX` levels,
+    every string Unicode text without NUL. Raises `ValueError` naming the problem."""
+    try:
+        value = json.loads(raw, parse_float=_number, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    except RecursionError as exc:  # deeper than the parser goes: far past our own limit
+        raise ValueError("nested too deeply") from exc
+    _check_tree(value)
+    return value
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object. Numbers with a fraction arrive as Decimal, never float."""
     try:
@@ -55,25 +67,50 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         raise errors.InvalidRequest("The request body must be a JSON object.", error_code="INVALID_JSON")
     try:
-        body = json.loads(raw, parse_float=_number, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError) as exc:
+        body = parse_json(raw)
+    except _TextProblem as exc:
+        raise errors.InvalidRequest(str(exc), error_code="INVALID_JSON") from exc
+    except ValueError as exc:
         raise errors.InvalidRequest("The request body is not valid JSON.", error_code="INVALID_JSON") from exc
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.", error_code="INVALID_JSON")
-    if _has_nul(body):
-        raise errors.InvalidRequest("Strings must not contain NUL characters.", error_code="INVALID_JSON")
     return body
 
 
-def _has_nul(value: Any) -> bool:
-    """PostgreSQL text cannot hold U+0000: refuse it at the edge instead of failing deep inside."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+class _TextProblem(ValueError):
+    """Valid JSON syntax whose content we refuse; the message says what, for the envelope."""
+
+
+# PostgreSQL text cannot hold U+0000, and a lone surrogate (an escape such as "\ud800" with no
+# pair) is not Unicode: no service could encode it. Both are refused at the edge, never a 500 deep
+# inside.
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_tree(value: Any) -> None:
+    """Walk the parsed value without recursion (a deep body must not overflow the stack here
+    either): depth, and every string and key."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            _check_text(node)
+        elif isinstance(node, dict | list):
+            if depth > limits.JSON_DEPTH_MAX:
+                raise _TextProblem(f"The request body is nested deeper than {limits.JSON_DEPTH_MAX} levels.")
+            if isinstance(node, dict):
+                for k in node:
+                    _check_text(k)
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+
+
+def _check_text(text: str) -> None:
+    bad = _BAD_TEXT.search(text)
+    if bad is None:
+        return
+    if bad.group() == "\x00":
+        raise _TextProblem("Strings must not contain NUL characters.")
+    raise _TextProblem("Strings must be valid Unicode: a lone surrogate escape is not.")
 
 
 async def read_optional_json(request: web.Request) -> dict[str, Any]:

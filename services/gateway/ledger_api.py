@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
-from services.common import grpcutil, money
+from services.common import grpcutil, limits, money
 from services.common.logs import request_id_var
 from services.gateway import answers, declare, fields, operators
 from services.gateway.context import ctx_of
@@ -185,11 +186,15 @@ def _encode_cursor(entry_id: int) -> str:
     return base64.urlsafe_b64encode(f"e:{entry_id}".encode()).decode().rstrip("=")
 
 
+_CURSOR_ID = re.compile(r"0|[1-9][0-9]{0,18}")  # ASCII digits: isdigit() and int() also take "١٢"
+
+
 def _decode_cursor(cursor: str) -> int:
+    """An entry id we encoded: within a bigint (protobuf refuses more, which was a 500)."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "e" or not value.isdigit():
+        if kind != "e" or not _CURSOR_ID.fullmatch(value) or int(value) > limits.CURSOR_ENTRY_ID_MAX:
             raise ValueError(text)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
