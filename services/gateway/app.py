@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from services.gateway.answers import Answer
 from services.gateway.backends import Backends
 from services.gateway.context import CTX, GatewayContext, ctx_of
 from services.gateway.http import error_response, json_response
+from services.gateway.server import GatewayRunner
 
 log = logging.getLogger("invo.gateway")
 
@@ -30,15 +31,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in, request id out, every error as the envelope, one log line per request."""
-    rid = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    sent_id = request.headers.get(REQUEST_ID_HEADER)
+    # An id we echo in a header and write in every log line: ASCII only (a header is bytes).
+    rid = accept_request_id(sent_id if sent_id is not None and sent_id.isascii() else None)
     token = request_id_var.set(rid)
     started = time.monotonic()
     try:
         try:
-            # PostgreSQL text cannot hold NUL: such a path or parameter is refused here, on every
-            # surface, never a 500 later.
-            if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
-                raise errors.InvalidRequest("The URL must not contain NUL characters.", error_code="INVALID_REQUEST")
+            problem = url_problem(request.raw_path)
+            if problem:
+                raise errors.InvalidRequest(problem, error_code="INVALID_REQUEST")
             resp = await handler(request)
         except errors.InvoError as exc:
             resp = error_response(exc)
@@ -64,6 +66,20 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         return resp
     finally:
         request_id_var.reset(token)
+
+
+def url_problem(raw_path: str) -> str | None:
+    """Why the URL (path and query, as sent) cannot be read one way, or None. Percent-escapes that
+    are not UTF-8 (a lone surrogate's "%ED%A0%80", a bare "%FF") would be read as U+FFFD, so two
+    different URLs would name one player; PostgreSQL text cannot hold NUL. Both are refused here,
+    on every surface, never a 500 or a wrong wallet later."""
+    try:
+        text = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "The URL must be UTF-8: a percent-escape here is not."
+    if "\x00" in text:
+        return "The URL must not contain NUL characters."
+    return None
 
 
 root = declare.Table(security=None)
@@ -128,16 +144,15 @@ def create_app(settings: Settings, backends: Backends) -> web.Application:
 async def serve(settings: Settings) -> None:
     backends = Backends(settings)
     app = create_app(settings, backends)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.grpc_shutdown_grace_s)
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=settings.grpc_shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, backlog=1024)
     await site.start()
     runtime.freeze_startup_heap()
     log.info("gateway listening on http://%s:%s", settings.gateway_host, settings.gateway_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # SIGTERM stops it within the grace period plus runtime's hard bound, or it is ended (exit 124).
+    runtime.stop_signals(stop, name="gateway", grace_s=settings.grpc_shutdown_grace_s)
     try:
         await stop.wait()
     finally:
