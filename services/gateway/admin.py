@@ -65,6 +65,7 @@ async def create_tenant(request: web.Request, body: tenants_api.CreateTenant) ->
     _check_webhook_url(body.webhook_url, body.environment)
     req = tenants_pb2.CreateTenantRequest(environment=body.environment, settings=tenants_api.settings_message(body))
     resp: tenants_pb2.CreateTenantResponse = await ctx.backends.call(ctx.backends.tenants.CreateTenant, req)
+    ctx.keys.forget_misses()  # a new key is never one refused before; this makes it certain here
     return json_response(
         {
             "tenant_id": resp.tenant.tenant_id,
@@ -136,6 +137,7 @@ async def issue_key(request: web.Request, body: Empty) -> web.Response:
     issued = await ctx.backends.call(
         ctx.backends.tenants.IssueKey, tenants_pb2.IssueKeyRequest(tenant_id=request.match_info["tenant_id"])
     )
+    ctx.keys.forget_misses()
     return json_response(tenants_api.issued_key_json(issued), status=201)
 
 
@@ -155,6 +157,7 @@ async def rotate_key(request: web.Request, body: RotateKey) -> web.Response:
         req.overlap_seconds = body.overlap_seconds
     resp = await ctx.backends.call(ctx.backends.tenants.RotateKey, req)
     ctx.keys.forget_tenant(req.tenant_id)
+    ctx.keys.forget_misses()
     return json_response(
         {"new_key": tenants_api.issued_key_json(resp.new_key), "old_key": tenants_api.key_json(resp.old_key)},
         status=201,

@@ -7,13 +7,13 @@ from typing import Any
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
 
-from services.common import errors
+from services.common import errors, limits
 from services.common.config import Settings
 from services.gateway import tenants_api
 from services.gateway.auth import KeyCache
 from services.gateway.backends import Backends
 from services.gateway.coalesce import Coalescer
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import AuthFailures, RateLimiter
 
 
 class GatewayContext:
@@ -22,6 +22,11 @@ class GatewayContext:
         self.backends = backends
         self.keys = KeyCache(backends, ttl_s=settings.auth_cache_ttl_s, size_max=settings.auth_cache_size_max)
         self.limiter = RateLimiter(burst_s=settings.rate_limit_burst_s)
+        self.auth_failures = AuthFailures(
+            burst=limits.AUTH_FAILURES_BURST,
+            rate_per_s=limits.AUTH_FAILURES_PER_S,
+            addresses_max=limits.AUTH_FAILURE_ADDRESSES_MAX,
+        )
         # Keyed by (tenant_id, normalised email).
         self.balances: Coalescer[tuple[str, str], ledger_pb2.AccountBalance] = Coalescer(self._read_balances)
         self.purchases: Coalescer[ledger_pb2.PurchaseItemRequest, ledger_pb2.PurchaseItemResponse] = Coalescer(

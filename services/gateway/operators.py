@@ -15,19 +15,22 @@ that every routed admin route is listed, so a new route cannot be forgotten.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from aiohttp import web
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
 from services.common import errors
 from services.common.crypto import constant_time_equal
-from services.gateway.auth import SecretCache
+from services.gateway import auth
 from services.gateway.backends import Backends
 from services.gateway.context import GatewayContext
+from services.gateway.ratelimit import AuthFailures
 
 BOOTSTRAP_OPERATOR = "op_bootstrap"
 CREDENTIAL_PREFIX = "invo_op_"
 CREDENTIAL_LEN_MAX = 100
+TOKEN_LEN_MAX = 512  # any bearer token we issue or configure is far shorter
 
 VIEWER, SUPPORT, FINANCE, ADMIN = "viewer", "support", "finance", "admin"
 ROLES = (VIEWER, SUPPORT, FINANCE, ADMIN)
@@ -90,22 +93,22 @@ class OperatorCache:
         self.backends = backends
         # The tenants process serves OperatorsService on the same channel as TenantsService.
         self.stub = tenants_pb2_grpc.OperatorsServiceStub(backends.channels["tenants"])
-        self.cache: SecretCache[Operator] = SecretCache(ttl_s=ttl_s, size_max=size_max)
+        self.credentials: auth.Credentials[Operator] = auth.Credentials(ttl_s=ttl_s, size_max=size_max)
 
-    async def resolve(self, credential: str) -> Operator:
+    async def resolve(self, credential: str, *, guard: AuthFailures, address: str | None) -> Operator:
         """The credential's operator; raises `Unauthenticated` for an unknown or revoked one."""
-        hit = self.cache.get(credential)
-        if hit is not None:
-            return hit
+        return await auth.check(
+            self.credentials, credential, functools.partial(self._fetch, credential), guard=guard, address=address
+        )
+
+    async def _fetch(self, credential: str) -> tuple[Operator, float | None]:
         resp: tenants_pb2.Operator = await self.backends.call(
             self.stub.AuthenticateOperator, tenants_pb2.AuthenticateOperatorRequest(credential=credential)
         )
-        found = Operator(resp.operator_id, resp.role)
-        self.cache.put(credential, found)
-        return found
+        return Operator(resp.operator_id, resp.role), None
 
     def forget(self, operator_id: str) -> None:
-        self.cache.forget(lambda op: op.operator_id == operator_id)
+        self.credentials.hits.forget(lambda op: op.operator_id == operator_id)
 
 
 OPERATOR_CACHE = web.AppKey("operator_cache", OperatorCache)
@@ -125,20 +128,28 @@ def cache_of(request: web.Request) -> OperatorCache:
 
 async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
     """The operator a request's bearer credential belongs to; an SDK key never is one."""
-    header = request.headers.get("Authorization", "")
+    header = auth.one_header(request, "Authorization")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise errors.Unauthenticated(
             "Missing admin bearer token (Authorization: Bearer <token>).", error_code="MISSING_ADMIN_TOKEN"
         )
+    # Bytes that were not UTF-8 (surrogates here), control characters, a token longer than any we
+    # issue: refused before anything hashes or compares it.
+    if not auth.well_formed(token, len_max=TOKEN_LEN_MAX):
+        raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
+    guard, address = ctx.auth_failures, request.remote
     # Named operators keep working once the bootstrap token is retired (INVO_ADMIN_TOKEN empty).
     if token.startswith(CREDENTIAL_PREFIX) and len(token) <= CREDENTIAL_LEN_MAX:
-        return await cache_of(request).resolve(token)
+        return await cache_of(request).resolve(token, guard=guard, address=address)
     if not ctx.settings.admin_token:
         raise errors.Unauthenticated("The bootstrap admin token is disabled.", error_code="ADMIN_DISABLED")
+    # The bootstrap token costs no lookup, but guessing it is what the limit is for.
+    auth.throttle(guard, address)
     if constant_time_equal(token, ctx.settings.admin_token):
         return BOOTSTRAP
+    guard.failed(address)
     raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
 
 

@@ -44,6 +44,7 @@ async def create_operator(request: web.Request, body: CreateOperator) -> web.Res
     ctx = ctx_of(request)
     req = tenants_pb2.CreateOperatorRequest(name=body.name, email=body.email, role=body.role)
     created: tenants_pb2.CreatedOperator = await ctx.backends.call(_stub(request).CreateOperator, req)
+    operators.cache_of(request).credentials.forget_misses()  # the new credential was never refused
     # The credential is in this answer only: the tenants service keeps nothing but its hash.
     return json_response({**operator_json(created.operator), "credential": created.credential}, status=201)
 

@@ -22,6 +22,7 @@ from services.common.logs import operator_id_var
 from services.gateway import (
     admin,
     answers,
+    auth,
     declare,
     ledger_api,
     operators,
@@ -53,10 +54,10 @@ async def get_own_tenant(request: web.Request) -> web.Response:
 async def sdk_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The partner API: the key's tenant, active, within its rate limit."""
     ctx = ctx_of(request)
-    key = request.headers.get(SDK_KEY_HEADER, "").strip()
+    key = auth.one_header(request, SDK_KEY_HEADER)
     if not key:
         raise errors.Unauthenticated(f"Missing {SDK_KEY_HEADER} header.", error_code="MISSING_API_KEY")
-    tenant = (await ctx.keys.resolve(key)).tenant
+    tenant = (await ctx.keys.resolve(key, guard=ctx.auth_failures, address=request.remote)).tenant
     request["tenant"] = tenant
     request["tenant_id"] = tenant.tenant_id
     if tenant.status != "active":
