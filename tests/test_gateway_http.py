@@ -3,7 +3,9 @@ health and readiness, and the OpenAPI document in step with the routes."""
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 
 from services.common.config import Settings
 from services.common.stack import Stack
@@ -11,6 +13,7 @@ from services.gateway import surfaces
 from services.gateway.app import create_app
 from services.gateway.backends import Backends
 from services.gateway.context import CTX
+from tests import hostile_support as hs
 from tests.helpers import Api, assert_envelope, eventually
 
 
@@ -192,3 +195,41 @@ async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> No
 
 def stack_settings(stack: Stack) -> Settings:
     return Settings.from_env(stack.env)
+
+
+async def test_parser_errors_answer_the_envelope_and_log_no_input(stack: Stack) -> None:
+    """aiohttp's own parser refusals (issue 11, finding 9): the envelope with a request id, not
+    text/plain echoing the input, and the input in no log line (a NUL in an Authorization header
+    would have put the token there, at error level)."""
+    marker = f"echo{uuid.uuid4().hex}"
+    requests = [
+        hs.build("GET", "/healthz", [("X-Pad", marker + "A" * 9000)]),
+        hs.build("GET", f"/healthz?pad={marker}{'A' * 9000}"),
+        hs.build("GET", "/healthz", [("X-Pad", b"a\x00" + marker.encode())]),
+        hs.build("GET", "/admin/ledger/check", [("Authorization", b"Bearer " + marker.encode() + b"\x00")]),
+        hs.build("GET", b"/heal\xffthz/" + marker.encode()),
+    ]
+    rids = []
+    for raw in requests:
+        resp = await hs.send(stack.gateway_url, raw)
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+        assert marker.encode() not in resp.raw, resp.raw[:200]
+        rids.append(resp.headers["X-Request-Id"])
+    log = stack.logs / "gateway.log"
+
+    async def logged() -> bool:
+        text = log.read_text()
+        return all(f'"request_id": "{rid}"' in text for rid in rids)
+
+    await eventually(logged, timeout_s=5)
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if marker in line]
+    for rid in rids:
+        (line,) = [json.loads(x) for x in lines if f'"request_id": "{rid}"' in x]
+        assert line["level"] == "info", line
+
+
+async def test_a_request_id_is_echoed_only_when_ascii(stack: Stack) -> None:
+    for sent in ("caf\u00e9-1".encode(), b"\xff\xfe", "\u0661\u0662".encode()):
+        resp = await hs.send(stack.gateway_url, hs.build("GET", "/healthz", [("X-Request-Id", sent)]))
+        assert resp.status == 200 and resp.headers["X-Request-Id"].startswith("req_"), resp.headers

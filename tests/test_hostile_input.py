@@ -1,0 +1,406 @@
+"""Hostile input across every route of the OpenAPI document (issue 11, findings 6, 7 and 9).
+
+The cases are generated from the route table: the document the gateway serves is built from the
+route declarations, and every operation in it gets each class of hostile input that applies to it
+(a header that is not UTF-8, a credential sent twice, a lone surrogate in any body field or query
+parameter, deep nesting, a key named twice, an amount written with non-ASCII digits or spaces, a
+header or URL past the parser's 8 KB, control characters in a header). Each must answer a 4xx with
+the error envelope, never a 5xx, and change nothing: the world's balances, tenants, keys, ledger
+entries, deliveries and operators read the same before and after. A route declared tomorrow is in
+the document, so it is in these tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import itertools
+import json
+import unicodedata
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from services.common.stack import Stack
+from services.gateway import app as _app  # noqa: F401  (registers every route's declaration)
+from services.gateway import document
+from tests import hostile_support as hs
+from tests.helpers import Api, assert_envelope
+from tests.payments_support import send_processor_event, stripe_signature
+
+DOC = document.document("http://hostile.invalid")
+OPS = hs.operations(DOC)
+SDK_HEADER = "X-Game-Secret-Key"
+SURROGATES: tuple[Any, ...] = ("\ud800", "\udfff", "a\ud83dz", ["x", {"k": "\udc00"}])
+# Digits of other scripts, full-width digits, superscripts, spaces inside or around: Python's int()
+# and Decimal() read several of these as numbers; a money API must read none of them.
+SPOILED_NUMBERS = ("1\u0660", "\u0661\u0660", "1 0", " 10", "10 ", "\uff11\uff10", "1\u00a00", "10\u200b", "\u00b2")
+SPOILED_QUERY_INTS = ("\uff11\uff10", "1\u0660", " 10", "10 ", "\u00b2", "+10")
+BAD_QUERY_BYTES = ("%ED%A0%80", "%FF", "%C3", "a%ED%B0%80b")
+PAD = 9000  # past aiohttp's 8190-byte line limit
+
+_sources = itertools.count()
+
+
+def next_source() -> str:
+    """A loopback address of this test's own (127.77.x.y): failed authentications are limited
+    per address, and one test's must never throttle the next."""
+    n = next(_sources)
+    return f"127.77.{n // 250}.{n % 250 + 1}"
+
+
+@dataclasses.dataclass
+class World:
+    base_url: str
+    admin_token: str
+    sdk_key: str
+    tenant_id: str
+    email: str
+    path_params: dict[str, str]
+
+    def auth(self, op: hs.Operation) -> list[hs.Header]:
+        if op.security == "GameSecretKey":
+            return [(SDK_HEADER, self.sdk_key)]
+        if op.security == "OperatorBearer":
+            return [("Authorization", f"Bearer {self.admin_token}")]
+        return []
+
+    def body(self, op: hs.Operation) -> dict[str, Any]:
+        assert op.body is not None
+        return hs.valid_body(op.body, DOC, hs.fills(self.email, self.tenant_id))
+
+    async def send(
+        self,
+        op: hs.Operation,
+        source: str,
+        *,
+        target: str | bytes | None = None,
+        headers: Sequence[hs.Header] | None = None,
+        body: bytes | None = None,
+    ) -> hs.RawResponse:
+        """The operation, with this world's credential and a valid body unless told otherwise."""
+        if body is None and op.body is not None:
+            body = json.dumps(self.body(op)).encode()
+        if body is None and op.method in ("POST", "PATCH"):
+            body = b""
+        request = hs.build(
+            op.method,
+            target if target is not None else hs.target(op, self.path_params),
+            self.auth(op) if headers is None else headers,
+            body,
+        )
+        return await hs.send(self.base_url, request, source=source)
+
+
+async def _make_world(stack: Stack) -> World:
+    async with Api(stack.gateway_url, admin_token=stack.env["INVO_ADMIN_TOKEN"]) as api:
+        served = (await api.get("/openapi.json")).body
+        # The cases follow the document the gateway serves, route for route.
+        assert {(p, m) for p, ops in served["paths"].items() for m in ops} == {
+            (p, m) for p, ops in DOC["paths"].items() for m in ops
+        }
+        mine = await api.create_tenant(rate_limit_per_second=100000, webhook_url=hs.SAFE_WEBHOOK_URL)
+        # Admin routes with a tenant in the path work on another tenant: nothing they could do
+        # (rotate, revoke) may close /api mid-module.
+        target = await api.create_tenant(rate_limit_per_second=100000, webhook_url=hs.SAFE_WEBHOOK_URL)
+        email = f"hostile-{uuid.uuid4().hex[:8]}@example.com"
+        assert (await api.credit(mine["tenant_id"], email, "1000")).status == 200
+        test = await api.post("/api/webhooks/test", key=mine["sdk_key"])
+        assert test.status == 201, test
+        return World(
+            base_url=stack.gateway_url,
+            admin_token=stack.env["INVO_ADMIN_TOKEN"],
+            sdk_key=mine["sdk_key"],
+            tenant_id=mine["tenant_id"],
+            email=email,
+            path_params={
+                "tenant_id": target["tenant_id"],
+                "key_id": target["sdk_key_id"],
+                "delivery_id": test.body["delivery_id"],
+            },
+        )
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> Iterator[World]:
+    import asyncio
+
+    yield asyncio.run(_make_world(stack))
+
+
+async def snapshot(api: Api, w: World) -> dict[str, Any]:
+    """What a refused request must leave as it was."""
+    target = w.path_params["tenant_id"]
+    key = w.sdk_key
+    entries = await api.get("/api/ledger/entries?limit=1000", key=key)
+    deliveries = await api.get("/api/webhooks/deliveries?limit=100", key=key)
+    operators = await api.get("/admin/operators?limit=500", admin=True)
+    check = await api.get("/admin/ledger/check", admin=True)
+    return {
+        "balance": (await api.get(f"/api/players/balance?player_email={w.email}", key=key)).body,
+        "tenant": (await api.get("/api/tenant", key=key)).body,
+        "target": (await api.get(f"/admin/tenants/{target}", admin=True)).body,
+        "target_keys": (await api.get(f"/admin/tenants/{target}/keys", admin=True)).body,
+        "entries": [e["entry_id"] for e in entries.body["data"]],
+        # Test deliveries only: those of money events arrive after them, a refused request caused none
+        # (the balance and the entries say so).
+        "deliveries": sorted(d["delivery_id"] for d in deliveries.body["data"] if d["event_type"] == "webhook.test"),
+        "operators": sorted(o["operator_id"] for o in operators.body["data"]),
+        "ledger_ok": check.body["ok"],
+    }
+
+
+# -- the classes ----------------------------------------------------------------------------------
+
+Control = Callable[[], Awaitable[None]] | None
+
+
+async def bad_utf8_auth(op: hs.Operation, w: World, source: str) -> Control:
+    codes: tuple[str, ...]
+    if op.security == "GameSecretKey":
+        name, codes = SDK_HEADER, ("INVALID_API_KEY",)
+        values = [b"ivsdk_\xff\xfe" + b"A" * 41, b"ivsdk_" + b"\xe9" * 43, w.sdk_key.encode() + b"\xc3"]
+    else:
+        name, codes = "Authorization", ("INVALID_ADMIN_TOKEN", "MISSING_ADMIN_TOKEN")
+        values = [b"Bearer \xff\xfe", b"Bearer invo_op_\xff" + b"A" * 40, f"Bearer {w.admin_token}".encode() + b"\xe9"]
+    for value in values:
+        hs.check_refusal(await w.send(op, source, headers=[(name, value)]), [401], codes)
+    return None
+
+
+async def duplicate_auth(op: hs.Operation, w: World, source: str) -> Control:
+    if op.security == "GameSecretKey":
+        name, good, other = SDK_HEADER, w.sdk_key, "ivsdk_" + "B" * 43
+    else:
+        name, good, other = "Authorization", f"Bearer {w.admin_token}", "Bearer invo_op_other"
+    for pair in ((good, other), (other, good), (good, good)):
+        resp = await w.send(op, source, headers=[(name, pair[0]), (name, pair[1])])
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+    return None
+
+
+async def surrogate_body(op: hs.Operation, w: World, source: str) -> Control:
+    valid = w.body(op)
+    assert op.body is not None
+    for field in [*op.body.get("properties", {}), None]:
+        for bad in SURROGATES:
+            body = hs.with_value(valid, field, bad) if field else {**valid, "\ud800": 1}
+            resp = await w.send(op, source, body=json.dumps(body).encode())  # ensure_ascii: \ud800
+            hs.check_refusal(resp, [400], ["INVALID_JSON"])
+    return None
+
+
+async def surrogate_query(op: hs.Operation, w: World, source: str) -> Control:
+    for name in [*op.query, "x"]:
+        for bad in BAD_QUERY_BYTES:
+            resp = await w.send(op, source, target=hs.target(op, w.path_params, f"{name}={bad}"))
+            hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+    for name in op.path_params:
+        resp = await w.send(op, source, target=hs.target(op, {**w.path_params, name: "%ED%A0%80"}))
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+    return None
+
+
+async def deep_nesting(op: hs.Operation, w: World, source: str) -> Control:
+    assert op.body is not None
+    field = next(iter(op.body.get("properties", {})), "a")
+    text = json.dumps(hs.with_value(w.body(op), field, "__DEEP__"))
+    for depth in (64, 300, 10000):  # 10,000 object levels are 50 KB, within the body limit
+        for deep in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            resp = await w.send(op, source, body=text.replace('"__DEEP__"', deep).encode())
+            hs.check_refusal(resp, [400], ["INVALID_JSON"])
+    return None
+
+
+async def duplicate_keys(op: hs.Operation, w: World, source: str) -> Control:
+    assert op.body is not None
+    valid = w.body(op)
+    for field in op.body.get("properties", {}) or ["a"]:
+        value = json.dumps(valid.get(field, 1))
+        for repeat in (value, json.dumps("other")):
+            text = json.dumps({**valid, field: json.loads(value)})[:-1] + f', "{field}": {repeat}}}'
+            hs.check_refusal(await w.send(op, source, body=text.encode()), [400], ["INVALID_JSON"])
+    return None
+
+
+async def spoiled_numbers(op: hs.Operation, w: World, source: str) -> Control:
+    fields = hs.numeric_fields(op.body, DOC) if op.body is not None else []
+    valid = w.body(op) if op.body is not None else {}
+    for field in fields:
+        for bad in SPOILED_NUMBERS:
+            resp = await w.send(op, source, body=json.dumps(hs.with_value(valid, field, bad)).encode())
+            hs.check_refusal(resp, [400], ["INVALID_PARAMETER", "INVALID_AMOUNT"], param=field)
+    for name in hs.integer_query_params(op, DOC):
+        for bad in SPOILED_QUERY_INTS:
+            query = f"{name}={urllib.parse.quote(bad)}"
+            resp = await w.send(op, source, target=hs.target(op, w.path_params, query))
+            hs.check_refusal(resp, [400], ["INVALID_PARAMETER"], param=name)
+    if not fields:
+        return None
+
+    async def control() -> None:
+        # The same body with plain digits goes through: the refusals above were the digits'.
+        resp = await w.send(op, source, body=json.dumps(valid).encode())
+        assert resp.status < 300, (op.id, valid, resp)
+
+    return control
+
+
+def _no_echo(resp: hs.RawResponse, marker: str) -> None:
+    assert marker.encode() not in resp.raw, resp.raw[:300]
+
+
+async def long_header(op: hs.Operation, w: World, source: str) -> Control:
+    marker = f"hostile{uuid.uuid4().hex}"
+    for extra in (("X-Hostile", marker + "A" * PAD), (f"X-{marker}" + "B" * PAD, "v")):
+        resp = await w.send(op, source, headers=[*w.auth(op), extra])
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+        _no_echo(resp, marker)
+    return None
+
+
+async def long_url(op: hs.Operation, w: World, source: str) -> Control:
+    marker = f"hostile{uuid.uuid4().hex}"
+    for target in (hs.target(op, w.path_params, f"pad={marker}{'A' * PAD}"), f"/{marker}{'A' * PAD}"):
+        resp = await w.send(op, source, target=target)
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+        _no_echo(resp, marker)
+    return None
+
+
+async def control_chars_in_header(op: hs.Operation, w: World, source: str) -> Control:
+    marker = f"hostile{uuid.uuid4().hex}"
+    name = "Authorization" if op.security == "OperatorBearer" else SDK_HEADER
+    for extra in (("X-Hostile", b"a\x00" + marker.encode()), ("X-Hostile", b"a\r" + marker.encode())):
+        resp = await w.send(op, source, headers=[*w.auth(op), extra])
+        hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+        _no_echo(resp, marker)
+    resp = await w.send(op, source, headers=[(name, b"ivsdk_\x00" + marker.encode())])
+    hs.check_refusal(resp, [400], ["INVALID_REQUEST"])
+    _no_echo(resp, marker)
+    return None
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def odd_cursors(op: hs.Operation, w: World, source: str) -> Control:
+    cursors = [_b64("e:" + "9" * 30), _b64(f"e:{2**63}"), _b64("e:-1"), _b64("e:\u0661\u0662"), "9" * 30, "A" * 300]
+    for cursor in cursors:
+        resp = await w.send(op, source, target=hs.target(op, w.path_params, f"cursor={cursor}"))
+        assert resp.status < 500, (op.id, cursor, resp)
+        if resp.status >= 400:
+            hs.check_refusal(resp, [400])
+    return None
+
+
+Applies = Callable[[hs.Operation], bool]
+KINDS: dict[str, tuple[Applies, Callable[[hs.Operation, World, str], Awaitable[Control]]]] = {
+    "bad-utf8-auth": (lambda op: op.security is not None, bad_utf8_auth),
+    "duplicate-auth": (lambda op: op.security is not None, duplicate_auth),
+    "surrogate-body": (lambda op: op.body is not None, surrogate_body),
+    "surrogate-query": (lambda op: True, surrogate_query),
+    "deep-nesting": (lambda op: op.body is not None, deep_nesting),
+    "duplicate-keys": (lambda op: op.body is not None, duplicate_keys),
+    "spoiled-numbers": (
+        lambda op: bool((op.body is not None and hs.numeric_fields(op.body, DOC)) or hs.integer_query_params(op, DOC)),
+        spoiled_numbers,
+    ),
+    "long-header": (lambda op: True, long_header),
+    "long-url": (lambda op: True, long_url),
+    "control-chars-in-header": (lambda op: True, control_chars_in_header),
+    "odd-cursors": (lambda op: "cursor" in op.query, odd_cursors),
+}
+CASES = [
+    pytest.param(op, kind, id=f"{op.id} {kind}") for op in OPS for kind, (applies, _) in KINDS.items() if applies(op)
+]
+
+
+@pytest.mark.parametrize(("op", "kind"), CASES)
+async def test_hostile_input_is_refused_and_changes_nothing(
+    op: hs.Operation, kind: str, world: World, api: Api
+) -> None:
+    before = await snapshot(api, world)
+    control = await KINDS[kind][1](op, world, next_source())
+    assert await snapshot(api, world) == before
+    if control is not None:
+        await control()
+
+
+def test_every_class_reaches_the_routes_it_should() -> None:
+    """The generation did not quietly shrink: every route gets the header classes, every body and
+    every amount its own."""
+    kinds = {(op.id, kind) for op in OPS for kind, (applies, _) in KINDS.items() if applies(op)}
+    assert len(OPS) > 30
+    for op in OPS:
+        assert {(op.id, "long-header"), (op.id, "surrogate-query")} <= kinds
+    for route in ("POST /api/item-purchases/purchase-item", "POST /admin/players/debit", "POST /admin/tenants"):
+        assert (route, "spoiled-numbers") in kinds
+    assert ("GET /api/ledger/entries", "odd-cursors") in kinds
+
+
+# -- focused ------------------------------------------------------------------------------------
+
+
+async def test_one_address_in_two_unicode_forms_is_one_wallet(api: Api) -> None:
+    """NFC, then lower case (services/common/players.py): "José" typed with a composed é, with e
+    and a combining accent, or in capitals, is one player."""
+    t = await api.create_tenant()
+    composed = f"jos\u00e9.{uuid.uuid4().hex[:8]}@example.com"
+    decomposed = unicodedata.normalize("NFD", composed)
+    shouted = unicodedata.normalize("NFD", composed.upper())
+    assert len({composed, decomposed, shouted}) == 3
+    credited = await api.credit(t["tenant_id"], decomposed, "5")
+    assert credited.status == 200 and credited.body["player_email"] == composed, credited
+    assert (await api.credit(t["tenant_id"], shouted, "7")).body["new_balance"] == "12"
+    for form in (composed, decomposed, shouted):
+        got = await api.get(f"/api/players/balance?player_email={urllib.parse.quote(form)}", key=t["sdk_key"])
+        assert got.body["balance"] == "12" and got.body["player_email"] == composed, got
+    bought = await api.post(
+        "/api/item-purchases/purchase-item",
+        key=t["sdk_key"],
+        json={"player_email": shouted, "item_id": "i", "item_name": "I", "price": "2", "idempotency_key": "nfc-1"},
+    )
+    assert bought.status == 200 and bought.body["new_balance"] == "10", bought
+    # The batch read answers each player once: two forms of one address are one line.
+    many = await api.post("/api/players/balances", key=t["sdk_key"], json={"player_emails": [composed, decomposed]})
+    assert [(b["player_email"], b["balance"]) for b in many.body["balances"]] == [(composed, "10")], many
+    entries = (await api.get("/api/ledger/entries", key=t["sdk_key"])).body["data"]
+    assert {e["player_email"] for e in entries if e["account"] == "player"} == {composed}
+
+
+async def test_a_signed_processor_event_is_read_one_way(api: Api, stack: Stack) -> None:
+    """The processor's body is signed, yet still parsed strictly: a key twice, a lone surrogate or
+    deep nesting is refused (400), never guessed at nor a 500."""
+    secret = stack.env["INVO_PROCESSOR_WEBHOOK_SECRET"]
+    evt = f"evt_hostile_{uuid.uuid4().hex[:12]}"
+    payloads = [
+        f'{{"id": "{evt}", "object": "event", "type": "charge.updated", "type": "payment_intent.succeeded"}}',
+        f'{{"id": "{evt}\\ud800", "object": "event", "type": "charge.updated"}}',
+        f'{{"id": "{evt}", "object": "event", "type": "charge.updated", "data": {"[" * 300}{"]" * 300}}}',
+    ]
+    for payload in payloads:
+        resp = await send_processor_event(api, payload, stripe_signature(payload, secret))
+        assert_envelope(resp, 400, "INVALID_EVENT")
+
+
+async def test_a_cursor_outside_64_bits_or_in_other_digits_is_refused(api: Api) -> None:
+    t = await api.create_tenant()
+    for text in ("e:" + "9" * 30, f"e:{2**63}", "e:\u0661\u0662", "e:+1", "e: 1"):
+        resp = await api.get(f"/api/ledger/entries?cursor={_b64(text)}", key=t["sdk_key"])
+        assert_envelope(resp, 400, "INVALID_PARAMETER")
+        assert resp.body["param"] == "cursor"
+    last = await api.get(f"/api/ledger/entries?cursor={_b64(f'e:{2**63 - 1}')}", key=t["sdk_key"])
+    assert last.status == 200 and last.body["data"] == [], last
+
+
+async def test_a_query_parameter_sent_twice_is_refused(api: Api) -> None:
+    """Which of two values counts is anyone's guess: a money API reads a request one way."""
+    t = await api.create_tenant()
+    resp = await api.get("/api/players/balance?player_email=a@example.com&player_email=b@example.com", key=t["sdk_key"])
+    assert_envelope(resp, 400, "INVALID_PARAMETER")
+    assert resp.body["param"] == "player_email"
