@@ -130,12 +130,24 @@ class _Watchdog:
         if self._wake is None:
             raise RuntimeError("the watchdog runs only once started")
         wake = self._wake[0]
+        announced = False
         # Until the deadline, woken early by every arm (a second signal arms one for now).
         while (left_s := self._deadline - time.monotonic()) > 0:
             readable, _, _ = select.select([wake], [], [], None if left_s == math.inf else left_s)
             if readable:
                 os.read(wake, 4096)
-        force(f"still stopping {self._reason}", name=self._name, loop=self._loop)
+            if not announced and self._deadline < math.inf:
+                # From this thread, not the signal handler: one line saying the stop has begun
+                # and when it will be forced (and, for a test, that the signal was handled).
+                announced = True
+                _log_bounded(
+                    logging.INFO,
+                    "%s stopping (%s); forced exit in %.1f s unless it ends first",
+                    self._name,
+                    self._reason,
+                    max(0.0, self._deadline - time.monotonic()),
+                )
+        force(self._reason, name=self._name, loop=self._loop)
 
 
 _watchdog = _Watchdog()
@@ -212,7 +224,7 @@ def stop_within(grace_s: float, *, name: str) -> None:
     died); call it from the event loop's thread."""
     _check_grace(grace_s)
     _watchdog.start(name=name, loop=asyncio.get_running_loop())
-    _watchdog.arm(grace_s + HARD_STOP_S, f"{grace_s + HARD_STOP_S:.1f} s after the stop began")
+    _watchdog.arm(grace_s + HARD_STOP_S, f"stop begun; bound {grace_s + HARD_STOP_S:.1f} s")
 
 
 def stop_signals(stop: asyncio.Event, *, name: str, grace_s: float) -> None:
@@ -228,10 +240,10 @@ def stop_signals(stop: asyncio.Event, *, name: str, grace_s: float) -> None:
         if signalled:
             # Through the watchdog's thread, which logs and exits: no thread is started and no
             # lock taken here, in a handler that may have interrupted anything.
-            _watchdog.arm(0.0, f"after a second signal ({signal.Signals(signum).name})")
+            _watchdog.arm(0.0, f"a second signal ({signal.Signals(signum).name}) forces it")
             return
         signalled.append(signum)
-        _watchdog.arm(grace_s + HARD_STOP_S, f"{grace_s + HARD_STOP_S:.1f} s after {signal.Signals(signum).name}")
+        _watchdog.arm(grace_s + HARD_STOP_S, f"{signal.Signals(signum).name}; bound {grace_s + HARD_STOP_S:.1f} s")
         try:
             loop.call_soon_threadsafe(stop.set)
         except RuntimeError:  # the loop is closed: the process is ending anyway, and armed
