@@ -1,9 +1,13 @@
 """gRPC plumbing every service shares: the server bootstrap and the client call helper.
 
 Server: health service, reflection, an interceptor that carries the request id into logs,
-refuses calls without a deadline, and turns `InvoError` into a status (and any other exception
-into a logged INTERNAL). SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get a grace
-period, then background tasks are cancelled and resources closed.
+refuses calls without a deadline, and turns `InvoError` into a status, a dependency that timed out
+or went away (PostgreSQL, NATS, a socket) into UNAVAILABLE with a retry hint (a 503 with
+Retry-After at the gateway, logged as one warning line), and any other exception into a logged
+INTERNAL. SIGTERM/SIGINT (`runtime.stop_signals`): health goes NOT_SERVING, in-flight calls get a
+grace period, then background tasks are cancelled and resources closed, each step bounded; a
+stop that overruns its bounds is forced (`runtime.EXIT_FORCED`), and a background task that dies
+stops the service with `runtime.EXIT_FAILED`.
 
 Client: `call(stub.Method, request, timeout_s=...)` always sends a deadline and the request id and
 turns a failed status back into the `InvoError` the server raised.
@@ -14,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
+import nats.errors
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import errors
+from services.common import errors, runtime
 from services.common.logs import (
     OPERATOR_ID_METADATA,
     REQUEST_ID_METADATA,
@@ -54,10 +59,64 @@ def _operator_id_from(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+# A dependency that timed out or went away: the same request retried later can succeed, so the
+# caller gets UNAVAILABLE (503 with Retry-After), never INTERNAL.
+_DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (
+    # 57xxx: a statement timeout (QueryCanceledError), the server shutting down or starting up.
+    asyncpg.exceptions.OperatorInterventionError,
+    # 08xxx: the connection failed or was lost (ProtocolViolationError is refused below: a bug).
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    # nats-py's own (its TimeoutError is also the builtin one, caught below).
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    # asyncio's and asyncpg's command timeouts; refused, reset and unreachable sockets.
+    TimeoutError,
+    OSError,
+)
+# asyncpg raises plain InterfaceError for a pool or connection closed under a call; other
+# InterfaceErrors (a connection used after release, say) are programming errors and stay INTERNAL.
+_CLOSED_MESSAGES = ("connection is closed", "pool is closing", "pool is closed")
+_UNAVAILABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+DEPENDENCY_RETRY_AFTER_S = 1
+_LOGGED_MESSAGE_MAX = 300  # some messages carry a whole SQL statement
+
+
+def dependency_away(exc: BaseException) -> bool:
+    """Whether `exc` means a dependency timed out or went away (rather than a bug)."""
+    if isinstance(exc, asyncpg.exceptions.ProtocolViolationError):
+        return False
+    if isinstance(exc, _DEPENDENCY_AWAY):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        return str(exc).startswith(_CLOSED_MESSAGES)
+    if isinstance(exc, grpc.aio.AioRpcError):  # a raw stub call, not made through `call`
+        return exc.code() in _UNAVAILABLE_STATUSES
+    return False
+
+
 async def _guard(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
     if isinstance(exc, errors.InvoError):
         context.set_trailing_metadata(errors.to_grpc_metadata(exc))
         await context.abort(exc.grpc_code, exc.message)
+    if dependency_away(exc):
+        # Expected in an outage, and one line each: no traceback for every call that met it.
+        log.warning(
+            "%s: a dependency timed out or went away (%s: %s); answered UNAVAILABLE",
+            method,
+            type(exc).__name__,
+            str(exc)[:_LOGGED_MESSAGE_MAX],
+            extra={"fields": {"rpc": method, "error_type": type(exc).__name__}},
+        )
+        unavailable = errors.Unavailable(
+            "A backend dependency is unavailable; retry the request.", retry_after_s=DEPENDENCY_RETRY_AFTER_S
+        )
+        context.set_trailing_metadata(errors.to_grpc_metadata(unavailable))
+        await context.abort(unavailable.grpc_code, unavailable.message)
     log.exception("unhandled error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -107,7 +166,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     outcome = "ABORTED"
                     raise
                 except Exception as exc:
-                    outcome = exc.error_code if isinstance(exc, errors.InvoError) else "INTERNAL"
+                    if isinstance(exc, errors.InvoError):
+                        outcome = exc.error_code
+                    else:
+                        outcome = "UNAVAILABLE" if dependency_away(exc) else "INTERNAL"
                     await _guard(context, method, exc)
                 finally:
                     _log_rpc(method, outcome, started)
@@ -244,9 +306,41 @@ async def check_health(addr: str, *, timeout_s: float) -> bool:
 
 Cleanup = Callable[[], Awaitable[None]]
 
+BACKGROUND_STOP_S = 2.0  # how long cancelled background tasks may take to end
+CLEANUP_S = 1.0  # how long each shutdown clean-up (closing a pool, a connection: milliseconds) may take
+
+
+async def finish_within(aw: Awaitable[Any], timeout_s: float) -> bool:
+    """Awaits `aw` for at most `timeout_s`; False (and `aw` cancelled, not waited on) if it did
+    not finish. Not `asyncio.wait_for`, which waits for the cancelled work to end: work that
+    swallows its cancellation would hold the stop for ever. An exception of `aw` is raised."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        return False
+    task.result()
+    return True
+
+
+async def end_tasks(tasks: Collection[asyncio.Task[Any]], timeout_s: float) -> list[asyncio.Task[Any]]:
+    """Cancels `tasks` and waits at most `timeout_s` for them to end; the tasks still alive."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    return sorted(pending, key=lambda t: t.get_name())
+
 
 class GrpcService:
-    """Runs one service's gRPC server until SIGTERM or SIGINT."""
+    """Runs one service's gRPC server until SIGTERM or SIGINT (or a background task's death).
+
+    The stop is bounded: the server's grace, then `BACKGROUND_STOP_S` for the cancelled background
+    tasks, then `CLEANUP_S` for each clean-up; what overruns its bound is left behind, logged and
+    recorded as a forced stop (`runtime.fail(forced=True)`), and the watchdog of
+    `runtime.stop_signals` ends the process `runtime.HARD_STOP_S` after all of that whatever
+    happens."""
 
     def __init__(self, name: str, listen_addr: str, *, shutdown_grace_s: float) -> None:
         self.name = name
@@ -259,6 +353,7 @@ class GrpcService:
         self._tasks: list[asyncio.Task[Any]] = []
         self._cleanups: list[Cleanup] = []
         self._stop = asyncio.Event()
+        self.serving = asyncio.Event()  # set once it serves and the signals are handled
 
     def add(self, adder: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
         """Register a servicer: `add(pb2_grpc.add_XServicer_to_server, impl, "invo.v1.X")`."""
@@ -276,16 +371,27 @@ class GrpcService:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
-            # A background loop must never die quietly: take the service down so it is restarted.
-            log.error("background task %s died", task.get_name(), exc_info=exc)
-            self._stop.set()
+        if self._stop.is_set():
+            if exc is not None:  # ended while stopping: worth a line, not a failure
+                log.warning("background task %s ended with an error while stopping", task.get_name(), exc_info=exc)
+            return
+        # A background loop must never die quietly: take the service down, non-zero, so that it
+        # is restarted. A loop that returns has died too (every one runs until cancelled).
+        how = "died" if exc is not None else "ended"
+        log.error("background task %s %s", task.get_name(), how, exc_info=exc)
+        runtime.fail(f"background task {task.get_name()} {how}")
+        self._stop.set()
 
     def on_shutdown(self, cleanup: Cleanup) -> None:
         self._cleanups.append(cleanup)
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stop_budget_s(self) -> float:
+        """The longest a graceful stop takes: the server's grace, the tasks' bound, each clean-up's."""
+        return self.shutdown_grace_s + CLEANUP_S + BACKGROUND_STOP_S + CLEANUP_S * len(self._cleanups)
 
     async def run(self) -> None:
         names: Sequence[str] = (
@@ -300,19 +406,35 @@ class GrpcService:
         await self.server.start()
         for name in self._service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        runtime.stop_signals(self._stop, name=self.name, grace_s=self.stop_budget_s)
         log.info("%s listening on %s", self.name, self.listen_addr)
+        self.serving.set()
         try:
             await self._stop.wait()
         finally:
-            log.info("%s shutting down", self.name)
-            await self.health.enter_graceful_shutdown()
-            await self.server.stop(self.shutdown_grace_s)
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            for cleanup in reversed(self._cleanups):
-                await cleanup()
-            log.info("%s stopped", self.name)
+            # However the stop came (a signal, a task that died), the watchdog bounds it.
+            runtime.stop_within(self.stop_budget_s, name=self.name)
+            await self._shut_down()
+
+    async def _shut_down(self) -> None:
+        log.info("%s shutting down", self.name)
+        await self.health.enter_graceful_shutdown()
+        await self._bounded(self.server.stop(self.shutdown_grace_s), self.shutdown_grace_s + CLEANUP_S, "server.stop")
+        stuck = await end_tasks(self._tasks, BACKGROUND_STOP_S)
+        if stuck:
+            names = ", ".join(t.get_name() for t in stuck)
+            log.error("%s: background tasks still alive %.1f s after cancel: %s", self.name, BACKGROUND_STOP_S, names)
+            runtime.fail(f"background tasks did not stop: {names}", forced=True)
+        for cleanup in reversed(self._cleanups):
+            await self._bounded(cleanup(), CLEANUP_S, getattr(cleanup, "__qualname__", repr(cleanup)))
+        log.info("%s stopped", self.name)
+
+    async def _bounded(self, aw: Awaitable[Any], timeout_s: float, what: str) -> None:
+        try:
+            finished = await finish_within(aw, timeout_s)
+        except Exception:  # one clean-up that fails must not keep the others from running
+            log.warning("%s: %s failed while stopping", self.name, what, exc_info=True)
+            return
+        if not finished:
+            log.error("%s: %s did not finish within %.1f s; left behind", self.name, what, timeout_s)
+            runtime.fail(f"{what} did not finish", forced=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import pathlib
 from collections.abc import Awaitable, Callable
@@ -91,7 +90,9 @@ async def _serve(name: str, setup: Setup) -> None:
 
 
 def main(name: str, setup: Setup) -> None:
-    asyncio.run(_serve(name, setup))
+    """Runs the service until it is stopped; the process exits non-zero when a background task
+    died (`runtime.EXIT_FAILED`) or the stop had to be forced (`runtime.EXIT_FORCED`)."""
+    raise SystemExit(runtime.run(_serve(name, setup)))
 
 
 async def no_servicers(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> None:

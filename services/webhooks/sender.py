@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 from invo.v1 import tenants_pb2
 
-from services.common import errors, loops
+from services.common import errors, grpcutil, loops
 from services.common.config import Settings
 from services.common.signing import signature_header
 from services.webhooks.addresses import PublicOnlyResolver, RefusedAddress, check_public, literal_address
@@ -42,6 +42,7 @@ CLAIM_INTERVAL_S = 0.01
 CLAIM_ENDPOINTS_MAX = 256  # endpoints a claim looks at; the next claim goes on from the last one
 # Deliveries wait out the backoff once the outage is over: short, since a failed round is one query.
 SEND_BACKOFF_MAX_S = 5.0
+SEND_STOP_S = 0.5  # how long cancelled attempts may take to end at shutdown
 USER_AGENT = "INVO-Webhooks/1.0"
 
 
@@ -64,9 +65,11 @@ class Sender:
         )
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Bounded: an attempt that does not end when cancelled keeps its lease and is tried again
+        # once it runs out, and the attempts that did finish are still flushed below.
+        stuck = await grpcutil.end_tasks(list(self.tasks), SEND_STOP_S)
+        if stuck:
+            log.warning("%d delivery attempts still running at shutdown; their leases will run out", len(stuck))
         try:
             await self.outcomes.flush()
         except Exception:  # shutting down: the leases run out and the deliveries are tried again
@@ -156,8 +159,11 @@ class Sender:
             await self._hand_back(handed_back)
         if not rows:
             self.wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that arrives as
+            # the wake-up does, and a stopping service's sender then claimed on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=SEND_POLL_S)
+                async with asyncio.timeout(SEND_POLL_S):
+                    await self.wake.wait()
         return CLAIM_INTERVAL_S
 
     async def run(self) -> NoReturn:
