@@ -5,13 +5,14 @@ payments service SIGKILLed under load) run on the test session's network, which 
 afterwards. The checks are then shown to catch what they exist to catch: a credit nobody was
 told of (doubled), an acknowledged write that is not in the ledger (lost), a webhook that never
 comes (missing), a forged signature, a second charge for one order at the processor, and a
-process that died on its own.
+process that died on its own; and a second delivery of one event is counted as a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 import aiohttp
@@ -22,6 +23,7 @@ from faults.flows import CardPurchase
 from faults.model import ACKED
 from faults.proxy import TcpProxy
 from faults.workload import Settings, Workload
+from services.common.signing import signature_header
 from services.common.stack import Stack
 from tests.helpers import eventually
 
@@ -120,7 +122,20 @@ async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_a_se
         ):
             assert resp.status == 200, await resp.text()
 
-        # 5. A process that dies on its own (no fault of ours restarts it).
+        # 5. One event delivered twice (at least once: counted, not a failure), validly signed.
+        first = next(iter(wl.receivers.events.values()))
+        again = json.dumps({"event_id": first.event_id, "event_type": first.event_type, "tenant_id": tenant.tenant_id})
+        signed = signature_header(again.encode(), [tenant.signing_secret], timestamp=int(time.time()))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                wl.receivers.url(0),
+                data=again.encode(),
+                headers={"X-Invo-Signature": signed, "X-Invo-Event-Id": first.event_id},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        # 6. A process that dies on its own (no fault of ours restarts it).
         victim = stack.procs["transfers"]
         victim.kill()
         await asyncio.to_thread(victim.wait, 10)
@@ -136,6 +151,7 @@ async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_a_se
     assert [lost["key"] for lost in found.lost] == [forged.key], found.lost
     assert {w["player"] for w in found.wallets} == set(tenant.players), found.wallets
     assert found.webhooks["missing"] == 1 and found.webhooks["bad_signatures_or_tenant"] == 1, found.webhooks
+    assert found.webhooks["duplicates"] == 1, found.webhooks
     assert [p["key"] for p in found.webhooks["phantom"]] == ["not in the model"], found.webhooks
     assert [d["order_id"] for d in found.processor["double_charges"]] == [paid.order_id], found.processor
     assert [d["order_id"] for d in found.processor["orders_with_several_intents"]] == [paid.order_id]
