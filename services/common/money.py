@@ -27,6 +27,12 @@ def parse_scaled(value: object, *, places: int, field: str) -> int:
     elif isinstance(value, Decimal):
         if not value.is_finite():
             raise AmountError(f"{field} must be a finite number")
+        # Bounded before it is written out: 1e999999999 in "f" format is a billion digits.
+        if value.adjusted() > 17:
+            raise AmountError(f"{field} is too large")
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -places:
+            raise AmountError(f"{field} allows at most {places} decimal places")
         text = format(value, "f")
     elif isinstance(value, str):
         text = value

@@ -220,6 +220,10 @@ PATH_ID_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"}
 
 def _json_number(value: Any) -> Any:
     if isinstance(value, Decimal):
+        # Past 20 digits it is no number metadata needs, and int() of 1e999999999 would take a
+        # billion digits of memory: refused (TypeError) before anything writes it out.
+        if not value.is_finite() or abs(value.adjusted()) > 20:
+            raise TypeError("a number out of range")
         return int(value) if value == value.to_integral_value() else float(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 

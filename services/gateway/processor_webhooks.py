@@ -17,6 +17,7 @@ from invo.v1 import payments_pb2
 
 from services.common import errors
 from services.gateway import declare, payments_schema
+from services.gateway.auth import one_header
 from services.gateway.context import ctx_of
 from services.gateway.http import json_response, parse_json
 
@@ -56,12 +57,14 @@ async def processor_signature(request: web.Request, handler: Handler) -> web.Str
         raise errors.Unavailable("Processor webhooks are not configured.", error_code="WEBHOOKS_NOT_CONFIGURED")
     if request.method != "POST":
         return await handler(request)  # routing answers 404/405; nothing is read
+    signature = one_header(request, "Stripe-Signature")
+    # A header that was not UTF-8 arrives with surrogates, which the SDK cannot encode (a 500).
+    if not signature.isascii():
+        raise errors.InvalidRequest("Invalid processor signature.", error_code="INVALID_SIGNATURE")
     raw = await read_limited(request, PROCESSOR_EVENT_BYTES_MAX)
     payload = raw.decode("utf-8", errors="replace")
     try:
-        stripe.WebhookSignature.verify_header(
-            payload, request.headers.get("Stripe-Signature", ""), secret, tolerance=SIGNATURE_TOLERANCE_S
-        )
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=SIGNATURE_TOLERANCE_S)
     except stripe.SignatureVerificationError as exc:
         raise errors.InvalidRequest("Invalid processor signature.", error_code="INVALID_SIGNATURE") from exc
     request[VERIFIED_PAYLOAD] = payload
