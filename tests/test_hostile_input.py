@@ -249,6 +249,22 @@ async def spoiled_numbers(op: hs.Operation, w: World, source: str) -> Control:
     return control
 
 
+# JSON numbers no field needs: written out in full, the first is a billion digits. Each must be
+# refused at once (the raw client's timeout is the bound), never formatted or converted.
+HUGE_NUMBERS = ("1e999999999", "-1e999999999", "1e-999999999", '{"k": 1e999999999}', "[1E+999999999]")
+
+
+async def huge_numbers(op: hs.Operation, w: World, source: str) -> Control:
+    assert op.body is not None
+    valid = w.body(op)
+    for field in op.body.get("properties", {}) or ["a"]:
+        text = json.dumps(hs.with_value(valid, field, "__NUMBER__"))
+        for number in HUGE_NUMBERS:
+            resp = await w.send(op, source, body=text.replace('"__NUMBER__"', number).encode())
+            hs.check_refusal(resp, [400])
+    return None
+
+
 def _no_echo(resp: hs.RawResponse, marker: str) -> None:
     assert marker.encode() not in resp.raw, resp.raw[:300]
 
@@ -306,6 +322,7 @@ KINDS: dict[str, tuple[Applies, Callable[[hs.Operation, World, str], Awaitable[C
     "surrogate-query": (lambda op: True, surrogate_query),
     "deep-nesting": (lambda op: op.body is not None, deep_nesting),
     "duplicate-keys": (lambda op: op.body is not None, duplicate_keys),
+    "huge-numbers": (lambda op: op.body is not None, huge_numbers),
     "spoiled-numbers": (
         lambda op: bool((op.body is not None and hs.numeric_fields(op.body, DOC)) or hs.integer_query_params(op, DOC)),
         spoiled_numbers,
@@ -386,6 +403,11 @@ async def test_a_signed_processor_event_is_read_one_way(api: Api, stack: Stack) 
     for payload in payloads:
         resp = await send_processor_event(api, payload, stripe_signature(payload, secret))
         assert_envelope(resp, 400, "INVALID_EVENT")
+    # Its signature header read one way too: once, and text.
+    good = stripe_signature(payloads[0], secret).encode()
+    for headers in ([("Stripe-Signature", good + b"\xff")], [("Stripe-Signature", good), ("Stripe-Signature", good)]):
+        raw = await hs.send(stack.gateway_url, hs.build("POST", "/webhooks/processor", headers, payloads[0].encode()))
+        hs.check_refusal(raw, [400], ["INVALID_SIGNATURE", "INVALID_REQUEST"])
 
 
 async def test_a_cursor_outside_64_bits_or_in_other_digits_is_refused(api: Api) -> None:
