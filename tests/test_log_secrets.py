@@ -46,6 +46,8 @@ def test_redact_keeps_the_prefix_and_drops_the_secret(secret: str, prefix: str) 
 def test_redact_bearer_credentials_and_url_passwords() -> None:
     assert logs.redact("Authorization: Bearer abc.DEF-123_x/y+z=") == "Authorization: Bearer " + logs.REDACTED
     assert logs.redact("authorization: bearer opaque-token") == "authorization: bearer " + logs.REDACTED
+    assert logs.redact(f"Authorization: Bearer {ADMIN_TOKEN}") == "Authorization: Bearer " + logs.REDACTED
+    assert logs.redact("Bearer ivsdk_[REDACTED]") == "Bearer ivsdk_[REDACTED]"  # redacted already
     url = "postgresql://invo:s3cr3t-Pass_word@127.0.0.1:5432/invo"
     assert logs.redact(f"connecting to {url}") == f"connecting to postgresql://invo:{logs.REDACTED}@127.0.0.1:5432/invo"
 
@@ -57,6 +59,7 @@ def test_redact_leaves_ordinary_text_alone() -> None:
         "tenant tn_01JD3Q8X4Z6N2R5T7V9W1Y3A5C operator op_bootstrap order ord_123",
         "http://127.0.0.1:8080/readyz",
         "ask_test_value task_live_x",  # the prefixes only count at the start of a word
+        "network_fee risk_level whsec",
         "",
     ):
         assert logs.redact(text) == text
