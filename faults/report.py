@@ -18,6 +18,7 @@ COLUMNS = (
     ("doubled", "doubled", 7),
     ("webhooks_missing", "wh missing", 10),
     ("webhooks_duplicated", "wh dup", 6),
+    ("webhook_lag_s", "wh lag s", 8),
     ("violations", "violations", 10),
 )
 

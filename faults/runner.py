@@ -46,6 +46,8 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
         "doubled": len(f.doubled) + int(f.processor.get("doubled", 0)),
         "webhooks_missing": int(f.webhooks.get("missing", 0)),
         "webhooks_duplicated": int(f.webhooks.get("duplicates", 0)),
+        # From an operation's answer to its event's first arrival, the slowest of the phase.
+        "webhook_lag_s": f.webhooks.get("lag_s_max"),
         "violations": f.violations,
         "refusals": stats.refusals,
         "findings": f.summary(),

@@ -34,8 +34,8 @@ class Settings:
 
     tenants: int = 4
     players_per_tenant: int = 24
-    clients: int = 8  # concurrent partner clients
-    rate_per_s: float = 50.0  # operations started per second, all clients together, at most
+    clients: int = 16  # concurrent partner clients: as many operations in flight when the fault hits
+    rate_per_s: float = 100.0  # operations started per second, all clients together, at most
     load_s: float = 14.0  # each phase's load, at least
     warm_s: float = 3.0  # load before the fault
     after_heal_s: float = 4.0  # load after the fault healed, at least
