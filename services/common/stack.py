@@ -2,9 +2,11 @@
 
 Starts real PostgreSQL and NATS JetStream from their PyPI wheels (unless `INVO_DATABASE_URL` /
 `INVO_NATS_URL` name existing ones), every service as its own process on free loopback ports,
-creates a demo sandbox tenant on first run, and stops everything on Ctrl-C or SIGTERM. Data, logs
-and generated development secrets live under `.invo/` (or `INVO_HOME`). The tests start the
-network through this same class, once per test session.
+creates a demo sandbox tenant on first run, and stops everything on Ctrl-C or SIGTERM. Under
+`make run`, `watch_once` restarts whatever dies (processes, PostgreSQL, NATS) as Kubernetes would.
+Data, logs and generated development secrets live under `.invo/` (or `INVO_HOME`), private to the
+user (0700 directories, 0600 files). The tests start the network through this same class, once
+per test session, and never supervise it.
 
 The command line (`python -m services.common.stack run|up|down|migrate`, what the Makefile runs)
 is in `services.common.stackcli`; `main` here hands over to it.
