@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 PROCESSES = ("processor_sim", *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 20.0  # above every process's own bound (its grace, its steps' bounds, runtime.HARD_STOP_S)
 LOG_TAIL_BYTES_MAX = 64 * 1024
 DEMO_TENANT = {"name": "Demo Game", "currency_name": "Demo Coins", "environment": "sandbox"}
 
