@@ -165,4 +165,4 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings.from_env()
     logs.setup("gateway", settings.log_level)
-    asyncio.run(serve(settings))
+    raise SystemExit(runtime.run(serve(settings)))

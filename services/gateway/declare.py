@@ -90,9 +90,10 @@ class Declaration:
         if self.body is not None:
             out |= {400, 413}
         if self.security == SDK_KEY:
-            out |= {401, 403, 429, 503, 504}  # the key is checked by the tenants service
+            out |= {401, 403, 429, 503}  # the key is checked by the tenants service
         elif self.security == OPERATOR:
-            out |= {401, 403, 503, 504}  # 403: the operator's role does not allow the route
+            # 403: the operator's role does not allow the route; 429: too many failed logins from here
+            out |= {401, 403, 429, 503}
         if self.path_params:
             out.add(404)
         return sorted(out)

@@ -24,8 +24,8 @@ ERROR_TEXT = {
     409: "Conflict.",
     413: "The request body is too large.",
     429: "Rate limited; the Retry-After header says when to retry.",
-    503: "A backend is unavailable; retry (with the same idempotency key).",
-    504: "A backend did not answer in time; retry (with the same idempotency key).",
+    503: "A backend, the database or the card processor is unavailable or did not answer in time; "
+    "retry after Retry-After seconds (with the same idempotency key).",
 }
 
 

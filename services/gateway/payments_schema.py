@@ -234,7 +234,7 @@ PROCESSOR_EVENTS = declare.register(
         security=declare.SIGNED,
         answers={200: ProcessorAck},
         # 400: a bad signature or event; 413: over 512 KB; 503: not configured, or a backend down.
-        errors=(400, 413, 503, 504),
+        errors=(400, 413, 503),
         description="Called by the processor, not by partners: every request must carry a valid Stripe-Signature.",
     )
 )
