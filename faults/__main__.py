@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{result['operations']} operations, {result['acknowledged']} acknowledged; processor record: "
         f"{result['processor_source']}"
     )
-    print(f"violations: {result['violations']}; {elapsed_s:.0f} s{' (over the 15-minute budget)' if over else ''}")
+    budget = " (over the 15-minute budget)" if over else ""
+    print(f"violations: {result['violations']}; {elapsed_s:.0f} s{budget}; seed {result['seed']} (--seed repeats it)")
     print(f"results: {path}")
     return 0 if ok and not over else 1
 

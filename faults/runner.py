@@ -147,6 +147,7 @@ async def _run(wl: Workload, checker: Checker, settings: Settings, faults: list[
     model = wl.world.model
     return {
         "run_id": wl.run_id,
+        "seed": wl.seed,
         "elapsed_s": round(time.monotonic() - started, 1),
         "settings": {k: v for k, v in vars(settings).items()},
         "phases": rows,

@@ -53,7 +53,8 @@ class Workload:
         self.stack = stack
         self.settings = settings
         # The workload's choices, repeatable from --seed; nothing secret is drawn from it.
-        self.rng = random.Random(settings.seed or secrets.randbits(32))  # noqa: S311
+        self.seed = settings.seed or secrets.randbits(32)  # kept in the result: --seed repeats the choices
+        self.rng = random.Random(self.seed)  # noqa: S311
         self.run_id = secrets.token_hex(3)
         self.receivers = Receivers()
         self.gateway = Gateway(
