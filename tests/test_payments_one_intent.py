@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from services.common.stack import Stack
-from tests.helpers import Api, assert_envelope
+from tests.helpers import Api, assert_envelope, eventually
 from tests.payments_resilience_support import (
     Sim,
     assert_charged_once,
@@ -69,7 +69,8 @@ async def test_a_lost_answer_after_the_keys_expired_charges_once(api: Api, sim: 
     retry it has forgotten the idempotency key (Stripe keeps them 24 hours): still one charge."""
     t = await tenant(api)
     player, reference = email(f"lost{lost}"), ref()
-    match = "/confirm" if lost == "confirm" else ""
+    # Only our own call: a call of the recovery loop for another test's order must not take the fault.
+    match = "/confirm" if lost == "confirm" else "POST /v1/payment_intents"
     # 4 s is longer than the tests' INVO_PROCESSOR_TIMEOUT_S=3; webhooks held so only calls settle.
     await sim.faults(slow_next=1, slow_s=4, webhook_hold=True, match=match)
     first = await purchase(api, t, player, reference)
@@ -116,7 +117,7 @@ async def test_a_database_timeout_is_503_and_the_retry_charges_once(api: Api, si
         await tx.start()
         await holder.execute("LOCK TABLE payments.orders IN ACCESS EXCLUSIVE MODE")
         stalled = await purchase(api, t, player, reference)
-        assert_envelope(stalled, 503, stalled.body.get("error_code", ""))
+        assert_envelope(stalled, 503, "SERVICE_UNAVAILABLE")
         assert stalled.headers.get("Retry-After") == "1", stalled.headers
         await tx.rollback()
     finally:
@@ -133,3 +134,30 @@ async def test_purchases_racing_on_one_reference_make_one_intent(api: Api, sim: 
     assert {a.status for a in answers} <= {200, 409}, answers
     settled = await settle(api, t, player, reference)
     await assert_charged_once(api, sim, t, player, settled.body["order_id"])
+
+
+async def test_an_order_that_fails_every_time_does_not_block_recovery_of_the_others(api: Api, sim: Sim) -> None:
+    """The recovery loop takes the oldest stale order first and stops its round at a failure: an
+    order whose every drive fails must keep its lease until it runs out, or it would come first in
+    every round and no other order would ever be recovered."""
+    t = await tenant(api)
+    stuck_player, stuck_ref = email("stuck"), ref()
+    await sim.faults(timeout_next=1, timeout_s=4, match="/confirm")
+    assert_envelope(await purchase(api, t, stuck_player, stuck_ref), 503, "PROCESSOR_UNAVAILABLE")
+    [stuck] = await sim.intents(reference=stuck_ref)
+    # From now on every look at the stuck order's intent fails (a processor error on that one call).
+    await sim.faults(fail_next=1_000_000, fail_match=f"GET /v1/payment_intents/{stuck['id']}")
+    player, reference = email("behind"), ref()
+    await sim.faults(timeout_next=1, timeout_s=4, match="/confirm")
+    behind = await purchase(api, t, player, reference)
+    assert_envelope(behind, 503, "PROCESSOR_UNAVAILABLE")
+    [pi] = await sim.intents(reference=reference)
+    order_id = str(pi["metadata"]["order_id"])
+
+    async def recovered() -> bool:
+        return (await order(api, t, order_id))["status"] == "completed"
+
+    # Only the recovery loop drives it (nobody retries the purchase): a few rounds of 2 s at most.
+    assert await eventually(recovered, timeout_s=20, interval_s=0.25)
+    assert await balance(api, t, player) == "100"
+    assert await balance(api, t, stuck_player) == "0"

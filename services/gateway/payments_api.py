@@ -78,7 +78,8 @@ async def purchase_currency(request: web.Request, body: PurchaseCurrency) -> web
             purchase_reference=body.purchase_reference,
             metadata_json=fields.metadata_json(body.metadata),
         ),
-        timeout_s=ctx.settings.processor_timeout_s + ctx.settings.rpc_timeout_s,
+        # Create and confirm at the processor, then the ledger's credit.
+        timeout_s=2 * ctx.settings.processor_timeout_s + ctx.settings.rpc_timeout_s,
     )
     status, payload = _outcome_json(out)
     payload.pop("already_processed", None)

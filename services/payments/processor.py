@@ -24,6 +24,11 @@ class ProcessorUnavailable(errors.Unavailable):
     default_error_code = "PROCESSOR_UNAVAILABLE"
 
 
+class KeyConflict(errors.Conflict):
+    """The processor refused our idempotency key as used before with other parameters (an order
+    created by an older version of this code, say): what it made then is not known here."""
+
+
 @dataclasses.dataclass
 class Outcome:
     """What became of a PaymentIntent: `status` is Stripe's (succeeded, requires_action, ...) or
@@ -142,6 +147,8 @@ class Processor:
                     options={"idempotency_key": f"invo-order-{order_id}"},
                 )
             )
+        except stripe.IdempotencyError as exc:
+            raise KeyConflict("The processor refused the order's idempotency key.") from exc
         except stripe.InvalidRequestError as exc:
             raise errors.InvalidRequest(
                 exc.user_message or "The payment method was refused by the processor.",
@@ -153,13 +160,13 @@ class Processor:
     async def confirm(self, *, order_id: str, payment_intent_id: str) -> Outcome:
         """Confirm (charge) the order's stored PaymentIntent. If it cannot be confirmed any more
         (confirmed already by an earlier call whose answer was lost, or cancelled), its current
-        state is the answer."""
+        state is the answer.
+
+        No idempotency key: the intent's own state makes a second confirm harmless (refused as
+        `payment_intent_unexpected_state`, then read), whereas Stripe replays a key's first answer
+        for 24 hours, a transient 500 included, which would wedge the order for a day."""
         try:
-            pi = await self._guarded(
-                self.client.v1.payment_intents.confirm_async(
-                    payment_intent_id, options={"idempotency_key": f"invo-confirm-{order_id}"}
-                )
-            )
+            pi = await self._guarded(self.client.v1.payment_intents.confirm_async(payment_intent_id))
         except stripe.CardError as exc:
             return self._declined(exc)
         except stripe.InvalidRequestError as exc:

@@ -24,7 +24,7 @@ from services.common import limits as shared_limits
 from services.common.config import Settings
 from services.payments import limits
 from services.payments.orders import ORDER_ID_RE, PAID, NewOrder, OrderStore
-from services.payments.processor import Outcome, Processor
+from services.payments.processor import KeyConflict, Outcome, Processor
 from services.payments.settlement import Settlement
 
 REFERENCE_LEN_MAX = shared_limits.PURCHASE_REFERENCE_LEN_MAX
@@ -190,21 +190,30 @@ class Purchases:
             # the wrong account): never make another, which could charge the card twice.
             why = f"the processor does not know the order's PaymentIntent {row['payment_intent_id']}"
             return Answer(await self.settlement.hold(row, why))
+        except KeyConflict:
+            why = "the processor refused the order's idempotency key (used before with other parameters)"
+            return Answer(await self.settlement.hold(row, why))
         except BaseException:
-            # Unknown outcome (the processor or the database away, the caller gone): release the
-            # lease so that a retry or the recovery loop asks again, about the same intent.
-            with contextlib.suppress(Exception):
-                await self.store.release(row["order_id"])
+            # Unknown outcome (the processor or the database away, the caller gone).
+            await self._after_failure(row, source)
             raise
         try:
             done, already = await self.settlement.apply(row, outcome, source=source, deadline=deadline)
         except BaseException:
             # The charge is decided but not settled (the ledger or our database away): the next
             # attempt finds the intent's state at the processor and settles from it.
-            with contextlib.suppress(Exception):
-                await self.store.release(row["order_id"])
+            await self._after_failure(row, source)
             raise
         return Answer(done, already_processed=already)
+
+    async def _after_failure(self, row: asyncpg.Record, source: str) -> None:
+        """A client's attempt releases the lease, so that its retry drives the order at once. The
+        recovery loop keeps it until it runs out: an order that fails every time must not be the
+        first one claimed in every round, ahead of all the others."""
+        if source == "recovery":
+            return
+        with contextlib.suppress(Exception):
+            await self.store.release(row["order_id"])
 
     async def _charge(self, row: asyncpg.Record) -> Outcome:
         intent_id = row["payment_intent_id"]

@@ -64,8 +64,10 @@ class Recovery:
             seen.add(rows[0]["order_id"])
             try:
                 await self.purchases.drive(rows[0], source="recovery", deadline=None)
-            except errors.InvoError as exc:
-                log.warning("recovery of %s: %s", rows[0]["order_id"], exc.error_code)
+            except Exception as exc:
+                # The order keeps its lease until it runs out, so the next round starts with others.
+                code = exc.error_code if isinstance(exc, errors.InvoError) else type(exc).__name__
+                log.warning("recovery of %s: %s", rows[0]["order_id"], code)
                 break  # a dependency is failing: the others would too; the next round tries again
         return len(seen)
 
@@ -89,14 +91,14 @@ class Recovery:
                         outcome, failure_code="payment_canceled", failure_message=ABANDONED_MESSAGE
                     )
                 await self.settlement.apply(row, outcome, source="recovery", deadline=None)
-            except errors.InvoError as exc:
-                log.warning("cancelling abandoned %s: %s", row["order_id"], exc.error_code)
+            except Exception as exc:
+                code = exc.error_code if isinstance(exc, errors.InvoError) else type(exc).__name__
+                log.warning("cancelling abandoned %s: %s", row["order_id"], code)
                 failed = True
-            finally:
-                # Whatever happened, the next round may look again (a settled order is not picked).
-                await self.store.release(row["order_id"])
             if failed:
+                # It keeps its lease until that runs out, so the next rounds start with the others.
                 break  # the processor or the ledger is failing: the next round tries again
+            await self.store.release(row["order_id"])  # a settled order is not picked again
         return len(seen)
 
     async def round(self) -> float | None:

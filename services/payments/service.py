@@ -198,7 +198,9 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     svc.on_shutdown(ledger_channel.close)
     ledger = LedgerClient(ledger_pb2_grpc.LedgerServiceStub(ledger_channel), timeout_cap_s=settings.rpc_timeout_s)
     # The lease outlasts one processor call with a margin: a live worker never loses its order.
-    store = OrderStore(pool, lease_s=settings.processor_timeout_s * 2 + 5)
+    # A drive makes up to three processor calls (create, confirm, or a retrieve) and a ledger call:
+    # the lease outlasts them all, so no second worker drives an order while the first still is.
+    store = OrderStore(pool, lease_s=settings.processor_timeout_s * 3 + settings.rpc_timeout_s + 5)
     settlement = Settlement(store, ledger)
     purchases = Purchases(store, settlement, processor, settings, identity_key=settings.identity_key)
     registry = Registry()

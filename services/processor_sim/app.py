@@ -113,7 +113,7 @@ async def serve(
     sim = Simulator(
         secret_key=secret_key, webhook_secret=webhook_secret, webhook_url=webhook_url, journal=Journal(state_path)
     )
-    runner = web.AppRunner(create_app(sim), access_log=None)
+    runner = web.AppRunner(create_app(sim), access_log=None, shutdown_timeout=STOP_GRACE_S / 2)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info(

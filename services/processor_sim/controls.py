@@ -45,8 +45,9 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
         for name in ("timeout_s", "slow_s", "webhook_delay_s"):
             if name in body:
                 setattr(sim.faults, name, float(body[name]))
-        if "match" in body:
-            sim.faults.match = str(body["match"])
+        for name in ("match", "fail_match"):
+            if name in body:
+                setattr(sim.faults, name, str(body[name]))
         for name in ("webhook_duplicate", "webhook_hold"):
             if name in body:
                 setattr(sim.faults, name, bool(body[name]))

@@ -49,6 +49,7 @@ DECLINE_MESSAGES = {
     "insufficient_funds": "Your card has insufficient funds.",
 }
 IDEMPOTENCY_TTL_S = 24 * 3600
+IDEMPOTENCY_SWEEP_EVERY = 1_000
 CALLS_KEPT_MAX = 10_000  # the API calls remembered for tests (/_sim/state), newest kept
 LIST_LIMIT_MAX = 100  # Stripe's own bound on a list page
 
@@ -102,8 +103,21 @@ class StripeResources(WebhookSender):
         # key -> [expires_at, request fingerprint, status, body]
         self.idempotency: dict[str, list[Any]] = state["idempotency"]
         self.owed_events: list[dict[str, Any]] = list(state["events"].values())
+        self._keys_since_sweep = 0
         # (method, path) of the latest API calls, for tests
         self.calls: collections.deque[tuple[str, str]] = collections.deque(maxlen=CALLS_KEPT_MAX)
+
+    def _forget_expired_keys(self) -> None:
+        """Keys older than 24 hours are forgotten, as Stripe forgets them; looked at once per
+        `IDEMPOTENCY_SWEEP_EVERY` new keys, so that memory stays bounded by a day's keys."""
+        self._keys_since_sweep += 1
+        if self._keys_since_sweep < IDEMPOTENCY_SWEEP_EVERY:
+            return
+        self._keys_since_sweep = 0
+        now = time.time()
+        for key in [k for k, v in self.idempotency.items() if v[0] <= now]:
+            del self.idempotency[key]
+            self.journal.put("idempotency", key, None)
 
     def save(self, kind: str, obj: dict[str, Any]) -> None:
         """Record a created or changed object before the call that changed it answers."""
@@ -229,12 +243,13 @@ class StripeResources(WebhookSender):
             return web.json_response(
                 {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
             )
-        targeted = self.faults.match in request.path
+        targeted = f"{request.method} {request.path}".endswith(self.faults.match)
         if self.faults.timeout_next > 0 and targeted:
             self.faults.timeout_next -= 1
             await asyncio.sleep(self.faults.timeout_s)
             return web.json_response({"error": {"type": "api_error", "message": "timed out"}}, status=500)
-        if self.faults.fail_next > 0 and targeted:
+        fail_targeted = f"{request.method} {request.path}".endswith(self.faults.fail_match or self.faults.match)
+        if self.faults.fail_next > 0 and fail_targeted:
             self.faults.fail_next -= 1
             return web.json_response({"error": {"type": "api_error", "message": "Simulated failure."}}, status=500)
         form = await request.post() if request.method == "POST" else {}
@@ -262,6 +277,7 @@ class StripeResources(WebhookSender):
         except StripeError as exc:
             status, body = exc.status, {"error": exc.body}
         if request.method == "POST" and key and status < 500:
+            self._forget_expired_keys()
             self.idempotency[key] = [time.time() + IDEMPOTENCY_TTL_S, fingerprint, status, body]
             self.journal.put("idempotency", key, self.idempotency[key])
         if self.faults.slow_next > 0 and targeted:

@@ -54,9 +54,10 @@ class Faults:
     timeout_s: float = 30.0
     slow_next: int = 0  # process the next N calls (webhooks go out) but answer only after `slow_s`
     slow_s: float = 2.0
-    # fail_next, timeout_next and slow_next count only API calls whose path contains this ("": all),
-    # e.g. "/confirm" for the call that charges.
+    # fail_next, timeout_next and slow_next count only API calls whose "METHOD /path" ends with
+    # this ("": every call): "/confirm" for the call that charges, "POST /v1/payment_intents" for a create.
     match: str = ""
+    fail_match: str = ""  # the same, for fail_next alone when set (two faults on two calls at once)
     webhook_delay_s: float = 0.0
     webhook_duplicate: bool = False
     webhook_hold: bool = False  # queue webhooks until released (then sent newest first)
