@@ -241,6 +241,24 @@ async def test_failed_authentications_are_limited_per_address(api: Api, stack: S
     assert (await _get(stack, "/admin/ledger/check", source=other, bearer=api.admin_token)).status == 200
 
 
+async def test_unknown_keys_sent_at_once_are_limited_too(stack: Stack) -> None:
+    """Many different unknown keys from one address in flight together: each is a lookup, and the
+    limit must hold for them as it does for keys sent one after another (it once counted a
+    failure only after its lookup, so a wave sent together all got through)."""
+    tag = f"wave-{uuid.uuid4().hex[:12]}"
+    wave = 3 * limits.AUTH_FAILURES_BURST
+
+    async def one(i: int) -> hs.RawResponse:
+        return await _get(stack, "/api/tenant", source="127.78.3.1", key=_unknown_key(), rid=f"{tag}-{i}")
+
+    answers = await asyncio.gather(*(one(i) for i in range(wave)))
+    statuses = sorted(r.status for r in answers)
+    assert set(statuses) == {401, 429}, statuses
+    # The burst, and at most what refilled while the wave was answered.
+    assert statuses.count(401) <= limits.AUTH_FAILURES_BURST + 2, statuses
+    assert _lookups(stack, tag) <= limits.AUTH_FAILURES_BURST + 2
+
+
 async def test_guessing_the_admin_token_is_limited_per_address(stack: Stack) -> None:
     source = "127.78.2.1"
     statuses = []

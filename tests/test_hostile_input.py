@@ -198,6 +198,21 @@ async def surrogate_body(op: hs.Operation, w: World, source: str) -> Control:
     return None
 
 
+async def not_utf8_body(op: hs.Operation, w: World, source: str) -> Control:
+    """JSON is UTF-8: a body in UTF-16 or UTF-32 (which Python's json would guess and read) is
+    refused, with a lone surrogate inside or not; its ASCII-looking bytes must not skip the text
+    checks (they once did: a 500 in the service that got the surrogate)."""
+    valid = w.body(op)
+    assert op.body is not None
+    for field in [*op.body.get("properties", {}), None]:
+        body = hs.with_value(valid, field, "a\ud800b") if field else valid
+        text = json.dumps(body, ensure_ascii=False)
+        for encoding in ("utf-16-le", "utf-16", "utf-32"):
+            resp = await w.send(op, source, body=text.encode(encoding, errors="surrogatepass"))
+            hs.check_refusal(resp, [400], ["INVALID_JSON"])
+    return None
+
+
 async def surrogate_query(op: hs.Operation, w: World, source: str) -> Control:
     for name in [*op.query, "x"]:
         for bad in BAD_QUERY_BYTES:
@@ -324,6 +339,7 @@ KINDS: dict[str, tuple[Applies, Callable[[hs.Operation, World, str], Awaitable[C
     "bad-utf8-auth": (lambda op: op.security is not None, bad_utf8_auth),
     "duplicate-auth": (lambda op: op.security is not None, duplicate_auth),
     "surrogate-body": (lambda op: op.body is not None, surrogate_body),
+    "not-utf8-body": (lambda op: op.body is not None, not_utf8_body),
     "surrogate-query": (lambda op: True, surrogate_query),
     "deep-nesting": (lambda op: op.body is not None, deep_nesting),
     "duplicate-keys": (lambda op: op.body is not None, duplicate_keys),

@@ -94,6 +94,10 @@ class Credentials(Generic[V]):
         # Bounded by the requests in flight: an entry lives as long as its one lookup.
         self._in_flight: dict[bytes, asyncio.Future[V]] = {}
 
+    def pending(self, secret: str) -> bool:
+        """Is a lookup of this credential in flight (one a new request would wait on)?"""
+        return _digest(secret) in self._in_flight
+
     def refused(self, secret: str) -> errors.Unauthenticated | None:
         refusal = self.misses.get(secret)
         return refusal.error() if refusal is not None else None
@@ -147,12 +151,22 @@ async def check(creds: Credentials[V], secret: str, fetch: Fetch[V], *, guard: A
     refusal = creds.refused(secret)
     if refusal is not None:
         raise refusal
+    if creds.pending(secret):
+        return await creds.lookup(secret, fetch)  # waits on the lookup in flight: costs nothing more
     throttle(guard, address)
+    # The lookup this request starts is counted as a failure before it runs, and given back when
+    # it succeeds: counted after, any number of lookups started together from one address would
+    # all pass the throttle. (No await between `pending` and the lookup's start: no race.)
+    guard.failed(address)
     try:
-        return await creds.lookup(secret, fetch)
+        value = await creds.lookup(secret, fetch)
     except errors.Unauthenticated:
-        guard.failed(address)
         raise
+    except BaseException:
+        guard.refund(address)  # no verdict (the tenants service away): not a failed authentication
+        raise
+    guard.refund(address)
+    return value
 
 
 def one_header(request: web.Request, name: str) -> str:

@@ -49,14 +49,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json(raw: bytes | str) -> Any:
     """Strict JSON: exact numbers, no NaN, no key twice, at most `limits.JSON_DEPTH_MAX` levels,
-    every string Unicode text without NUL. Raises `ValueError` naming the problem."""
+    every string Unicode text without NUL. Raises `ValueError` naming the problem.
+
+    Bytes must be UTF-8 (RFC 8259): `json.loads` would also guess UTF-16 and UTF-32 from the first
+    bytes, and such a body, ASCII-only in its bytes, would skip the check of its text below."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # UnicodeDecodeError is a ValueError
     try:
-        value = json.loads(raw, parse_float=_number, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+        value = json.loads(text, parse_float=_number, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
     except RecursionError as exc:  # deeper than the parser goes: far past our own limit
         raise ValueError("nested too deeply") from exc
-    # In ASCII text, NUL and surrogates can only arrive as \u escapes (json decodes bytes with
-    # "surrogatepass", so UTF-8-encoded surrogates do get through), and a body with few brackets
-    # cannot be deep: the common body skips the walk.
+    # In ASCII text, NUL and surrogates can only arrive as \u escapes (UTF-8-encoded surrogates
+    # fail the strict decode above), and a body with few brackets cannot be deep: the common body
+    # skips the walk.
     if not (
         isinstance(raw, bytes)
         and raw.isascii()

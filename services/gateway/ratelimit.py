@@ -103,6 +103,14 @@ class AuthFailures:
             return 0
         return max(1, math.ceil((1.0 - tokens) / self.rate_per_s))
 
+    def refund(self, address: str | None) -> None:
+        """Give back what `failed` counted, for an attempt that turned out to succeed."""
+        key, now = self._key(address), self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, self._tokens(bucket, now) + 1.0)
+            bucket.updated = now
+
     def failed(self, address: str | None) -> None:
         """Count one failed authentication against the address."""
         key, now = self._key(address), self._clock()
