@@ -185,3 +185,14 @@ def test_the_secret_cache_is_bounded_in_size_and_age_and_never_holds_the_secret(
     cache.forget(lambda v: v == "A")
     assert cache.get("ivsdk_a") is None
     assert not any("ivsdk" in repr(k) for k in cache._entries)
+
+
+def test_a_wallet_keyed_before_nfc_is_still_read_but_never_written() -> None:
+    """An account stored under an NFD email (before emails were NFC-normalised) reads back as it
+    is, so the export and the ledger check never fail on it; a new write must use the NFC form."""
+    from services.ledger import chart
+
+    code = "player:tn_" + "0" * 26 + ":jose\u0301@example.com"
+    assert chart.parse(code, stored=True).player_email == "jose\u0301@example.com"
+    with pytest.raises(errors.InvalidRequest):
+        chart.parse(code)

@@ -79,14 +79,17 @@ def revenue(tenant_id: str) -> str:
     return f"tenant:{tenant_id}:revenue"
 
 
-def parse(code: str) -> AccountInfo:
+def parse(code: str, *, stored: bool = False) -> AccountInfo:
+    """What an account code names. A code that will be written must name a normalised email; one
+    read back from the database (`stored`) may predate the current rule (an address in Unicode NFD
+    kept before emails were NFC-normalised) and is read as it is, never refused."""
     fixed = _FIXED.get(code)
     if fixed is not None:
         return AccountInfo(code, fixed[0], fixed[1])
     m = _PLAYER.match(code)
     if m:
         email = m.group(2)
-        if normalize_email(email) != email:
+        if not stored and normalize_email(email) != email:
             raise errors.InvalidRequest(f"account {code[:80]!r}: the email must be normalised")
         return AccountInfo(code, "player", True, tenant_id=m.group(1), player_email=email)
     m = _REVENUE.match(code)

@@ -88,7 +88,7 @@ async def entries(pool: asyncpg.Pool, request: ledger_pb2.ListEntriesRequest) ->
         )
     out = []
     for r in rows[:limit]:
-        info = chart.parse(r["code"])
+        info = chart.parse(r["code"], stored=True)
         out.append(
             ledger_pb2.Entry(
                 entry_id=r["id"],
@@ -184,7 +184,7 @@ async def check(pool: asyncpg.Pool) -> ledger_pb2.CheckResponse:
         ok=total == 0 and not negative and not unbalanced and not drifted,
         total_balance_minor=total,
         negative_accounts=[
-            balance_message(chart.parse(r["code"]), r["balance"], r["debits_pending"]) for r in negative
+            balance_message(chart.parse(r["code"], stored=True), r["balance"], r["debits_pending"]) for r in negative
         ],
         unbalanced_transactions=[r["txn_id"] for r in unbalanced],
         drifted_accounts=[r["code"] for r in drifted],
