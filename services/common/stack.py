@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import http.client
 import json
 import os
 import pathlib
@@ -289,7 +290,7 @@ class Stack:
         if name == "gateway":
             try:
                 status, _ = devservers.http_json("GET", self.gateway_url + "/readyz", timeout_s=timeout_s)
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):  # a gateway dying mid-answer, too
                 return False
             return status == 200
         if name == "processor_sim":

@@ -168,7 +168,13 @@ class Supervisor:
 
     def _restart(self, name: str) -> list[str]:
         if name not in self.stack.servers():
-            pid = self.stack.spawn(name)
+            try:
+                pid = self.stack.spawn(name)
+            except (OSError, subprocess.SubprocessError) as exc:  # fork failed, say: one more death
+                return [
+                    f"{name} could not be started: {exc}",
+                    *self._record_death(name, "failed to start", time.monotonic()),
+                ]
             self.awaiting_ready_s[name] = time.monotonic()
             return [f"{name} restarted (pid {pid})."]
         # A server blocks this round until it answers (seconds: crash recovery); the services
