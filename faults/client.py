@@ -35,6 +35,8 @@ class Stats:
     answers_2xx: int = 0
     answers_4xx: int = 0
     answers_5xx: int = 0
+    # 5xx answers that are not a 503 with Retry-After (a 500, say): a fault must never cause one.
+    answers_5xx_bad: int = 0
     timeouts: int = 0
     connection_errors: int = 0
     last_indefinite_at: float = 0.0  # time.monotonic() of the latest indefinite answer
@@ -168,6 +170,8 @@ class Gateway:
             now = time.monotonic()
             if status >= 500:
                 st.answers_5xx += 1
+                if status != 503 or not retry_after:
+                    st.answers_5xx_bad += 1
             if 200 <= status < 300:
                 st.answers_2xx += 1
                 return Answer(status, parsed, attempts, indefinite, now - started)

@@ -11,6 +11,7 @@ COLUMNS = (
     ("requests", "requests", 8),
     ("acknowledged", "acked", 6),
     ("answers_5xx", "5xx", 5),
+    ("answers_5xx_bad", "not 503", 7),
     ("timeouts", "timeouts", 8),
     ("connection_errors", "conn err", 8),
     ("recovery_s", "recovery s", 10),

@@ -37,6 +37,7 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
         "unresolved": outcomes[UNRESOLVED],
         "abandoned": outcomes[ABANDONED],
         "answers_5xx": stats.answers_5xx,
+        "answers_5xx_bad": stats.answers_5xx_bad,
         "timeouts": stats.timeouts,
         "connection_errors": stats.connection_errors,
         "recovery_s": round(recovery_s, 2),
@@ -48,7 +49,7 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
         "webhooks_duplicated": int(f.webhooks.get("duplicates", 0)),
         # From an operation's answer to its event's first arrival, the slowest of the phase.
         "webhook_lag_s": f.webhooks.get("lag_s_max"),
-        "violations": f.violations,
+        "violations": f.violations + stats.answers_5xx_bad,
         "refusals": stats.refusals,
         "findings": f.summary(),
         **extra,
