@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors, idempotency, ids
+from services.common import errors, grpcutil, idempotency, ids
 from services.common.logs import request_id_var
 from services.ledger import chart
 from services.ledger.reads_sql import ACCOUNTS_CTE, ACCOUNTS_SQL, IDEMPOTENCY_SELECT, IDEMPOTENCY_SQL, account_args
@@ -176,16 +176,20 @@ class Engine:
                 for item in batch:
                     await self._run_batch([item])
                 return
-        except asyncpg.QueryCanceledError:
-            # The statement timeout: the write lock or the database is stalled, not one bad op.
-            # Retrying the ops one by one would wait the whole timeout again for each.
-            log.warning("ledger batch of %d timed out waiting for the database", len(batch))
-            outcomes = [
-                errors.Unavailable("The ledger is busy; retry with the same idempotency key.", retry_after_s=1)
-                for _ in batch
-            ]
-        except Exception:
-            if len(batch) == 1:
+        except Exception as exc:
+            if grpcutil.dependency_away(exc):
+                # The statement timeout (the write lock or the database stalled) or a connection
+                # lost: not one bad op, and retrying the ops one by one would meet it again for
+                # each. Whether a commit in flight landed is unknown: the caller's retry with the
+                # same idempotency key gets its result, or applies it now.
+                log.warning(
+                    "ledger batch of %d: the database timed out or went away (%s)", len(batch), type(exc).__name__
+                )
+                outcomes = [
+                    errors.Unavailable("The ledger is busy; retry with the same idempotency key.", retry_after_s=1)
+                    for _ in batch
+                ]
+            elif len(batch) == 1:
                 log.exception("ledger op failed")
                 outcomes = [errors.Internal("The ledger could not apply this request.")]
             else:
