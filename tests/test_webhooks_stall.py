@@ -178,10 +178,26 @@ def _closed_pool() -> BaseException:
     return asyncpg.exceptions.InterfaceError("pool is closing")
 
 
+def _transaction_on_a_lost_connection() -> BaseException:
+    """What a transaction's exit raises after its connection was cut mid-statement (make faults,
+    cut-postgres:ledger): an InterfaceError raised in handling the lost connection."""
+    try:
+        try:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        except asyncpg.exceptions.ConnectionDoesNotExistError:
+            raise asyncpg.exceptions.InterfaceError(
+                "cannot call Transaction.__aexit__(): the underlying connection is closed"
+            ) from None
+    except asyncpg.exceptions.InterfaceError as exc:
+        exc.__suppress_context__ = False  # as asyncpg raises it: the context kept
+        return exc
+
+
 DEPENDENCY_AWAY: dict[str, Callable[[], BaseException]] = {
     "statement timeout": lambda: asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
     "connection lost": lambda: asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
     "pool closing": _closed_pool,
+    "transaction on a lost connection": _transaction_on_a_lost_connection,
     "connection closed": lambda: asyncpg.exceptions.InterfaceError("connection is closed"),
     "server starting": lambda: asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
     "server shutting down": lambda: asyncpg.exceptions.AdminShutdownError("terminating connection"),

@@ -81,19 +81,33 @@ _DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (
 # asyncpg raises plain InterfaceError for a pool or connection closed under a call; other
 # InterfaceErrors (a connection used after release, say) are programming errors and stay INTERNAL.
 _CLOSED_MESSAGES = ("connection is closed", "pool is closing", "pool is closed")
+_CHAIN_DEPTH_MAX = 8  # how far down an exception's causes dependency_away looks
 _UNAVAILABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 DEPENDENCY_RETRY_AFTER_S = 1
 _LOGGED_MESSAGE_MAX = 300  # some messages carry a whole SQL statement
 
 
 def dependency_away(exc: BaseException) -> bool:
-    """Whether `exc` means a dependency timed out or went away (rather than a bug)."""
+    """Whether `exc` means a dependency timed out or went away (rather than a bug): itself, or
+    what it was raised in handling (asyncpg's "cannot call Transaction.__aexit__(): the underlying
+    connection is closed" comes in handling the ConnectionDoesNotExistError that closed it)."""
+    seen: BaseException | None = exc
+    for _ in range(_CHAIN_DEPTH_MAX):
+        if seen is None:
+            return False
+        if _away(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _away(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.exceptions.ProtocolViolationError):
         return False
     if isinstance(exc, _DEPENDENCY_AWAY):
         return True
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
-        return str(exc).startswith(_CLOSED_MESSAGES)
+        return any(message in str(exc) for message in _CLOSED_MESSAGES)
     if isinstance(exc, grpc.aio.AioRpcError):  # a raw stub call, not made through `call`
         return exc.code() in _UNAVAILABLE_STATUSES
     return False
