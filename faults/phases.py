@@ -22,7 +22,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
-import pathlib
 import signal
 import time
 import urllib.parse
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from faults.proxy import TcpProxy
+from services.common import devservers
 from services.common.stack import Stack
 
 T = TypeVar("T")
@@ -119,18 +119,10 @@ class KillNats:
 
 
 def _children() -> dict[int, list[int]]:
-    """ppid -> pids, from /proc (the 4th field of /proc/<pid>/stat, after the parenthesised name)."""
+    """ppid -> pids, from /proc."""
     out: dict[int, list[int]] = {}
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # it ended while we looked
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) >= 2:
-            out.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid, fields in devservers.proc_stats():
+        out.setdefault(int(fields[1]), []).append(pid)
     return out
 
 

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import pathlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,7 +22,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from services.common import events, ids
+from services.common import devservers, events, ids
 from services.common.stack import Stack
 from tests.helpers import Api, eventually
 from tests.webhooks_support import (
@@ -69,21 +68,6 @@ class LogWatch:
             return self.failed_rounds(loop) > 0 or self.proc.poll() is not None
 
         await eventually(met, timeout_s=OUTAGE_TIMEOUT_S, interval_s=0.1)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # it ended meanwhile
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture
@@ -182,7 +166,7 @@ async def test_a_frozen_database_never_ends_the_webhooks_service_and_delivery_re
     # backend is a process group of its own, so the postmaster's group is not enough).
     postmaster = stack.postgres.proc.pid
     os.kill(postmaster, signal.SIGSTOP)
-    frozen = [postmaster, *children(postmaster)]
+    frozen = [postmaster, *devservers.children_of(postmaster)]
     for pid in frozen[1:]:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 import grpc
@@ -105,21 +105,30 @@ def open_private_log(path: pathlib.Path) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Pids in process group `pgid` that are not zombies (an orphaned zombie is reaped by init,
-    if init reaps at all: it must not count as alive)."""
-    found: list[int] = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields) of every process from /proc/<pid>/stat, the fields after the parenthesised
+    name: [0] the state ("Z": a zombie), [1] the parent's pid, [2] the process group, ..."""
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            text = (entry / "stat").read_text()
         except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+            continue  # it ended while we looked
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2:
+            yield int(entry.name), fields
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    return [child for child, fields in proc_stats() if int(fields[1]) == pid]
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are not zombies (an orphaned zombie is reaped by init,
+    if init reaps at all: it must not count as alive)."""
+    return [pid for pid, fields in proc_stats() if fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 def kill_group(pgid: int, *, timeout_s: float = 10.0) -> None:
