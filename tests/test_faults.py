@@ -42,6 +42,17 @@ SHORT = Settings(
 )
 
 
+async def test_cut_database_connections_of_the_ledger_never_answer_500(stack: Stack) -> None:
+    """The phase that found the ledger answering 500 when its connections to PostgreSQL were cut
+    (a batch retried op by op on dead connections; a transaction's exit on a closed connection):
+    under load, every 5xx is a 503 with Retry-After, and nothing is lost or doubled."""
+    result = await runner.run(stack, SHORT, [phases.by_name("cut-postgres:ledger")])
+    rows = result["phases"]
+    assert result["violations"] == 0, report.table(rows) + "\n" + report.violations_text(rows)
+    [row] = [r for r in rows if r["phase"] == "cut-postgres:ledger"]
+    assert row["answers_5xx"] > 0 and row["answers_5xx_bad"] == 0, row  # the cut was felt, and answered 503
+
+
 async def test_two_faults_under_load_lose_nothing_and_double_nothing(stack: Stack) -> None:
     started = time.monotonic()
     result = await runner.run(stack, SHORT, [phases.by_name(n) for n in phases.SHORT])
