@@ -18,7 +18,7 @@ from services.tenants.operators import OperatorsServicer
 
 log = logging.getLogger("invo.tenants")
 
-SDK_KEY_PREFIX = "ivsdk_"
+SDK_KEY_PREFIX = limits.SDK_KEY_PREFIX  # one spelling, which the gateway checks keys against too
 SDK_KEY_RANDOM_BYTES = 32
 KEYS_PER_TENANT_MAX = 20
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
