@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/invo/v1/*.proto)
 GEN_STAMP := $(GEN)/.stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run up down migrate test lint bench faults clean
+.PHONY: help venv protos run up down migrate test lint bench faults clean chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,8 +42,23 @@ down: ## stop what `make up` started
 migrate: $(GEN_STAMP) ## apply every service's migrations to INVO_DATABASE_URL (or the embedded server)
 	$(PY) -m services.common.stack migrate
 
-test: $(GEN_STAMP) ## run every test against real PostgreSQL and NATS
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The browser tests drive Debian's Chromium. As root with apt-get it is installed when missing;
+# otherwise `make test` stops at once and says what to install: browser tests are never skipped.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests (apt-get install chromium)..."; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	fi
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		echo "The browser tests need Chromium at $(CHROMIUM): install Debian's package (sudo apt-get install chromium), or set CHROMIUM=/path/to/chromium." >&2; \
+		exit 1; \
+	fi
+
+test: $(GEN_STAMP) chromium ## run every test against real PostgreSQL and NATS, and the browser tests in headless Chromium
+	INVO_CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
 	$(BIN)/ruff check services tests tools bench faults
