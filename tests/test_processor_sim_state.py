@@ -81,3 +81,22 @@ def test_expired_idempotency_records_are_dropped_at_start(tmp_path: pathlib.Path
     again = Journal(path)
     assert set(again.load()["idempotency"]) == {"new"}
     again.close()
+
+
+def test_a_long_run_compacts_its_journal_as_it_goes(tmp_path: pathlib.Path, monkeypatch: Any) -> None:
+    from services.processor_sim import state as state_module
+
+    monkeypatch.setattr(state_module, "COMPACT_LINES_MIN", 50)
+    path = tmp_path / "state.jsonl"
+    journal = Journal(path)
+    journal.load()
+    for i in range(1000):  # one object changed again and again, and one owed event kept
+        journal.put("intents", "pi_1", {"id": "pi_1", "status": f"s{i}"})
+    journal.put("events", "evt_1", {"id": "evt_1"})
+    journal.close()
+    assert path.read_text().count("\n") <= 50 * state_module.COMPACT_RATIO  # not 1,001 lines
+    again = Journal(path)
+    loaded = again.load()
+    again.close()
+    assert loaded["intents"] == {"pi_1": {"id": "pi_1", "status": "s999"}}
+    assert loaded["events"] == {"evt_1": {"id": "evt_1"}}

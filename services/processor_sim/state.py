@@ -28,6 +28,10 @@ log = logging.getLogger("invo.processor_sim.state")
 
 KINDS = ("customers", "payment_methods", "intents", "charges", "refunds", "idempotency", "events")
 LINE_BYTES_MAX = 1 << 20  # one object; a longer line is a corrupt journal, not state
+# The journal is rewritten compactly once it holds this many times more lines than live objects
+# (and at least COMPACT_LINES_MIN): a long run's file stays bounded by what it remembers.
+COMPACT_RATIO = 4
+COMPACT_LINES_MIN = 10_000
 
 State = dict[str, dict[str, Any]]
 
@@ -38,11 +42,14 @@ class Journal:
     def __init__(self, path: pathlib.Path | None) -> None:
         self.path = path
         self._file: TextIO | None = None
+        self._state: State = {kind: {} for kind in KINDS}
+        self._lines = 0  # written since the last compaction
 
     def load(self) -> State:
         """Every object on record, by kind and id, in the order they were first written; then
         the journal is compacted and opened for appending."""
         state: State = {kind: {} for kind in KINDS}
+        self._state = state
         if self.path is None:
             return state
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -51,11 +58,20 @@ class Journal:
                 for number, line in enumerate(f, 1):
                     self._replay(state, line, number)
         now = time.time()
-        state["idempotency"] = {k: v for k, v in state["idempotency"].items() if v[0] > now}
-        self._compact(state)
+        for key in [k for k, v in state["idempotency"].items() if v[0] <= now]:
+            del state["idempotency"][key]  # in place: the caller keeps this very dict
+        self._reopen()
+        return state
+
+    def _reopen(self) -> None:
+        """Compact the journal from the live state, then append to the new file."""
+        self.close()
+        self._compact(self._state)
+        self._lines = sum(len(objects) for objects in self._state.values())
+        if self.path is None:
+            raise RuntimeError("an in-memory journal has no file")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "a", encoding="utf-8")
-        return state
 
     def _replay(self, state: State, line: str, number: int) -> None:
         if len(line) > LINE_BYTES_MAX or not line.endswith("\n"):
@@ -77,7 +93,8 @@ class Journal:
             state[kind][obj_id] = obj
 
     def _compact(self, state: State) -> None:
-        assert self.path is not None
+        if self.path is None:
+            raise RuntimeError("an in-memory journal has no file")
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -89,12 +106,22 @@ class Journal:
         os.replace(tmp, self.path)
 
     def put(self, kind: str, obj_id: str, obj: Any) -> None:
-        """Record the object as it is now (None: it is gone)."""
+        """Record the object as it is now (None: it is gone). The state `load` returned is the
+        live one: it is kept in step here too (events, which the simulator keeps in a list)."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
-        if self._file is not None:
-            self._file.write(_line(kind, obj_id, obj))
-            self._file.flush()
+        if obj is None:
+            self._state[kind].pop(obj_id, None)
+        else:
+            self._state[kind][obj_id] = obj
+        if self._file is None:
+            return
+        self._file.write(_line(kind, obj_id, obj))
+        self._file.flush()
+        self._lines += 1
+        live = sum(len(objects) for objects in self._state.values())
+        if self._lines > max(COMPACT_LINES_MIN, COMPACT_RATIO * live):
+            self._reopen()
 
     def close(self) -> None:
         if self._file is not None:
