@@ -243,12 +243,13 @@ class StripeResources(WebhookSender):
             return web.json_response(
                 {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
             )
-        targeted = f"{request.method} {request.path}".endswith(self.faults.match)
+        call = f"{request.method} {request.path}"  # what the faults' `match` and `fail_match` end
+        targeted = call.endswith(self.faults.match)
         if self.faults.timeout_next > 0 and targeted:
             self.faults.timeout_next -= 1
             await asyncio.sleep(self.faults.timeout_s)
             return web.json_response({"error": {"type": "api_error", "message": "timed out"}}, status=500)
-        fail_targeted = f"{request.method} {request.path}".endswith(self.faults.fail_match or self.faults.match)
+        fail_targeted = call.endswith(self.faults.fail_match or self.faults.match)
         if self.faults.fail_next > 0 and fail_targeted:
             self.faults.fail_next -= 1
             return web.json_response({"error": {"type": "api_error", "message": "Simulated failure."}}, status=500)
