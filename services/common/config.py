@@ -110,6 +110,24 @@ class Settings:
     processor_sim_webhook_url: str = _field(
         "INVO_PROCESSOR_SIM_WEBHOOK_URL", "", "Where the simulator posts processor webhooks (the gateway)."
     )
+    processor_publishable_key: str = _field(
+        "INVO_PROCESSOR_PUBLISHABLE_KEY",
+        "",
+        "The processor's publishable key (pk_...), which the checkout page hands its card field.",
+    )
+    processor_js_url: str = _field(
+        "INVO_PROCESSOR_JS_URL",
+        "https://js.stripe.com/v3/",
+        "The processor's browser script the checkout page loads (the simulator's in development).",
+    )
+    checkout_keys: str = _field(
+        "INVO_CHECKOUT_KEYS",
+        "",
+        "Keys signing checkout session tokens: `kid:secret[,kid:secret...]`, the first signs, all verify.",
+    )
+    checkout_session_ttl_s: int = _field(
+        "INVO_CHECKOUT_SESSION_TTL_S", 900, "Life of a hosted checkout session and its token (the seed's 15 minutes)."
+    )
     purchase_min_usd_cents: int = _field("INVO_PURCHASE_MIN_USD_CENTS", 50, "Smallest currency purchase (USD cents).")
     purchase_max_usd_cents: int = _field(
         "INVO_PURCHASE_MAX_USD_CENTS", 100_000, "Largest single currency purchase (USD cents)."

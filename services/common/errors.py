@@ -110,6 +110,15 @@ class Conflict(InvoError):
     default_error_code = "CONFLICT"
 
 
+class Gone(InvoError):
+    """The thing existed and no longer can be used (an expired checkout session)."""
+
+    http_status = 410
+    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+    default_error = "gone"
+    default_error_code = "GONE"
+
+
 class PayloadTooLarge(InvoError):
     http_status = 413
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
@@ -150,7 +159,7 @@ class Timeout(InvoError):
 # HTTP meaning is the same; the exact error and error_code travel in trailing metadata.
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[InvoError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: Gone,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.FAILED_PRECONDITION: PaymentRequired,
     grpc.StatusCode.PERMISSION_DENIED: Forbidden,
@@ -174,6 +183,7 @@ _BY_HTTP_STATUS: dict[int, type[InvoError]] = {
         NotFound,
         MethodNotAllowed,
         Conflict,
+        Gone,
         PayloadTooLarge,
         RateLimited,
         Unavailable,

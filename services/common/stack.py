@@ -130,6 +130,8 @@ class Stack:
             "identity_key": lambda: secrets.token_urlsafe(32),
             "processor_secret_key": lambda: "sk_test_sim_" + secrets.token_urlsafe(18),
             "processor_webhook_secret": lambda: "whsec_sim_" + secrets.token_urlsafe(24),
+            "processor_publishable_key": lambda: "pk_test_sim_" + secrets.token_urlsafe(18),
+            "checkout_keys": lambda: "dev1:" + secrets.token_urlsafe(32),
         }
         missing = {name: make() for name, make in wanted.items() if name not in stored}
         if missing:
@@ -196,6 +198,7 @@ class Stack:
         env.setdefault("INVO_KEY_PEPPER", sec["key_pepper"])
         env.setdefault("INVO_DATA_KEYS", sec["data_keys"])
         env.setdefault("INVO_IDENTITY_KEY", sec["identity_key"])
+        env.setdefault("INVO_CHECKOUT_KEYS", sec["checkout_keys"])
         env["INVO_DATABASE_URL"] = self._database_url(sec["pg_password"])
         env["INVO_NATS_URL"] = self._nats_url()
         if self.nats_namespace:
@@ -215,6 +218,8 @@ class Stack:
             env["INVO_PROCESSOR_API_BASE"] = f"http://127.0.0.1:{sim_port}"
             env["INVO_PROCESSOR_SECRET_KEY"] = sec["processor_secret_key"]
             env["INVO_PROCESSOR_WEBHOOK_SECRET"] = sec["processor_webhook_secret"]
+            env["INVO_PROCESSOR_PUBLISHABLE_KEY"] = sec["processor_publishable_key"]
+            env["INVO_PROCESSOR_JS_URL"] = f"http://127.0.0.1:{sim_port}/js/v3/stripe.js"
             env["INVO_PROCESSOR_SIM_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/webhooks/processor"
         env.update(self.extra_env)
         env.pop("INVO_GRPC_LISTEN", None)

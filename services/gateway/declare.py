@@ -38,12 +38,19 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 SDK_KEY = "GameSecretKey"
 OPERATOR = "OperatorBearer"
 SIGNED = "ProcessorSignature"  # checked by the route itself, not a scheme a client can hold
+CHECKOUT = "CheckoutSession"
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     SDK_KEY: {"type": "apiKey", "in": "header", "name": "X-Game-Secret-Key", "description": "An SDK key (ivsdk_...)."},
     OPERATOR: {
         "type": "http",
         "scheme": "bearer",
         "description": "An operator's credential (Authorization: Bearer ...); an SDK key never opens /admin.",
+    },
+    CHECKOUT: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "The checkout session token of checkout_url (the hosted page's own calls); never an SDK key.",
     },
 }
 
@@ -94,6 +101,9 @@ class Declaration:
         elif self.security == OPERATOR:
             # 403: the operator's role does not allow the route; 429: too many failed logins from here
             out |= {401, 403, 429, 503}
+        elif self.security == CHECKOUT:
+            # 401: a token that is not ours, altered or unknown; 409/410: used, cancelled, expired
+            out |= {401, 409, 410, 429, 503}
         if self.path_params:
             out.add(404)
         return sorted(out)

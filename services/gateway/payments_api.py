@@ -20,7 +20,7 @@ from services.gateway.tenants_api import iso
 public = declare.Table(security=declare.SDK_KEY)
 
 
-def _tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
+def tenant_context(tenant: tenants_pb2.Tenant) -> payments_pb2.TenantContext:
     ctx = payments_pb2.TenantContext(
         tenant_id=tenant.tenant_id, environment=tenant.environment, currency_name=tenant.currency_name
     )
@@ -71,7 +71,7 @@ async def purchase_currency(request: web.Request, body: PurchaseCurrency) -> web
     out = await ctx.backends.call(
         ctx.backends.payments.PurchaseCurrency,
         payments_pb2.PurchaseCurrencyRequest(
-            tenant=_tenant_context(request["tenant"]),
+            tenant=tenant_context(request["tenant"]),
             player_email=body.player_email,
             usd_cents=body.usd_amount,
             payment_method_id=body.payment_method_id,
@@ -92,7 +92,7 @@ async def confirm_payment(request: web.Request, body: ConfirmPayment) -> web.Res
     out = await ctx.backends.call(
         ctx.backends.payments.ConfirmPayment,
         payments_pb2.ConfirmPaymentRequest(
-            tenant=_tenant_context(request["tenant"]), order_id=body.order_id, payment_intent_id=body.payment_intent_id
+            tenant=tenant_context(request["tenant"]), order_id=body.order_id, payment_intent_id=body.payment_intent_id
         ),
         timeout_s=ctx.settings.processor_timeout_s + ctx.settings.rpc_timeout_s,
     )

@@ -5,8 +5,9 @@
 | `/api`      | `X-Game-Secret-Key` (an SDK key), rate-limited per tenant | the partner API               |
 | `/admin`    | an operator's bearer credential            | the operators' API                       |
 | `/webhooks` | the processor's signature (`processor_webhooks.py`) | processor events in            |
+| `/checkout` | a checkout session token (`checkout_page.py`) | the hosted page, its files and its API |
 
-`/checkout` (the session token) arrives with hosted checkout. The route tables keep their full
+The route tables keep their full
 paths (`/api/tenant`), so a handler reads the same wherever it is mounted; `mount` strips the
 prefix when it adds them to their sub-application.
 """
@@ -23,6 +24,8 @@ from services.gateway import (
     admin,
     answers,
     auth,
+    checkout_api,
+    checkout_page,
     declare,
     ledger_api,
     operators,
@@ -107,6 +110,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         own_tenant,
         ledger_api.public,
         payments_api.public,
+        checkout_api.public,
         webhooks_api.public,
     )
     mount(
@@ -118,6 +122,9 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         webhooks_api.admin,
         operators_api.routes,
     )
+    checkout = _sub(ctx, checkout_page.private_answers)
+    checkout_page.setup(checkout)
+    mount(app, "/checkout", checkout, checkout_page.public, checkout_page.page_api)
     mount(
         app,
         "/webhooks",

@@ -39,7 +39,7 @@ COLUMNS = (
     "order_id, tenant_id, purchase_reference, request_hash, environment, player_email, identity_id, usd_cents,"
     " currency_amount, currency_name, payment_method_id, payment_intent_id, client_secret, status, failure_code,"
     " failure_message, decline_code, transaction_id, new_balance, metadata, processing_until, created_at,"
-    " updated_at, completed_at, voided_at, review_reason"
+    " updated_at, completed_at, voided_at, review_reason, processor_customer_id, save_card"
 )
 LIFECYCLE = Lifecycle(
     table="orders", key_column="order_id", audit_table="order_transitions", allowed=TRANSITIONS, columns=COLUMNS
@@ -62,6 +62,9 @@ class NewOrder:
     currency_name: str
     payment_method_id: str
     metadata_json: str
+    # A checkout order: the player's processor Customer, and whether the card is saved to it.
+    customer_id: str = ""
+    save_card: bool = False
 
 
 class OrderStore:
@@ -106,9 +109,9 @@ class OrderStore:
         row = await conn.fetchrow(
             f"INSERT INTO orders (order_id, tenant_id, purchase_reference, request_hash, environment,"
             f" player_email, identity_id, usd_cents, currency_amount, currency_name, payment_method_id,"
-            f" status, metadata, processing_until)"
+            f" status, metadata, processing_until, processor_customer_id, save_card)"
             f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending_payment', $12::jsonb,"
-            f"   now() + make_interval(secs => $13))"
+            f"   now() + make_interval(secs => $13), $14, $15)"
             f" ON CONFLICT (tenant_id, purchase_reference) WHERE {_VISIBLE} DO NOTHING"
             f" RETURNING {COLUMNS}",
             new.order_id,
@@ -124,6 +127,8 @@ class OrderStore:
             new.payment_method_id,
             new.metadata_json,
             self.lease.duration_s,
+            new.customer_id or None,
+            new.save_card,
         )
         if row is not None:
             await LIFECYCLE.record_created(conn, new.order_id, "pending_payment", source="api", reason="order created")

@@ -126,24 +126,39 @@ class Processor:
         )
 
     async def create_intent(
-        self, *, order_id: str, usd_cents: int, payment_method_id: str, metadata: dict[str, str]
+        self,
+        *,
+        order_id: str,
+        usd_cents: int,
+        payment_method_id: str,
+        metadata: dict[str, str],
+        customer_id: str = "",
+        save_card: bool = False,
     ) -> Outcome:
         """Create the order's PaymentIntent, unconfirmed: nothing is charged until `confirm`. The
         caller stores its id before confirming, so the order never gets a second PaymentIntent that
         could be charged: a retry, confirm-payment or the recovery loop drives the stored one.
         The idempotency key (the order id) makes a retry after a lost answer the same intent while
         the processor remembers the key (Stripe: 24 hours); after that a retry makes an orphan
-        that nobody confirms, which charges nothing."""
+        that nobody confirms, which charges nothing.
+
+        A checkout order names the player's Customer; with `save_card` the processor attaches the
+        card to it once the payment succeeds (Stripe's `setup_future_usage`), never on a decline."""
+        params: dict[str, Any] = {
+            "amount": usd_cents,
+            "currency": "usd",
+            "payment_method": payment_method_id,
+            "confirm": False,
+            "metadata": {**metadata, "order_id": order_id},
+        }
+        if customer_id:  # only then: a direct purchase's parameters stay what they always were
+            params["customer"] = customer_id
+            if save_card:
+                params["setup_future_usage"] = "off_session"
         try:
             pi = await self._guarded(
                 self.client.v1.payment_intents.create_async(
-                    params={
-                        "amount": usd_cents,
-                        "currency": "usd",
-                        "payment_method": payment_method_id,
-                        "confirm": False,
-                        "metadata": {**metadata, "order_id": order_id},
-                    },
+                    params=params,  # type: ignore[arg-type]
                     options={"idempotency_key": f"invo-order-{order_id}"},
                 )
             )

@@ -46,6 +46,9 @@ class PurchaseRequest:
     payment_method_id: str
     purchase_reference: str
     metadata_json: str
+    # Hosted checkout: the player's processor Customer, and whether the card is saved to it.
+    customer_id: str = ""
+    save_card: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,24 +79,34 @@ def validate(req: PurchaseRequest, settings: Settings) -> str:
             error_code="INVALID_PURCHASE_REFERENCE",
             extra={"param": "purchase_reference"},
         )
-    s = settings
-    if not s.purchase_min_usd_cents <= req.usd_cents <= s.purchase_max_usd_cents:
-        raise errors.InvalidRequest(
-            f"usd_amount must be from {money.format_usd(s.purchase_min_usd_cents)} to "
-            f"{money.format_usd(s.purchase_max_usd_cents)}.",
-            error_code="INVALID_AMOUNT",
-            extra={"param": "usd_amount"},
-        )
+    check_amount(req.usd_cents, settings)
     if not PAYMENT_METHOD_RE.match(req.payment_method_id):
         raise errors.InvalidRequest(
             "payment_method_id is required.",
             error_code="INVALID_PAYMENT_METHOD",
             extra={"param": "payment_method_id"},
         )
-    if len(req.metadata_json.encode()) > METADATA_BYTES_MAX:
+    return canonical_metadata(req.metadata_json)
+
+
+def check_amount(usd_cents: int, settings: Settings) -> None:
+    """The purchase range, for a direct purchase and a checkout session alike."""
+    s = settings
+    if not s.purchase_min_usd_cents <= usd_cents <= s.purchase_max_usd_cents:
+        raise errors.InvalidRequest(
+            f"usd_amount must be from {money.format_usd(s.purchase_min_usd_cents)} to "
+            f"{money.format_usd(s.purchase_max_usd_cents)}.",
+            error_code="INVALID_AMOUNT",
+            extra={"param": "usd_amount"},
+        )
+
+
+def canonical_metadata(metadata_json: str) -> str:
+    """The metadata as one canonical JSON text, or a 400 for anything but an object within bounds."""
+    if len(metadata_json.encode()) > METADATA_BYTES_MAX:
         raise _invalid_metadata(f"metadata must be at most {METADATA_BYTES_MAX} bytes as JSON.")
     try:
-        metadata = json.loads(req.metadata_json) if req.metadata_json else {}
+        metadata = json.loads(metadata_json) if metadata_json else {}
     except ValueError as exc:
         raise _invalid_metadata("metadata must be a JSON object.") from exc
     if not isinstance(metadata, dict):
@@ -118,14 +131,15 @@ class Purchases:
         metadata_json = validate(req, self.settings)
         email = req.player_email
         tenant_id = req.limits.tenant_id
-        digest = idempotency.fingerprint(
-            {
-                "email": email,
-                "usd_cents": req.usd_cents,
-                "pm": req.payment_method_id,
-                "metadata": json.loads(metadata_json),
-            }
-        )
+        request: dict[str, object] = {
+            "email": email,
+            "usd_cents": req.usd_cents,
+            "pm": req.payment_method_id,
+            "metadata": json.loads(metadata_json),
+        }
+        if req.customer_id:  # only then: a direct purchase's fingerprint stays what it always was
+            request.update(customer=req.customer_id, save_card=req.save_card)
+        digest = idempotency.fingerprint(request)
         async with self.pool.acquire() as conn, conn.transaction():
             existing = await self.store.by_reference(conn, tenant_id, req.purchase_reference)
             if existing is None:
@@ -151,6 +165,8 @@ class Purchases:
                         currency_name=req.currency_name,
                         payment_method_id=req.payment_method_id,
                         metadata_json=metadata_json,
+                        customer_id=req.customer_id,
+                        save_card=req.save_card,
                     ),
                 )
                 if row is None:
@@ -225,6 +241,8 @@ class Purchases:
                 usd_cents=row["usd_cents"],
                 payment_method_id=row["payment_method_id"],
                 metadata={"tenant_id": row["tenant_id"], "purchase_reference": row["purchase_reference"][:450]},
+                customer_id=row["processor_customer_id"] or "",
+                save_card=row["save_card"],
             )
             intent_id = await self.store.set_intent(row["order_id"], outcome.payment_intent_id)
             if intent_id != outcome.payment_intent_id:

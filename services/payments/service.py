@@ -6,7 +6,9 @@ nothing else.
 - purchases.py: a purchase, its replay, confirm-payment;
 - settlement.py: settling an order from the processor's word, and the ledger client;
 - inbox.py, registry.py, handlers.py: processor events stored raw, then applied by type;
-- recovery.py: the loop that drives the orders and events nobody else will.
+- recovery.py: the loop that drives the orders and events nobody else will;
+- checkout.py, checkout_tokens.py, saved_cards.py: hosted checkout sessions, their tokens, and the
+  players' saved cards.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.players import normalize_email
 from services.payments import limits
+from services.payments.checkout import Checkout, Session, View
+from services.payments.checkout_tokens import CheckoutKeys
 from services.payments.handlers import PaymentIntentHandlers
 from services.payments.inbox import Dispatcher
 from services.payments.orders import PAID, OrderStore
@@ -28,6 +32,7 @@ from services.payments.processor import Processor
 from services.payments.purchases import Answer, PurchaseRequest, Purchases
 from services.payments.recovery import Recovery
 from services.payments.registry import Registry
+from services.payments.saved_cards import SavedCards
 from services.payments.settlement import LedgerClient, Settlement
 
 _ts = grpcutil.timestamp
@@ -143,10 +148,53 @@ def limits_of(tenant: payments_pb2.TenantContext) -> limits.Limits:
     )
 
 
+def session_message(s: Session, token: str = "") -> payments_pb2.CheckoutSession:
+    row = s.row
+    msg = payments_pb2.CheckoutSession(
+        session_id=row["session_id"],
+        tenant_id=row["tenant_id"],
+        status=s.status,
+        token=token,
+        expires_at=_ts(row["expires_at"]),
+        expires_in_seconds=max(0, round(row["expires_at"].timestamp() - row["created_at"].timestamp())),
+        player_email=row["player_email"],
+        usd_cents=row["usd_cents"],
+        success_url=row["success_url"],
+        cancel_url=row["cancel_url"],
+        metadata_json=row["metadata_json"],
+        created_at=_ts(row["created_at"]),
+    )
+    if s.status == "completed" and s.order is not None:
+        msg.order_id = s.order["order_id"]
+        msg.transaction_id = s.order["transaction_id"] or ""
+        if s.order["completed_at"] is not None:
+            msg.completed_at.FromDatetime(s.order["completed_at"])
+    return msg
+
+
+def view_message(v: View) -> payments_pb2.CheckoutView:
+    s = v.session
+    msg = payments_pb2.CheckoutView(session=session_message(s))
+    for c in v.cards:
+        msg.saved_cards.append(
+            payments_pb2.SavedCard(id=c.id, brand=c.brand, last4=c.last4, exp_month=c.exp_month, exp_year=c.exp_year)
+        )
+    if s.order is not None:
+        msg.order.CopyFrom(order_message(s.order))
+        if s.order["status"] == "requires_action":
+            msg.client_secret = s.order["client_secret"] or ""
+    return msg
+
+
+def payment_message(answer: Answer, s: Session) -> payments_pb2.CheckoutPayment:
+    return payments_pb2.CheckoutPayment(outcome=outcome_message(answer), session=session_message(s))
+
+
 class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
-    def __init__(self, purchases: Purchases, dispatcher: Dispatcher) -> None:
+    def __init__(self, purchases: Purchases, dispatcher: Dispatcher, checkout: Checkout) -> None:
         self.purchases = purchases
         self.dispatcher = dispatcher
+        self.checkout = checkout
 
     async def PurchaseCurrency(self, request: payments_pb2.PurchaseCurrencyRequest, context: Any) -> Any:
         answer = await self.purchases.purchase(
@@ -182,10 +230,52 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         )
         return payments_pb2.ProcessorEventAck(duplicate=ack.duplicate, ignored=ack.ignored)
 
+    # -- hosted checkout ------------------------------------------------------------------
+
+    async def CreateCheckoutSession(self, request: payments_pb2.CreateCheckoutSessionRequest, context: Any) -> Any:
+        row, token = await self.checkout.create(
+            limits_of(request.tenant),
+            player_email=normalize_email(request.player_email),
+            usd_cents=request.usd_cents,
+            success_url=request.success_url,
+            cancel_url=request.cancel_url,
+            metadata_json=request.metadata_json,
+        )
+        return session_message(Session(row, None, "open"), token)
+
+    async def GetCheckoutSession(self, request: payments_pb2.GetCheckoutSessionRequest, context: Any) -> Any:
+        return session_message(await self.checkout.get(request.tenant_id, request.session_id))
+
+    async def OpenCheckout(self, request: payments_pb2.CheckoutTokenRequest, context: Any) -> Any:
+        return view_message(await self.checkout.view(request.token, request.tenant.tenant_id))
+
+    async def PayCheckout(self, request: payments_pb2.PayCheckoutRequest, context: Any) -> Any:
+        answer, s = await self.checkout.pay(
+            request.token,
+            limits_of(request.tenant),
+            currency_name=request.tenant.currency_name,
+            payment_method_id=request.payment_method_id,
+            save_card=request.save_card,
+            deadline=grpcutil.deadline_of(context),
+        )
+        return payment_message(answer, s)
+
+    async def ConfirmCheckout(self, request: payments_pb2.CheckoutTokenRequest, context: Any) -> Any:
+        answer, s = await self.checkout.confirm(
+            request.token, request.tenant.tenant_id, deadline=grpcutil.deadline_of(context)
+        )
+        return payment_message(answer, s)
+
+    async def CancelCheckout(self, request: payments_pb2.CheckoutTokenRequest, context: Any) -> Any:
+        return session_message(await self.checkout.cancel(request.token, request.tenant.tenant_id))
+
+    async def RemoveSavedCard(self, request: payments_pb2.RemoveSavedCardRequest, context: Any) -> Any:
+        return view_message(await self.checkout.remove_card(request.token, request.tenant.tenant_id, request.card_id))
+
 
 async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> None:
     # identity_id is a pseudonym that must not be derivable from any other secret: no fallback.
-    settings.require("processor_secret_key", "identity_key")
+    settings.require("processor_secret_key", "identity_key", "checkout_keys")
     processor = Processor(
         api_key=settings.processor_secret_key,
         api_base=settings.processor_api_base,
@@ -215,8 +305,15 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
         requires_action_timeout_s=settings.requires_action_timeout_s,
     )
     svc.background(recovery.run(), "order-recovery")
+    checkout = Checkout(
+        purchases,
+        SavedCards(pool, processor),
+        CheckoutKeys(settings.checkout_keys),
+        settings,
+        ttl_s=settings.checkout_session_ttl_s,
+    )
     svc.add(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsServicer(purchases, dispatcher),
+        PaymentsServicer(purchases, dispatcher, checkout),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )
