@@ -57,8 +57,19 @@ chromium:
 		exit 1; \
 	fi
 
-test: $(GEN_STAMP) chromium ## run every test against real PostgreSQL and NATS, and the browser tests in headless Chromium
-	INVO_CHROMIUM=$(CHROMIUM) $(PY) -m pytest $(PYTEST_ARGS)
+# axe-core (from the npm registry, pinned) checks the checkout page's accessibility in the browser
+# tests; it is installed into the venv's own folder, never into the repository.
+AXE_VERSION := 4.14.1
+AXE_DIR := $(VENV)/npm
+AXE_JS := $(AXE_DIR)/node_modules/axe-core/axe.min.js
+
+$(AXE_JS):
+	@command -v npm >/dev/null || { echo "The accessibility tests need npm (Node.js) to fetch axe-core $(AXE_VERSION)." >&2; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(AXE_DIR) axe-core@$(AXE_VERSION) >/dev/null
+	@test -f $@
+
+test: $(GEN_STAMP) chromium $(AXE_JS) ## run every test against real PostgreSQL and NATS, and the browser tests in headless Chromium
+	INVO_CHROMIUM=$(CHROMIUM) INVO_AXE_JS=$(AXE_JS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
 	$(BIN)/ruff check services tests tools bench faults
