@@ -60,12 +60,15 @@ class World:
     tenant_id: str
     email: str
     path_params: dict[str, str]
+    checkout_token: str  # an open checkout session's, for the page API (/checkout/api)
 
     def auth(self, op: hs.Operation) -> list[hs.Header]:
         if op.security == "GameSecretKey":
             return [(SDK_HEADER, self.sdk_key)]
         if op.security == "OperatorBearer":
             return [("Authorization", f"Bearer {self.admin_token}")]
+        if op.security == "CheckoutSession":
+            return [("Authorization", f"Bearer {self.checkout_token}")]
         return []
 
     def body(self, op: hs.Operation) -> dict[str, Any]:
@@ -110,6 +113,17 @@ async def _make_world(stack: Stack) -> World:
         assert (await api.credit(mine["tenant_id"], email, "1000")).status == 200
         test = await api.post("/api/webhooks/test", key=mine["sdk_key"])
         assert test.status == 201, test
+        session = await api.post(
+            "/api/checkout/sessions",
+            key=mine["sdk_key"],
+            json={
+                "player_email": email,
+                "usd_amount": "10.00",
+                "success_url": "https://yourgame.example/ok",
+                "cancel_url": "https://yourgame.example/no",
+            },
+        )
+        assert session.status == 201, session
         return World(
             base_url=stack.gateway_url,
             admin_token=stack.env["INVO_ADMIN_TOKEN"],
@@ -120,7 +134,11 @@ async def _make_world(stack: Stack) -> World:
                 "tenant_id": target["tenant_id"],
                 "key_id": target["sdk_key_id"],
                 "delivery_id": test.body["delivery_id"],
+                "session_id": session.body["session_id"],
+                "card_id": "pm_card_visa",
+                "name": "checkout.js",
             },
+            checkout_token=session.body["checkout_url"].partition("session=")[2],
         )
 
 
@@ -150,6 +168,8 @@ async def snapshot(api: Api, w: World) -> dict[str, Any]:
         "deliveries": sorted(d["delivery_id"] for d in deliveries.body["data"] if d["event_type"] == "webhook.test"),
         "operators": sorted(o["operator_id"] for o in operators.body["data"]),
         "ledger_ok": check.body["ok"],
+        # The page API's session: a refused call neither paid nor cancelled it.
+        "checkout": (await api.get(f"/api/checkout/sessions/{w.path_params['session_id']}", key=key)).body["status"],
     }
 
 
@@ -163,6 +183,9 @@ async def bad_utf8_auth(op: hs.Operation, w: World, source: str) -> Control:
     if op.security == "GameSecretKey":
         name, codes = SDK_HEADER, ("INVALID_API_KEY",)
         values = [b"ivsdk_\xff\xfe" + b"A" * 41, b"ivsdk_" + b"\xe9" * 43, w.sdk_key.encode() + b"\xc3"]
+    elif op.security == "CheckoutSession":
+        name, codes = "Authorization", ("INVALID_SESSION",)
+        values = [b"Bearer \xff\xfe", b"Bearer eyJ\xff" + b"A" * 40, f"Bearer {w.checkout_token}".encode() + b"\xe9"]
     else:
         name, codes = "Authorization", ("INVALID_ADMIN_TOKEN", "MISSING_ADMIN_TOKEN")
         values = [b"Bearer \xff\xfe", b"Bearer invo_op_\xff" + b"A" * 40, f"Bearer {w.admin_token}".encode() + b"\xe9"]
@@ -174,6 +197,8 @@ async def bad_utf8_auth(op: hs.Operation, w: World, source: str) -> Control:
 async def duplicate_auth(op: hs.Operation, w: World, source: str) -> Control:
     if op.security == "GameSecretKey":
         name, good, other = SDK_HEADER, w.sdk_key, "ivsdk_" + "B" * 43
+    elif op.security == "CheckoutSession":
+        name, good, other = "Authorization", f"Bearer {w.checkout_token}", "Bearer eyJother"
     else:
         name, good, other = "Authorization", f"Bearer {w.admin_token}", "Bearer invo_op_other"
     for pair in ((good, other), (other, good), (good, good)):
@@ -309,7 +334,7 @@ async def long_url(op: hs.Operation, w: World, source: str) -> Control:
 
 async def control_chars_in_header(op: hs.Operation, w: World, source: str) -> Control:
     marker = f"hostile{uuid.uuid4().hex}"
-    name = "Authorization" if op.security == "OperatorBearer" else SDK_HEADER
+    name = "Authorization" if op.security in ("OperatorBearer", "CheckoutSession") else SDK_HEADER
     for extra in (("X-Hostile", b"a\x00" + marker.encode()), ("X-Hostile", b"a\r" + marker.encode())):
         resp = await w.send(op, source, headers=[*w.auth(op), extra])
         hs.check_refusal(resp, [400], ["INVALID_REQUEST"])

@@ -21,6 +21,7 @@ Url = Annotated[
         min_length=1,
         max_length=URL_LEN_MAX,
         json_schema_extra={"format": "uri", "pattern": r"^https?://[^\s]+$"},
+        examples=["https://yourgame.com/store/success"],
         description="An absolute https URL (http only for a loopback host in development).",
     ),
 ]
