@@ -39,6 +39,7 @@ SCENARIOS = (
     "item-purchase-hot-tenant",
     "balance-read",
     "currency-purchase",
+    "checkout",
     "webhook-delivery",
     "raw-sql-baseline",
 )
@@ -73,6 +74,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 r = await b.balance_reads()
             elif name == "currency-purchase":
                 r = await b.currency_purchases()
+            elif name == "checkout":
+                r = await b.checkout_purchases()
             elif name == "webhook-delivery":
                 r = await b.webhook_deliveries()
             else:

@@ -1,7 +1,8 @@
 """The bench's scenarios: what `make bench` measures, each a method of `Bench`.
 
 Item purchases spread over many tenants or all on one hot tenant, balance reads, currency
-purchases through the card-processor simulator, webhook deliveries (a backlog drained, signatures
+purchases through the card-processor simulator, hosted checkout (mint a session, pay it through
+the page's API), webhook deliveries (a backlog drained, signatures
 verified), and the raw-SQL baseline: the writes of one item purchase straight from asyncpg. Each
 sets up its own tenants and players through the admin API, then runs through `runner.drive`.
 """
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import pathlib
 import secrets
 import time
@@ -31,6 +33,7 @@ SPREAD_TENANTS = 16
 WEBHOOK_ENDPOINTS = 4
 REQUEST_TIMEOUT_S = 30.0
 FUNDING_UNITS = "1000000"
+CHECKOUT_SAMPLE = 200  # paid sessions read back after the checkout scenario
 
 
 class Bench:
@@ -155,6 +158,49 @@ class Bench:
             return status == 200
 
         return await drive("currency-purchase", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
+
+    async def checkout_purchases(self) -> Run:
+        """Hosted checkout without the browser: a session minted with the SDK key, then paid through
+        the page's API with its token, as the page's script does (one operation: mint + pay)."""
+        big = "1000000.00"
+        t = await self.tenant(spending_caps={"hourly_usd": big, "daily_usd": big, "monthly_usd": big})
+        headers = {"X-Game-Secret-Key": t["sdk_key"]}
+        paid: list[str] = []
+
+        async def request(w: int, i: int) -> bool:
+            body = {
+                "player_email": f"co{w}-{i}-{self.run_id}@bench.test",  # a new player: 10 attempts a minute
+                "usd_amount": "1.00",
+                "success_url": "https://bench.example/ok",
+                "cancel_url": "https://bench.example/cancel",
+            }
+            status, raw = await self.conns[w].request("POST", "/api/checkout/sessions", headers=headers, body=body)
+            if status != 201:
+                return False
+            minted = json.loads(raw)
+            token = minted["checkout_url"].partition("session=")[2]
+            status, _ = await self.conns[w].request(
+                "POST",
+                "/checkout/api/pay",
+                headers={"Authorization": f"Bearer {token}"},
+                body={"payment_method_id": "pm_card_visa", "save_card": False},
+            )
+            if status == 200:
+                paid.append(minted["session_id"])
+            return status == 200
+
+        run = await drive("checkout", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
+        await self._sessions_completed(headers, paid[-CHECKOUT_SAMPLE:])
+        return run
+
+    async def _sessions_completed(self, headers: dict[str, str], session_ids: list[str]) -> None:
+        """Every paid session reads as completed, with its order (a sample of the newest)."""
+        assert self.http is not None
+        for sid in session_ids:
+            async with self.http.get(f"{self.gateway}/api/checkout/sessions/{sid}", headers=headers) as resp:
+                state = await resp.json()
+            if resp.status != 200 or state["status"] != "completed" or not state["order_id"]:
+                raise RuntimeError(f"checkout session {sid} was paid but reads {resp.status} {state}")
 
     async def webhook_deliveries(self) -> Run:
         """Events pile up while the receiver holds its first requests; then the gate opens and

@@ -49,6 +49,7 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         "item-purchase-hot-tenant",
         "balance-read",
         "currency-purchase",
+        "checkout",
         "webhook-delivery",
         "raw-sql-baseline",
     }
