@@ -312,11 +312,6 @@ async def test_tampered_and_foreign_tokens_are_401_and_change_nothing(api: Api, 
     await check_ledger(api)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkout_page.private_answers sets no-store/no-referrer only on answers, not on refusals"
-    " (an InvoError passes through it and becomes the envelope outside the sub-app)",
-)
 async def test_refusals_of_the_checkout_surface_are_not_cached_either(api: Api) -> None:
     """The surface's own promise: no answer is cached, none sends a referrer (its URLs hold a token)."""
     t = await api.create_tenant()

@@ -30,7 +30,7 @@ from services.common import errors, limits, money
 from services.gateway import auth, checkout_schema, declare
 from services.gateway.checkout_schema import Pay
 from services.gateway.context import ctx_of
-from services.gateway.http import json_response
+from services.gateway.http import error_response, json_response
 from services.gateway.payments_api import tenant_context
 from services.gateway.tenants_api import iso
 
@@ -261,8 +261,12 @@ async def remove_card(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def private_answers(request: web.Request, handler: Any) -> web.StreamResponse:
-    """No answer of this surface is cached, and none sends a referrer (a page URL holds a token)."""
-    resp = await handler(request)
+    """No answer of this surface is cached, and none sends a referrer (a page URL holds a token):
+    a refusal neither, so it is turned into its envelope here rather than outside the surface."""
+    try:
+        resp = await handler(request)
+    except errors.InvoError as exc:
+        resp = error_response(exc)
     resp.headers.setdefault("Cache-Control", "no-store")
     resp.headers["Referrer-Policy"] = "no-referrer"
     resp.headers["X-Content-Type-Options"] = "nosniff"
