@@ -3,7 +3,7 @@ import pathlib
 
 from services.common import logs, runtime
 from services.common.config import Settings
-from services.processor_sim.app import serve
+from services.processor_sim.app import PUBLISHABLE_KEY_DEFAULT, serve
 
 
 def main() -> None:
@@ -22,6 +22,8 @@ def main() -> None:
             webhook_secret=settings.processor_webhook_secret,
             webhook_url=settings.processor_sim_webhook_url,
             state_path=pathlib.Path(state) if state else None,
+            # The browser's key (the card field, the 3-D Secure page); a fixed one in development.
+            publishable_key=settings.processor_publishable_key or PUBLISHABLE_KEY_DEFAULT,
         )
     )
     raise SystemExit(code)

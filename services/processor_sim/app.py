@@ -9,6 +9,19 @@ so production and tests run one code path. It implements:
 - Signed processor webhooks (`Stripe-Signature: t=...,v1=...`) for `payment_intent.succeeded`,
   `payment_intent.payment_failed`, `payment_intent.canceled`, `charge.refunded`,
   `charge.dispute.created`, `charge.dispute.closed`, `radar.early_fraud_warning.created`.
+- What a hosted checkout page needs (payment_methods.py): `POST /v1/payment_methods` from a
+  card's details (Luhn, expiry and CVC checked, Stripe's `card_error`s; the test card numbers
+  behave as their test ids, across restarts; only brand, last 4 and expiry kept), `customer` +
+  `setup_future_usage` on PaymentIntents (the card is attached to the Customer when the payment
+  succeeds; another Customer's card is refused), `GET /v1/customers/{id}/payment_methods`,
+  `POST /v1/payment_methods/{id}/detach`. The publishable key (`INVO_PROCESSOR_PUBLISHABLE_KEY`)
+  may only create a PaymentMethod and read a PaymentIntent with its client secret, with CORS.
+- For browsers (pages.py): `GET /js/v3/stripe.js`, a look-alike of the Stripe.js subset the page
+  uses (`Stripe(pk)`, `elements().create('card')`, `mount`/`on('change')`/`focus`/`clear`/
+  `unmount`, `createPaymentMethod`, `confirmCardPayment`); the card field it frames
+  (`/elements/card`), which tokenises the card itself; the 3-D Secure challenge page
+  (`/3ds/challenge`, "Complete authentication" / "Fail authentication", the same effect as
+  `/_sim/three_d_secure`: three_d_secure.py).
 - Test controls under `/_sim/`: complete or fail a 3-D Secure challenge, make the next N calls fail
   with 500s, time out, or succeed but answer late; charge another amount than asked; delay
   webhooks, send each webhook twice, hold webhooks back and release them in reverse order; list
@@ -20,7 +33,8 @@ and the webhooks it still owed are sent again when it comes back. PaymentIntents
 (`GET /v1/payment_intents`, Stripe's pagination), which the fault suite uses to count charges.
 
 This module holds the `Simulator` and the aiohttp app and server around it (`create_app`, `serve`);
-the REST API is in `resources`, the events in `webhooks`, the test controls in `controls`. The
+the REST API is in `resources` and `payment_methods`, the test cards in `cards`, the browser's
+script and pages in `pages` (and assets/), the events in `webhooks`, the test controls in `controls`. The
 names tests and tools import from here (`sign`, `decode_form`, `TEST_CARDS`, ...) still work.
 """
 
@@ -34,16 +48,10 @@ import pathlib
 from aiohttp import web
 
 from services.common import runtime
-from services.processor_sim import controls
-from services.processor_sim.resources import (
-    DECLINE_MESSAGES,
-    IDEMPOTENCY_TTL_S,
-    TEST_CARDS,
-    StripeError,
-    StripeResources,
-    decode_form,
-    invalid,
-)
+from services.processor_sim import controls, pages
+from services.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS
+from services.processor_sim.payment_methods import PUBLISHABLE_KEY_DEFAULT, CardResources
+from services.processor_sim.resources import IDEMPOTENCY_TTL_S, StripeError, decode_form, invalid
 from services.processor_sim.state import Journal
 from services.processor_sim.webhooks import (
     API_VERSION,
@@ -58,6 +66,7 @@ __all__ = [
     "API_VERSION",
     "DECLINE_MESSAGES",
     "IDEMPOTENCY_TTL_S",
+    "PUBLISHABLE_KEY_DEFAULT",
     "TEST_CARDS",
     "WEBHOOK_ATTEMPTS_MAX",
     "WEBHOOK_TIMEOUT_S",
@@ -77,7 +86,7 @@ log = logging.getLogger("invo.processor_sim")
 STOP_GRACE_S = 5.0  # webhook deliveries in flight are cancelled, and owed again at the next start
 
 
-class Simulator(StripeResources):
+class Simulator(CardResources):
     """The whole simulator: Stripe's REST API and its webhooks, plus the test controls."""
 
     async def control(self, request: web.Request) -> web.Response:
@@ -93,6 +102,7 @@ def create_app(sim: Simulator) -> web.Application:
     app.router.add_route("*", "/v1/{tail:.*}", sim.api)
     app.router.add_post("/_sim/{action}", sim.control)
     app.router.add_get("/_sim/{action}", sim.control)
+    pages.add_routes(app, sim)
 
     async def on_cleanup(_app: web.Application) -> None:
         await sim.close()
@@ -109,9 +119,14 @@ async def serve(
     webhook_secret: str,
     webhook_url: str,
     state_path: pathlib.Path | None = None,
+    publishable_key: str = PUBLISHABLE_KEY_DEFAULT,
 ) -> None:
     sim = Simulator(
-        secret_key=secret_key, webhook_secret=webhook_secret, webhook_url=webhook_url, journal=Journal(state_path)
+        secret_key=secret_key,
+        webhook_secret=webhook_secret,
+        webhook_url=webhook_url,
+        journal=Journal(state_path),
+        publishable_key=publishable_key,
     )
     runner = web.AppRunner(create_app(sim), access_log=None, shutdown_timeout=STOP_GRACE_S / 2)
     await runner.setup()

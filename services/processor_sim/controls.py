@@ -15,6 +15,7 @@ import dataclasses
 
 from aiohttp import web
 
+from services.processor_sim import three_d_secure
 from services.processor_sim.resources import StripeResources
 from services.processor_sim.webhooks import Faults
 
@@ -26,18 +27,8 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
         pi = sim.intents.get(body.get("payment_intent", ""))
         if pi is None or pi["status"] != "requires_action":
             return web.json_response({"error": "no payment intent awaiting 3-D Secure"}, status=400)
-        if body.get("result") == "fail":
-            error = {
-                "type": "card_error",
-                "code": "payment_intent_authentication_failure",
-                "message": "The cardholder failed 3-D Secure authentication.",
-            }
-            pi.update(status="requires_payment_method", next_action=None, last_payment_error=error)
-            sim.save("intents", pi)
-            sim._emit("payment_intent.payment_failed", pi)
-        else:
-            sim._succeed(pi)
-        return web.json_response(pi)
+        # What the challenge page's buttons do (pages.py), without a browser.
+        return web.json_response(three_d_secure.authenticate(sim, pi, succeed=body.get("result") != "fail"))
     if action == "faults":
         for name in ("fail_next", "timeout_next", "slow_next", "amount_delta_next", "amount_delta"):
             if name in body:

@@ -1,6 +1,6 @@
 """The simulator's REST API: the subset of Stripe's that the payments service calls.
 
-Customers, PaymentMethods (Stripe's test ids, see `TEST_CARDS`), PaymentIntents (create /
+Customers, PaymentMethods (Stripe's test ids, see `cards.TEST_CARDS`), PaymentIntents (create /
 retrieve / confirm / cancel, with Stripe's status machine) and Refunds; form-encoded bodies
 (`decode_form`), Bearer auth, Stripe's error objects (`StripeError`: `card_error` with
 `decline_code` on a 402) and `Idempotency-Key` replays. Each change emits its event through
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import re
 import secrets
@@ -19,35 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
+from services.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS, behaviour
 from services.processor_sim.state import Journal
 from services.processor_sim.webhooks import WebhookSender, _new_id, _now
 
-# Stripe's test payment methods, and what each does in the simulator.
-TEST_CARDS: dict[str, dict[str, Any]] = {
-    "pm_card_visa": {"brand": "visa", "last4": "4242", "outcome": "succeed"},
-    "pm_card_mastercard": {"brand": "mastercard", "last4": "4444", "outcome": "succeed"},
-    "pm_card_chargeDeclined": {
-        "brand": "visa",
-        "last4": "0002",
-        "outcome": "decline",
-        "decline_code": "generic_decline",
-    },
-    "pm_card_chargeDeclinedInsufficientFunds": {
-        "brand": "visa",
-        "last4": "9995",
-        "outcome": "decline",
-        "decline_code": "insufficient_funds",
-    },
-    "pm_card_authenticationRequired": {"brand": "visa", "last4": "3184", "outcome": "3ds"},
-    "pm_card_threeDSecure2Required": {"brand": "visa", "last4": "3220", "outcome": "3ds"},
-    "pm_card_createDispute": {"brand": "visa", "last4": "0259", "outcome": "succeed", "after": "dispute"},
-    "pm_card_createDisputeInquiry": {"brand": "visa", "last4": "1976", "outcome": "succeed", "after": "dispute"},
-    "pm_card_radarEarlyFraudWarning": {"brand": "visa", "last4": "5423", "outcome": "succeed", "after": "efw"},
-}
-DECLINE_MESSAGES = {
-    "generic_decline": "Your card was declined.",
-    "insufficient_funds": "Your card has insufficient funds.",
-}
 IDEMPOTENCY_TTL_S = 24 * 3600
 IDEMPOTENCY_SWEEP_EVERY = 1_000
 CALLS_KEPT_MAX = 10_000  # the API calls remembered for tests (/_sim/state), newest kept
@@ -100,6 +76,8 @@ class StripeResources(WebhookSender):
         self.intents: dict[str, dict[str, Any]] = state["intents"]
         self.charges: dict[str, dict[str, Any]] = state["charges"]
         self.refunds: dict[str, dict[str, Any]] = state["refunds"]
+        # pm id -> the test id a PaymentMethod made from a card number behaves as (cards.NUMBERS)
+        self.behaves_as: dict[str, str] = state["behaves_as"]
         # key -> [expires_at, request fingerprint, status, body]
         self.idempotency: dict[str, list[Any]] = state["idempotency"]
         self.owed_events: list[dict[str, Any]] = list(state["events"].values())
@@ -191,7 +169,7 @@ class StripeResources(WebhookSender):
         pi["amount_received"] = pi["amount"]
         self.save("intents", pi)
         self._emit("payment_intent.succeeded", pi)
-        after = TEST_CARDS.get(pi["payment_method"], {}).get("after")
+        after = behaviour(pi["payment_method"], self.behaves_as.get(pi["payment_method"])).get("after")
         if after == "dispute":
             self._later(0.2, self._open_dispute, charge)
         elif after == "efw":
@@ -222,7 +200,7 @@ class StripeResources(WebhookSender):
             )
         if not pi.get("payment_method"):
             raise invalid("You must provide a payment_method to confirm this PaymentIntent.", "payment_method")
-        card = TEST_CARDS.get(pi["payment_method"], {"outcome": "succeed"})
+        card = behaviour(pi["payment_method"], self.behaves_as.get(pi["payment_method"]))
         if card["outcome"] == "decline":
             raise self._decline(pi, card["decline_code"])
         if card["outcome"] == "3ds":
@@ -240,9 +218,7 @@ class StripeResources(WebhookSender):
     async def api(self, request: web.Request) -> web.Response:
         self.calls.append((request.method, request.path))
         if request.headers.get("Authorization", "") != f"Bearer {self.secret_key}":
-            return web.json_response(
-                {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
-            )
+            return await self._not_secret_key(request)
         call = f"{request.method} {request.path}"  # what the faults' `match` and `fail_match` end
         targeted = call.endswith(self.faults.match)
         if self.faults.timeout_next > 0 and targeted:
@@ -257,7 +233,9 @@ class StripeResources(WebhookSender):
         params = decode_form([(k, v) for k, v in form.items() if isinstance(v, str)])
         params.update(decode_form(list(request.query.items())))
         key = request.headers.get("Idempotency-Key")
-        fingerprint = json.dumps([request.method, request.path, params], sort_keys=True)
+        # Hashed: it is journaled, and a card's number must never be (POST /v1/payment_methods).
+        request_json = json.dumps([request.method, request.path, params], sort_keys=True)
+        fingerprint = hashlib.sha256(request_json.encode()).hexdigest()
         if request.method == "POST" and key:
             stored = self.idempotency.get(key)
             if stored is not None and stored[0] > time.time():
@@ -321,7 +299,7 @@ class StripeResources(WebhookSender):
             pi = self._intent(parts[1])
             if parts[2] == "confirm":
                 if p.get("payment_method"):
-                    self._payment_method(p["payment_method"])
+                    self._usable(p["payment_method"], pi.get("customer"))
                     pi["payment_method"] = p["payment_method"]
                 return self._confirm(pi)
             if parts[2] == "cancel":
@@ -340,9 +318,20 @@ class StripeResources(WebhookSender):
                 return pi
         if parts == ["refunds"] and method == "POST":
             return self._refund(p)
+        return self._route_more(method, path, parts, p)
+
+    async def _not_secret_key(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided."}}, status=401
+        )
+
+    def _route_more(self, method: str, path: str, parts: list[str], p: dict[str, Any]) -> dict[str, Any]:
         raise StripeError(
             404, {"type": "invalid_request_error", "message": f"Unrecognized request URL ({method} {path})."}
         )
+
+    def _usable(self, pm_id: str, customer: str | None) -> dict[str, Any]:
+        return self._payment_method(pm_id)
 
     def _create_intent(self, p: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -355,7 +344,7 @@ class StripeResources(WebhookSender):
             raise invalid("Invalid currency", "currency")
         pm_id = p.get("payment_method")
         if pm_id:
-            self._payment_method(pm_id)
+            self._usable(pm_id, p.get("customer"))
         if self.faults.amount_delta_next > 0:
             self.faults.amount_delta_next -= 1
             amount += self.faults.amount_delta
@@ -367,6 +356,7 @@ class StripeResources(WebhookSender):
             "amount_received": 0,
             "currency": "usd",
             "customer": p.get("customer"),
+            "setup_future_usage": p.get("setup_future_usage"),
             "payment_method": pm_id,
             "metadata": p.get("metadata", {}),
             "status": "requires_confirmation" if pm_id else "requires_payment_method",
