@@ -1,7 +1,7 @@
 """Paying a hosted checkout session through the page API, with the session token, as the page's
 script does (no browser): the processor simulator's test cards, a decline then another card,
-3-D Secure, cancelling, single use under concurrency and against the caps, the webhook's metadata.
-Each test reads back the balance, the order and the simulator's charges.
+3-D Secure, cancelling, single use under concurrency and against the caps, the webhook's metadata,
+and saved cards. Each test reads back the balance, the order and the simulator's charges.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from tests.checkout_support import (
     intent_of,
     mint,
     mint_raw,
+    new_card,
     pay,
+    remove_card,
+    saved_cards,
     session_intents,
     state,
     status_of,
@@ -326,6 +329,63 @@ async def test_two_sessions_for_one_player_cannot_exceed_the_hourly_cap(api: Api
     assert (await view(api, lost[0].token)).body["order"] is None
     assert await session_intents(api, stack, lost[0].session_id) == []
     assert_envelope(await pay(api, lost[0].token, VISA), 429, "SPENDING_LIMIT_EXCEEDED")
+    assert await balance(api, t, player) == "100"
+    await check_ledger(api)
+
+
+# -- saved cards (the simulator's Customers and PaymentMethods) -----------------------------------
+
+
+async def test_a_saved_card_is_listed_paid_with_and_removed_only_by_its_player(api: Api, stack: Stack) -> None:
+    t = await api.create_tenant(rate_limit_per_second=1000)
+    player, stranger = email(), email()
+    card = await new_card(api, stack)
+    first = await mint(api, t, player)
+    assert_paid(await pay(api, first.token, card["id"], save_card=True), new_balance="100")
+
+    second, cards = await saved_cards(api, t, player)
+    assert cards == [{"id": card["id"], "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2034}]
+    # Another player neither sees it nor can pay with it.
+    foreign, theirs = await saved_cards(api, t, stranger)
+    assert theirs == []
+    refused = await pay(api, foreign.token, card["id"])
+    assert_envelope(refused, 400, "INVALID_PAYMENT_METHOD")
+    assert refused.body["param"] == "payment_method_id"
+    assert_envelope(await remove_card(api, foreign.token, card["id"]), 404, "CARD_NOT_FOUND")
+    assert await status_of(api, t, foreign.session_id) == "open"
+    assert await balance(api, t, stranger) == "0"
+    # The same player of another tenant has a Customer of their own: the card is not theirs there.
+    elsewhere = await api.create_tenant()
+    away, listed = await saved_cards(api, elsewhere, player)
+    assert listed == []
+    assert_envelope(await pay(api, away.token, card["id"]), 400, "INVALID_PAYMENT_METHOD")
+
+    # The player pays with the saved card (save_card false: it is saved already).
+    paid = await pay(api, second.token, card["id"])
+    assert_paid(paid, new_balance="200")
+    assert len(await charged(api, stack, second.session_id)) == 1
+    third, cards = await saved_cards(api, t, player)
+    assert [c["id"] for c in cards] == [card["id"]]
+    removed = await remove_card(api, third.token, card["id"])
+    assert removed.status == 200, removed
+    assert removed.body == {"removed": True, "saved_cards": []}
+    assert (await view(api, third.token)).body["saved_cards"] == []
+    assert_envelope(await remove_card(api, third.token, card["id"]), 404, "CARD_NOT_FOUND")
+    assert await balance(api, t, player) == "200"
+    await check_ledger(api)
+
+
+async def test_a_declined_card_is_not_saved(api: Api, stack: Stack) -> None:
+    t = await api.create_tenant()
+    player = email()
+    bad = await new_card(api, stack, "4000000000000002")
+    m = await mint(api, t, player)
+    assert_envelope(await pay(api, m.token, bad["id"], save_card=True), 402, "CARD_DECLINED")
+    assert (await view(api, m.token)).body["saved_cards"] == []
+    good = await new_card(api, stack, "5555555555554444")
+    assert_paid(await pay(api, m.token, good["id"], save_card=False), new_balance="100")
+    _, cards = await saved_cards(api, t, player)
+    assert cards == []  # neither the declined card nor one paid without save_card
     assert await balance(api, t, player) == "100"
     await check_ledger(api)
 
