@@ -63,5 +63,9 @@
     buttons.complete.focus();
     showAmount();
   });
+  // The overlay sizes the frame to the page (up to the window's height).
+  function resized() { tell({type: 'resize', height: Math.ceil(document.documentElement.getBoundingClientRect().height)}); }
+  if (window.ResizeObserver) new ResizeObserver(resized).observe(document.body);
+  resized();
   tell({type: 'ready'});
 })();

@@ -200,7 +200,7 @@
       frame.title = '3-D Secure authentication';
       var f = frame.style;
       f.border = '0'; f.borderRadius = '8px'; f.background = '#ffffff';
-      f.width = 'min(420px, calc(100% - 24px))'; f.height = 'min(440px, calc(100% - 24px))';
+      f.width = 'min(420px, calc(100% - 24px))'; f.height = 'min(360px, calc(100% - 24px))';
       frame.src = frameUrl('/3ds/challenge', {origin: location.origin, key: key, payment_intent: pi.id});
       function onMessage(event) {
         if (event.origin !== SIM || event.source !== frame.contentWindow) return;
@@ -210,6 +210,9 @@
           // The secret goes by message, not in the frame's address (which servers and histories keep).
           frame.contentWindow.postMessage({type: 'challenge', client_secret: clientSecret}, SIM);
           frame.focus();
+        } else if (m.type === 'resize') {
+          var h = Math.max(FRAME_HEIGHT_MIN_PX, Math.ceil(Number(m.height) || 0));
+          f.height = 'min(' + h + 'px, calc(100% - 24px))';
         } else if (m.type === 'done') {
           window.removeEventListener('message', onMessage);
           if (overlay.parentNode) overlay.parentNode.removeChild(overlay);
