@@ -168,6 +168,11 @@ def page_session(view: payments_pb2.CheckoutView, currency_name: str) -> dict[st
             order["client_secret"] = view.client_secret
         if o.status in ("failed", "cancelled") and o.failure_message:
             order["failure_message"] = o.failure_message
+        if o.status == "completed":  # what the page shows, and posts to the partner, once paid
+            order["transaction_id"] = o.transaction_id
+            order["currency_received"] = money.format_units(o.currency_amount_minor)
+            if o.HasField("new_balance_minor"):
+                order["new_balance"] = money.format_units(o.new_balance_minor)
     return {
         "session_id": s.session_id,
         "status": s.status,
@@ -306,6 +311,12 @@ async def page(request: web.Request, query: checkout_schema.PageQuery) -> web.St
             ctx.backends.payments.OpenCheckout,
             payments_pb2.CheckoutTokenRequest(token=token, tenant=tenant_context(tenant)),
         )
+        if view.session.status == "completed":  # the seed's single use: the used-link page
+            raise errors.Conflict(
+                "This checkout session has already been paid.",
+                error="session_already_consumed",
+                error_code="SESSION_ALREADY_CONSUMED",
+            )
     except errors.InvoError as exc:
         if _wants_json(request):
             raise

@@ -75,6 +75,9 @@ class CurrentOrder(answers.Answer):
     status: str
     client_secret: str | None = None
     failure_message: str | None = None
+    transaction_id: str | None = None
+    currency_received: UnitsOut | None = None
+    new_balance: UnitsOut | None = None
 
 
 class PageSession(answers.Answer):

@@ -33,8 +33,11 @@ REFERENCE_PREFIX = "checkout:"
 COLUMNS = (
     "session_id, tenant_id, environment, player_email, usd_cents, success_url, cancel_url,"
     " metadata::text AS metadata_json, metadata_hash, kid, cancelled, attempts, purchase_reference,"
-    " created_at, expires_at, updated_at, cancelled_at"
+    " created_at, expires_at, updated_at, cancelled_at, attempt_payment_method"
 )
+# An attempt whose order is still not stored after this long died before storing it (a crash
+# between the two transactions): its reference, which never charged anything, is taken again.
+ATTEMPT_STORE_S = 60
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -240,7 +243,9 @@ class Checkout:
         its 15 minutes, so that the player can finish what the bank started."""
         s = await self._open(token, tenant_id)
         in_flight = s.order is not None and s.order["status"] in UNSETTLED
-        if not (s.status == "expired" and in_flight):
+        # A completed session is shown (the page's poll after "pending" learns its result there;
+        # the gateway renders the used-link page, 409, for a browser opening it).
+        if s.status != "completed" and not (s.status == "expired" and in_flight):
             refuse_unless_open(s)
         customer = await self.cards.customer(tenant_id, s.row["player_email"], create=False)
         return View(s, await self.cards.list(customer))
@@ -266,12 +271,14 @@ class Checkout:
             save_card = False  # a saved card is saved already
         elif save_card and not customer:
             customer = await self.cards.customer(lim.tenant_id, email, create=True)
-        reference = await self._next_attempt(s.row["session_id"])
+        reference = await self._next_attempt(s.row["session_id"], payment_method_id)
         if reference is None:
-            # Another call started an attempt while this one looked at the card: answer from it.
-            return await self._resume(
-                await self._session(await self._row(s.row["session_id"])), lim, currency_name, deadline=deadline
-            )
+            # Another call started an attempt while this one looked at the card: answer from it,
+            # or, if its order is not stored yet, say a payment is in flight.
+            current = await self._session(await self._row(s.row["session_id"]))
+            if current.order is None:
+                raise PaymentInProgress("A payment is being processed; wait for its answer.")
+            return await self._resume(current, lim, currency_name, deadline=deadline)
         answer = await self.purchases.purchase(
             PurchaseRequest(
                 limits=lim,
@@ -291,10 +298,11 @@ class Checkout:
     async def _row(self, session_id: str) -> asyncpg.Record:
         return await self.pool.fetchrow(f"SELECT {COLUMNS} FROM checkout_sessions WHERE session_id = $1", session_id)
 
-    async def _next_attempt(self, session_id: str) -> str | None:
+    async def _next_attempt(self, session_id: str, payment_method_id: str) -> str | None:
         """The reference of a new attempt, under the session's lock; None if the current attempt
-        is in flight or paid (someone else's call got there first). A reference whose order was
-        never stored (a crash in between) is used again: it never charged anything."""
+        is in flight or paid (someone else's call got there first). The current reference whose
+        order is not stored yet is the same click again (same card) or one that died before
+        storing it (ATTEMPT_STORE_S): taken again, it never charged anything."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT {COLUMNS} FROM checkout_sessions WHERE session_id = $1 FOR UPDATE", session_id
@@ -303,6 +311,15 @@ class Checkout:
             if row["purchase_reference"]:
                 current = await self.store.by_reference(conn, row["tenant_id"], row["purchase_reference"])
                 if current is None:
+                    stale = row["updated_at"].timestamp() < time.time() - ATTEMPT_STORE_S
+                    if row["attempt_payment_method"] != payment_method_id and not stale:
+                        return None
+                    await conn.execute(
+                        "UPDATE checkout_sessions SET attempt_payment_method = $2, updated_at = now()"
+                        " WHERE session_id = $1",
+                        session_id,
+                        payment_method_id,
+                    )
                     return str(row["purchase_reference"])
             if current is not None and current["status"] in (*UNSETTLED, *PAID):
                 return None
@@ -311,11 +328,12 @@ class Checkout:
             attempt = row["attempts"] + 1
             reference = f"{REFERENCE_PREFIX}{session_id}:{attempt}"
             await conn.execute(
-                "UPDATE checkout_sessions SET attempts = $2, purchase_reference = $3, updated_at = now()"
-                " WHERE session_id = $1",
+                "UPDATE checkout_sessions SET attempts = $2, purchase_reference = $3, attempt_payment_method = $4,"
+                " updated_at = now() WHERE session_id = $1",
                 session_id,
                 attempt,
                 reference,
+                payment_method_id,
             )
             return reference
 
@@ -358,6 +376,9 @@ class Checkout:
         s = await self._open(token, tenant_id)
         if s.status == "completed":
             raise SessionConsumed("This checkout session has already been paid.")
+        in_flight = s.order is not None and s.order["status"] in UNSETTLED
+        if s.status == "expired" and not in_flight:
+            raise SessionExpired("This checkout session has expired; there is nothing to cancel.")
         if s.order is not None and s.order["status"] == "pending_payment":
             raise PaymentInProgress("A payment is being processed; wait for its answer.")
         if s.order is not None and s.order["status"] == "requires_action" and s.order["payment_intent_id"]:
