@@ -66,8 +66,8 @@ def _banner(dev: Mapping[str, str], *, logs_dir: pathlib.Path, simulator: bool, 
         f'  curl -H "X-Game-Secret-Key: {curl_key}" {gateway}/api/tenant',
         "  # a hosted checkout session: open its checkout_url in a browser (card 4242 4242 4242 4242)",
         f'  curl -H "X-Game-Secret-Key: {curl_key}" -H "Content-Type: application/json" {gateway}/api/checkout/sessions'
-        " -d '{\"player_email\": \"player@example.com\", \"usd_amount\": \"10.00\","
-        f' \"success_url\": \"{gateway}/healthz\", \"cancel_url\": \"{gateway}/healthz\"}}\'',
+        ' -d \'{"player_email": "player@example.com", "usd_amount": "10.00",'
+        f' "success_url": "{gateway}/healthz", "cancel_url": "{gateway}/healthz"}}\'',
         "",
         "gRPC services: " + ", ".join(f"{n} {dev[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
         f"Card processor: {dev['INVO_PROCESSOR_API_BASE']}"
