@@ -500,10 +500,48 @@ async def test_the_frames_serve_only_a_named_origin_with_their_own_strict_policy
         async with sim.http.get(sim.url + path, params={"origin": "http://localhost:8080"}) as resp:
             assert resp.status == 200
             csp = resp.headers["Content-Security-Policy"]
-            assert "frame-ancestors http://localhost:8080;" in csp and "default-src 'none'" in csp
+            # Framable by any page, as Stripe's fields are: the checkout page mounting them is itself
+            # framed by a partner, and frame-ancestors judges every ancestor, the partner's too.
+            assert "frame-ancestors *;" in csp and "default-src 'none'" in csp
             assert "'unsafe-inline'" not in csp
             html = await resp.text()
             assert "<script>" not in html and "style=" not in html and "http" not in html.split("<body>")[1]
         for origin in ("", "*", "javascript:alert(1)", "http://a.example; script-src *"):
             async with sim.http.get(sim.url + path, params={"origin": origin}) as resp:
                 assert resp.status == 400, origin
+
+
+async def test_the_card_field_loads_when_the_page_is_itself_framed_by_a_third_origin(
+    sim: Sim, browser: Browser
+) -> None:
+    """The checkout page in the partner's iframe: partner (127.0.0.1:R) > page (localhost:Q) >
+    card field (127.0.0.1:P). The card frame may not limit its ancestors to its parent's origin."""
+    async with host_page(sim) as url:
+        port = free_port()
+        wrapper = f'<!doctype html><html lang="en"><head><title>Partner</title></head><body><iframe src="{url}" title="Checkout" width="480" height="720"></iframe></body></html>'
+
+        async def index(_r: web.Request) -> web.Response:
+            return web.Response(text=wrapper, content_type="text/html")
+
+        app = web.Application()
+        app.router.add_get("/", index)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/")
+            checkout = page.frame_locator("iframe[title='Checkout']")
+            await checkout.frame_locator(CARD_FRAME).get_by_label("Card number").fill("4242424242424242")
+            frame = page.frame(url=url)
+            assert frame is not None
+            deadline = asyncio.get_running_loop().time() + WAIT_MS / 1000
+            while not await frame.evaluate("window.cardReady === true && changes.length > 0"):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(POLL_S)
+            assert (await frame.evaluate("changes[changes.length - 1]"))["brand"] == "visa"
+            print([f.url for f in page.frames], await page.frames[-1].content())
+        finally:
+            await context.close()
+            await runner.cleanup()
