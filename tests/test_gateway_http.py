@@ -157,7 +157,7 @@ async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> No
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     app = create_app(stack_settings(stack), Backends(stack_settings(stack)))
     routed = set(surfaces.routes(app))
-    for prefix in ("/api/", "/admin/", "/webhooks/"):
+    for prefix in ("/api/", "/admin/", "/webhooks/", "/checkout/"):
         assert any(path.startswith(prefix) for path, _ in routed), f"no {prefix} routes found"
     assert {("/healthz", "GET"), ("/readyz", "GET"), ("/openapi.json", "GET")} <= routed
     assert documented == routed
@@ -170,6 +170,7 @@ async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> No
         "description": schemes["GameSecretKey"]["description"],
     }
     assert schemes["OperatorBearer"]["type"] == "http" and schemes["OperatorBearer"]["scheme"] == "bearer"
+    assert schemes["CheckoutSession"]["type"] == "http" and schemes["CheckoutSession"]["scheme"] == "bearer"
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             want: list[dict[str, list[str]]] = (
@@ -177,6 +178,9 @@ async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> No
                 if path.startswith("/api/")
                 else [{"OperatorBearer": []}]
                 if path.startswith("/admin/")
+                # The hosted page's own API is opened by the session token; the page and its files by nothing.
+                else [{"CheckoutSession": []}]
+                if path.startswith("/checkout/api/")
                 else []
             )
             assert op["security"] == want, (path, method)
