@@ -163,9 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(result["scenarios"]))
     for name, value in result["ratios"].items():
         print(f"{name:<45} {value}")
+    co = result["scenarios"].get("checkout")
+    if co is not None:
+        print(
+            f"checkout = mint + pay: mint p50/p99 {co['mint_p50_ms']}/{co['mint_p99_ms']} ms,"
+            f" pay p50/p99 {co['pay_p50_ms']}/{co['pay_p99_ms']} ms;"
+            f" sessions read back completed: {co['sessions_checked'] - co['sessions_not_completed']}"
+            f"/{co['sessions_checked']}"
+        )
     print(f"ledger check: ok={result['ledger_check']['ok']} total_balance={result['ledger_check']['total_balance']}")
     print(f"results: {json_path}")
-    return 0 if result["ledger_check"]["ok"] else 1
+    # A paid checkout session that does not read completed is as wrong as a ledger that does not balance.
+    sessions_ok = co is None or co["sessions_not_completed"] == 0
+    return 0 if result["ledger_check"]["ok"] and sessions_ok else 1
 
 
 if __name__ == "__main__":

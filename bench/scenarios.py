@@ -33,7 +33,7 @@ SPREAD_TENANTS = 16
 WEBHOOK_ENDPOINTS = 4
 REQUEST_TIMEOUT_S = 30.0
 FUNDING_UNITS = "1000000"
-CHECKOUT_SAMPLE = 200  # paid sessions read back after the checkout scenario
+SESSION_READS_CONCURRENCY = 16  # the checkout scenario reads every paid session back, this many at once
 
 
 class Bench:
@@ -161,46 +161,73 @@ class Bench:
 
     async def checkout_purchases(self) -> Run:
         """Hosted checkout without the browser: a session minted with the SDK key, then paid through
-        the page's API with its token, as the page's script does (one operation: mint + pay)."""
+        the page's API with its token, as the page's script does. One operation is mint + pay (what
+        a player's purchase costs the network); the two calls' own latencies go in the result too.
+        Afterwards every paid session must read `completed` with the order and transaction pay gave."""
         big = "1000000.00"
         t = await self.tenant(spending_caps={"hourly_usd": big, "daily_usd": big, "monthly_usd": big})
         headers = {"X-Game-Secret-Key": t["sdk_key"]}
-        paid: list[str] = []
+        paid: list[tuple[str, str, str]] = []  # (session_id, order_id, transaction_id)
+        steps: list[tuple[float, float, float]] = []  # (started, mint_s, pay_s) of each paid operation
 
         async def request(w: int, i: int) -> bool:
+            started = time.monotonic()
             body = {
-                "player_email": f"co{w}-{i}-{self.run_id}@bench.test",  # a new player: 10 attempts a minute
+                # A new player each time, as in currency-purchase: a real player makes at most 10 attempts a minute.
+                "player_email": f"co{w}-{i}-{self.run_id}@bench.test",
                 "usd_amount": "1.00",
                 "success_url": "https://bench.example/ok",
                 "cancel_url": "https://bench.example/cancel",
             }
+            t0 = time.perf_counter()
             status, raw = await self.conns[w].request("POST", "/api/checkout/sessions", headers=headers, body=body)
             if status != 201:
                 return False
             minted = json.loads(raw)
             token = minted["checkout_url"].partition("session=")[2]
-            status, _ = await self.conns[w].request(
+            t1 = time.perf_counter()
+            status, raw = await self.conns[w].request(
                 "POST",
                 "/checkout/api/pay",
                 headers={"Authorization": f"Bearer {token}"},
                 body={"payment_method_id": "pm_card_visa", "save_card": False},
             )
-            if status == 200:
-                paid.append(minted["session_id"])
-            return status == 200
+            t2 = time.perf_counter()
+            answer = json.loads(raw) if status == 200 else {}
+            if answer.get("status") != "success":  # "pending" or "requires_action" is not a purchase made
+                return False
+            paid.append((minted["session_id"], str(answer.get("order_id")), str(answer.get("transaction_id"))))
+            steps.append((started, t1 - t0, t2 - t1))
+            return True
 
         run = await drive("checkout", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
-        await self._sessions_completed(headers, paid[-CHECKOUT_SAMPLE:])
+        measured = [s for s in steps if s[0] >= run.started]
+        run.extra = {
+            "mint_p50_ms": _pct_ms([s[1] for s in measured], 0.50),
+            "mint_p99_ms": _pct_ms([s[1] for s in measured], 0.99),
+            "pay_p50_ms": _pct_ms([s[2] for s in measured], 0.50),
+            "pay_p99_ms": _pct_ms([s[2] for s in measured], 0.99),
+            **await self._sessions_completed(headers, paid),
+        }
         return run
 
-    async def _sessions_completed(self, headers: dict[str, str], session_ids: list[str]) -> None:
-        """Every paid session reads as completed, with its order (a sample of the newest)."""
+    async def _sessions_completed(self, headers: dict[str, str], paid: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """Every paid session (warm-up included) reads completed, with the order and transaction
+        its pay answered; the ones that do not are listed in the result and fail the run."""
         assert self.http is not None
-        for sid in session_ids:
-            async with self.http.get(f"{self.gateway}/api/checkout/sessions/{sid}", headers=headers) as resp:
+        http = self.http
+        gate = asyncio.Semaphore(SESSION_READS_CONCURRENCY)
+        wrong: list[dict[str, Any]] = []
+
+        async def one(sid: str, order_id: str, transaction_id: str) -> None:
+            async with gate, http.get(f"{self.gateway}/api/checkout/sessions/{sid}", headers=headers) as resp:
                 state = await resp.json()
-            if resp.status != 200 or state["status"] != "completed" or not state["order_id"]:
-                raise RuntimeError(f"checkout session {sid} was paid but reads {resp.status} {state}")
+            want = {"status": "completed", "order_id": order_id, "transaction_id": transaction_id}
+            if resp.status != 200 or any(state.get(k) != v for k, v in want.items()):
+                wrong.append({"session_id": sid, "http_status": resp.status, "expected": want, "read": state})
+
+        await asyncio.gather(*(one(*p) for p in paid))
+        return {"sessions_checked": len(paid), "sessions_not_completed": len(wrong), "sessions_wrong": wrong[:20]}
 
     async def webhook_deliveries(self) -> Run:
         """Events pile up while the receiver holds its first requests; then the gate opens and
@@ -365,3 +392,11 @@ class Bench:
         assert self.http is not None
         async with self.http.get(self.gateway + "/admin/ledger/check", headers=self.admin) as resp:
             return dict(await resp.json())
+
+
+def _pct_ms(values_s: list[float], p: float) -> float | None:
+    """The p-quantile in milliseconds, as `Run.summary` computes it."""
+    if not values_s:
+        return None
+    ordered = sorted(values_s)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000, 2)

@@ -57,6 +57,9 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         assert r["requests"] > 0 and r["errors"] == 0, (name, r)
         assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"]
     assert result["scenarios"]["webhook-delivery"]["bad_signatures"] == 0
+    checkout = result["scenarios"]["checkout"]
+    assert checkout["sessions_checked"] >= checkout["requests"] and checkout["sessions_not_completed"] == 0, checkout
+    assert checkout["pay_p99_ms"] is not None and checkout["mint_p99_ms"] is not None
     assert set(result["ratios"]) == {
         "item-purchase-spread/raw-sql-baseline",
         "item-purchase-hot-tenant/raw-sql-baseline",
