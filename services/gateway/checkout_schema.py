@@ -174,7 +174,8 @@ PAGE = declare.register(
         answers={
             200: declare.Answer(description="The page.", schema={"type": "string"}, media_type="text/html"),
         },
-        errors=(401, 409, 410, 503),
+        errors=(401, 403, 409, 410, 429, 503),
+        html_errors=True,
         description="Opened by the player's browser from checkout_url. Asked for JSON (Accept: application/json), "
         "a refusal is the error envelope instead of a page.",
     )

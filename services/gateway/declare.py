@@ -81,6 +81,8 @@ class Declaration:
     errors: tuple[int, ...] = ()
     operation_id: str = ""
     description: str = ""
+    # A page for a browser: its refusals are HTML pages too (the envelope when JSON is asked for).
+    html_errors: bool = False
 
     @property
     def key(self) -> tuple[str, str]:

@@ -115,6 +115,8 @@ def _operation(decl: declare.Declaration, refs: dict[Any, Any]) -> dict[str, Any
             "description": ERROR_TEXT.get(status, "An error."),
             "content": {"application/json": {"schema": error_ref}},
         }
+        if decl.html_errors:
+            responses[str(status)]["content"]["text/html"] = {"schema": {"type": "string"}}
     op["responses"] = responses
     return op
 
