@@ -26,22 +26,37 @@
     cancelled: 'panel-result', limit: 'panel-result'
   };
 
-  function show(id, on) { $(id).hidden = !on; }
+  // An attribute, not the `hidden` property: an <svg> has no such property.
+  function show(id, on) { $(id).toggleAttribute('hidden', !on); }
 
   function setState(name, message) {
+    var waiting = name === 'processing' || name === 'requires_action';
     main.setAttribute('data-state', name);
-    ['panel-select', 'panel-card', 'panel-result'].forEach(function (p) { show(p, PANELS[name] === p); });
-    show('try-another-card', name === 'declined' || name === 'limit');
+    // While a payment is under way the panel it started from stays in place, inert (a second click
+    // lands on a disabled button, not on whatever would move up under the pointer).
+    ['panel-select', 'panel-card', 'panel-result'].forEach(function (p) {
+      if (waiting) { if (p === 'panel-result') show(p, false); }
+      else show(p, PANELS[name] === p);
+      $(p).toggleAttribute('inert', waiting || dialogOpen());
+    });
+    show('try-another-card', name === 'declined');
     show('try-again', name === 'failed');
     show('continue-link', name === 'success' && !embedded);
+    show('success-icon', name === 'success');
     show('cancel-checkout', ['select', 'card', 'review', 'declined', 'failed', 'limit'].indexOf(name) >= 0);
     var status = $('status');
     status.textContent = message || '';
     status.className = 'status ' + name;
-    var waiting = name === 'processing' || name === 'requires_action';
     busy = waiting;
+    main.setAttribute('aria-busy', waiting ? 'true' : 'false');
     $('pay-button').disabled = waiting;
     $('complete-purchase').disabled = waiting;
+    // Where the keyboard goes next: the one action the state offers, not the top of the page
+    // (the button that had focus may just have been hidden).
+    var next = {declined: 'try-another-card', failed: 'try-again', success: embedded ? '' : 'continue-link'}[name];
+    if (next) $(next).focus();
+    else if (document.activeElement && document.activeElement !== document.body &&
+             document.activeElement.offsetParent === null) main.focus();
   }
 
   function api(method, path, body) {
@@ -125,13 +140,19 @@
     if (notified) return;
     notified = true;
     if (embedded) {
-      window.parent.postMessage({type: 'INVO_CHECKOUT_COMPLETE', data: {
+      post({type: 'INVO_CHECKOUT_COMPLETE', data: {
         status: 'success', currency_received: received, new_balance: balance || null,
         session_id: session.session_id, order_id: orderId
-      }}, boot.success_origin);
+      }});
     } else {
       setTimeout(function () { location.assign(session.success_url); }, REDIRECT_DELAY_MS);
     }
+  }
+
+  // Only ever to the partner's own origin (success_url's), never '*': the message names the order.
+  function post(message) {
+    if (!boot.success_origin) return;
+    try { window.parent.postMessage(message, boot.success_origin); } catch (e) { /* a parent elsewhere: the webhook still tells */ }
   }
 
   // -- choosing a card ----------------------------------------------------------------------
@@ -154,10 +175,17 @@
       pick.type = 'button';
       pick.className = 'saved-card';
       pick.setAttribute('data-card-id', c.id);
-      pick.textContent = brand(c.brand) + ' •••• ' + c.last4;
+      var name = document.createElement('span');
+      name.className = 'card-name';
+      name.textContent = brand(c.brand) + ' •••• ' + c.last4;
       var exp = document.createElement('span');
       exp.className = 'expires';
       exp.textContent = 'expires ' + expiry(c);
+      var sep = document.createElement('span');
+      sep.className = 'sr-only';
+      sep.textContent = ', ';  // so the button reads "Visa •••• 4242, expires 12/34"
+      pick.appendChild(name);
+      pick.appendChild(sep);
       pick.appendChild(exp);
       pick.addEventListener('click', function () { review(c, pick); });
       var remove = document.createElement('button');
@@ -166,7 +194,7 @@
       remove.setAttribute('data-card-id', c.id);
       remove.setAttribute('aria-label', 'Remove ' + brand(c.brand) + ' ending ' + c.last4);
       remove.textContent = 'Remove';
-      remove.addEventListener('click', function () { removeCard(c.id); });
+      remove.addEventListener('click', function () { remove.disabled = true; removeCard(c.id); });
       li.appendChild(pick);
       li.appendChild(remove);
       list.appendChild(li);
@@ -179,6 +207,8 @@
       session.saved_cards = res.body.saved_cards || [];
       choose();
       $('status').textContent = 'Card removed.';
+      var first = document.querySelector('.saved-card');
+      (first || $('pay-button')).focus();
     });
   }
 
@@ -217,12 +247,14 @@
     lastFocus = opener;
     $('review-card').textContent = brand(c.brand) + ' •••• ' + c.last4;
     show('review-backdrop', true);
+    setInert(true);
     setState('review');
     $('complete-purchase').focus();
   }
 
   function closeReview(returnFocus) {
     show('review-backdrop', false);
+    setInert(false);
     if (main.getAttribute('data-state') === 'review') setState('select');
     if (returnFocus && lastFocus) lastFocus.focus();
   }
@@ -236,13 +268,28 @@
     api('POST', 'pay', body).then(handle);
   }
 
-  $('review-dialog').addEventListener('keydown', function (e) {
-    if (e.key === 'Escape') { e.preventDefault(); closeReview(true); return; }
+  function setInert(on) {
+    Array.prototype.forEach.call(main.children, function (el) {
+      if (el.id === 'review-backdrop' || el.id === 'status' || el.tagName === 'SCRIPT') return;
+      if (on) el.setAttribute('inert', ''); else el.removeAttribute('inert');
+    });
+  }
+
+  function dialogOpen() { return !$('review-backdrop').hidden; }
+
+  document.addEventListener('keydown', function (e) {
+    if (!dialogOpen()) return;
+    if (e.key === 'Escape') { e.preventDefault(); if (!busy) closeReview(true); return; }
     if (e.key !== 'Tab') return;
     var first = $('complete-purchase');
     var last = $('review-cancel');
-    if (e.shiftKey && document.activeElement === first) { e.preventDefault(); last.focus(); }
-    else if (!e.shiftKey && document.activeElement === last) { e.preventDefault(); first.focus(); }
+    var inside = $('review-dialog').contains(document.activeElement);
+    if (e.shiftKey && (document.activeElement === first || !inside)) { e.preventDefault(); last.focus(); }
+    else if (!e.shiftKey && (document.activeElement === last || !inside)) { e.preventDefault(); first.focus(); }
+  });
+  // A click on the dimmed page behind the dialog keeps focus in the dialog.
+  $('review-backdrop').addEventListener('mousedown', function (e) {
+    if (e.target === this) { e.preventDefault(); $('complete-purchase').focus(); }
   });
 
   // -- cancel -------------------------------------------------------------------------------
@@ -253,9 +300,9 @@
       if (res.status !== 200) return refused(res);
       setState('cancelled', 'Checkout cancelled. Nothing was charged.');
       if (embedded) {
-        window.parent.postMessage({type: 'INVO_CHECKOUT_COMPLETE', data: {
+        post({type: 'INVO_CHECKOUT_COMPLETE', data: {
           status: 'cancelled', cancel_url: res.body.cancel_url, session_id: session.session_id
-        }}, boot.success_origin);
+        }});
       } else {
         location.assign(res.body.cancel_url);
       }
@@ -267,7 +314,12 @@
   $('pay-button').addEventListener('click', payWithNewCard);
   $('complete-purchase').addEventListener('click', completePurchase);
   $('review-cancel').addEventListener('click', function () { closeReview(true); });
-  $('try-another-card').addEventListener('click', choose);
+  $('try-another-card').addEventListener('click', function () {
+    choose();
+    var first = document.querySelector('.saved-card');
+    if (first && !$('panel-select').hidden) first.focus();
+    else if (card) card.focus();
+  });
   $('try-again').addEventListener('click', function () {
     if (retry) { setState('processing', 'Processing your payment…'); retry(); } else { choose(); }
   });
