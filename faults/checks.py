@@ -9,6 +9,8 @@
   (`lost` when not); no transaction moves a player's money that no acknowledged operation
   explains (`doubled`); every wallet equals its acknowledged credits minus debits.
 - Replaying an acknowledged request answers the same (`replay_mismatches`).
+- Each hosted checkout session reads completed iff one of its orders is paid, with the order and
+  transaction the client was told, charged once (`sessions`, `faults.checkout`).
 - The processor's record and the webhooks are checked in `faults.evidence`.
 
 Each finding is reported once, in the check that first saw it: a phase's row counts what it broke.
@@ -20,7 +22,7 @@ import dataclasses
 import time
 from typing import Any
 
-from faults import evidence
+from faults import checkout, evidence
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
@@ -46,6 +48,8 @@ class Findings:
     wallets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     replays: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     replayed: int = 0
+    sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # checkout sessions gone wrong
+    sessions_checked: int = 0
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -62,6 +66,7 @@ class Findings:
             + len(self.doubled)
             + len(self.wallets)
             + len(self.replays)
+            + len(self.sessions)
             + int(self.processor.get("violations", 0))
             + int(self.webhooks.get("violations", 0))
         )
@@ -114,6 +119,7 @@ class Checker:
         ops = self.world.model.ops if replay_all else phase_ops
         f.replayed, f.replays = await self.replays(ops, deadline)
         f.processor = await self.evidence.charges(deadline, self.processor_restarted_at, self._new)
+        f.sessions_checked, f.sessions = await self.sessions(ops, deadline)
         f.webhooks = await self.evidence.webhooks(webhook_bound_s, self._new)
         f.check_s = round(time.monotonic() - started, 2)
         return f
@@ -146,6 +152,10 @@ class Checker:
         partner reconciles it from order-details, the authoritative read."""
         late = still = 0
         for op in self.world.model.ops:
+            if op.outcome == ABANDONED and op.session_id:  # a checkout session: the page's view says
+                outcome = await checkout.resolve(self.world, op, deadline, self.stats)
+                late, still = late + (outcome == ACKED), still + (outcome == ABANDONED)
+                continue
             if op.outcome != ABANDONED or not op.order_id:
                 continue
             tenant = self.world.tenants[op.tenant]
@@ -255,7 +265,8 @@ class Checker:
             answer = await self.world.gateway.until_definite(
                 r.method,
                 r.path,
-                key=None if r.admin else tenant.sdk_key,
+                key=None if r.admin or r.headers else tenant.sdk_key,
+                headers=r.headers,
                 admin=r.admin,
                 body=r.body,
                 deadline=deadline,
@@ -266,3 +277,8 @@ class Checker:
             if (answer.status != r.status or wrong) and self._new("replay", op.key):
                 mismatches.append({**op.summary(), "replay_status": answer.status, "replay_differs": wrong})
         return len(chosen), mismatches
+
+    async def sessions(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
+        """Every checkout session of these operations against its orders and the processor's charges."""
+        checked, wrong = await checkout.check_sessions(self.world, ops, self.evidence.intents, deadline, self.stats)
+        return checked, [w for w in wrong if self._new("session", str(w["session_id"]))]

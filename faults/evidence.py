@@ -27,6 +27,12 @@ FINDINGS_LISTED_MAX = 50  # per kind in the result file; the counts are always w
 New = Callable[[str, str], bool]
 
 
+def session_of(purchase_reference: str) -> str:
+    """The checkout session a payment attempt's reference names ("checkout:<session_id>:<attempt>"), or ""."""
+    kind, _, rest = purchase_reference.partition(":")
+    return rest.partition(":")[0] if kind == "checkout" else ""
+
+
 def _listed(items: list[Any]) -> list[Any]:
     return items[:FINDINGS_LISTED_MAX]
 
@@ -37,6 +43,7 @@ class Evidence:
         self.receivers = receivers
         self.stats = stats
         self.deliveries_seen = 0
+        self.intents: list[dict[str, Any]] = []  # the processor's record as last read, for the sessions' check
         self.bad_seen = 0
 
     async def charges(self, deadline: float, processor_restarted_at: float, new: New) -> dict[str, Any]:
@@ -45,6 +52,7 @@ class Evidence:
             intents = await w.processor.payment_intents(deadline=deadline, stats=self.stats)
         except RuntimeError as exc:
             return {"violations": 1, "error": str(exc)}
+        self.intents = intents
         ours = {t.tenant_id: t for t in w.tenants}
         by_order: dict[str, list[dict[str, Any]]] = {}
         for pi in intents:
@@ -53,6 +61,7 @@ class Evidence:
                 by_order.setdefault(str(meta["order_id"]), []).append(pi)
         orders = w.model.by_order()
         references = {op.key: op for op in w.model.ops}
+        sessions = w.model.by_session()  # a checkout attempt's reference is checkout:<session_id>:<attempt>
         double: list[dict[str, Any]] = []
         several: list[dict[str, Any]] = []
         orphan: list[dict[str, Any]] = []
@@ -71,7 +80,8 @@ class Evidence:
                 )
             if not succeeded:
                 continue
-            op = orders.get(order_id) or references.get(str(succeeded[0]["metadata"].get("purchase_reference")))
+            reference = str(succeeded[0]["metadata"].get("purchase_reference"))
+            op = orders.get(order_id) or references.get(reference) or sessions.get(session_of(reference))
             if op is None:
                 tenant = ours[str(succeeded[0]["metadata"]["tenant_id"])]
                 answer = await w.gateway.until_definite(

@@ -1,11 +1,10 @@
 """The money flows the network has today, each one generator of operations: an operator's credit,
-an item purchase, a currency purchase by card (charged or declined), one through 3-D Secure
-(the challenge passed or failed, then confirm-payment), and a hosted checkout session paid through
-the page's API.
+an item purchase, a currency purchase by card (charged or declined), and one through 3-D Secure
+(the challenge passed or failed, then confirm-payment). Hosted checkout is `faults.checkout`.
 
 A flow does what a partner's backend does (one request retried with the same key until a definite
 answer, see `faults.client`) and records in the `Model` what the answer promised. A later flow
-(transfers, payouts, refunds) is one more class with `name` and `run`, added to `FLOWS`.
+(transfers, payouts, refunds) is one more class with `name` and `run`, added to `workload.FLOWS`.
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ PURCHASE = "/api/currency-purchases/purchase-currency"
 CONFIRM = "/api/currency-purchases/confirm-payment"
 ORDER = "/api/currency-purchases/order-details"
 CREDIT = "/admin/players/credit"
-SESSIONS = "/api/checkout/sessions"
-PAGE_PAY = "/checkout/api/pay"
-SESSION_POLLS_MAX = 20  # a checkout pay answered "pending": the session is read until it settles
 MINOR_PER_CENT = 10  # 1 USD = 10 units = 1,000 minor units (services/common/money.py)
 CONFIRM_REQUIRES_ACTION_MAX = 20  # confirm-payment answering "challenge not done" after we did it: then ask the order
 
@@ -294,92 +290,3 @@ def record_purchase_answer(op: Op, answer: Answer, tenant: Tenant, body: dict[st
         )
     elif op.order_id:
         op.allowed_events = [("purchase.failed", op.order_id)]
-
-
-class CheckoutPurchase:
-    """Hosted checkout without the browser: a session minted with the SDK key, paid through the
-    page's API with its token, as the page's script does. The session's token is the retry key: a
-    pay retried after a lost answer pays once (a 409 SESSION_ALREADY_CONSUMED then means paid,
-    which the session's state confirms), and the session reads completed iff its order was paid."""
-
-    name = "checkout"
-
-    def __init__(self, usd_cents: int = 100) -> None:
-        self.usd_cents = usd_cents
-
-    async def run(self, world: World, phase: str) -> Op:
-        tenant, player = world.pick()
-        op = world.model.new(phase=phase, flow=self.name, tenant=tenant.index, player=player)
-        deadline = time.monotonic() + world.op_deadline_s
-        mint = {
-            "player_email": player,
-            "usd_amount": f"{self.usd_cents // 100}.{self.usd_cents % 100:02d}",
-            "success_url": "https://faults.example/ok",
-            "cancel_url": "https://faults.example/cancel",
-            "metadata": {"op": op.key},
-        }
-        # Minting changes no money: a lost answer is simply minted again (an unused session expires).
-        answer = await world.gateway.until_definite("POST", SESSIONS, key=tenant.sdk_key, body=mint, deadline=deadline)
-        if not settle(op, answer):
-            return op
-        if answer.status != 201:
-            op.outcome = REFUSED
-            return op
-        minted = body_of(answer)
-        sid, token = str(minted["session_id"]), str(minted["checkout_url"]).partition("session=")[2]
-        bearer = {"Authorization": f"Bearer {token}"}
-        body = {"payment_method_id": "pm_card_visa", "save_card": False}
-        answer = await world.gateway.until_definite("POST", PAGE_PAY, headers=bearer, body=body, deadline=deadline)
-        if not settle(op, answer):
-            return op
-        b = body_of(answer)
-        op.order_id = str(b.get("order_id") or "")
-        if answer.status == 200 and b.get("status") == "success" and b.get("transaction_id"):
-            self._paid(op, tenant, sid, str(b["transaction_id"]))
-        elif (answer.status == 200 and b.get("status") == "pending") or answer.error_code == "SESSION_ALREADY_CONSUMED":
-            await self._from_session(world, tenant, op, sid, deadline)
-        else:
-            op.outcome = REFUSED
-            if op.order_id:
-                op.allowed_events = [("purchase.failed", op.order_id)]
-        return op
-
-    def _paid(self, op: Op, tenant: Tenant, sid: str, transaction_id: str) -> None:
-        op.outcome, op.transaction_id = ACKED, transaction_id
-        op.delta_minor = self.usd_cents * MINOR_PER_CENT
-        op.events, op.allowed_events = [("purchase.completed", op.order_id)], []
-        fields = {"status": "completed", "transaction_id": transaction_id}
-        op.replay = Replay("GET", f"{SESSIONS}/{sid}", {}, tenant.index, fields=fields)
-
-    async def _from_session(self, world: World, tenant: Tenant, op: Op, sid: str, deadline: float) -> None:
-        """The session's state is the partner's authoritative read when the page's answer was not."""
-        state: dict[str, Any] = {}
-        for i in range(SESSION_POLLS_MAX):
-            answer = await world.gateway.until_definite(
-                "GET", f"{SESSIONS}/{sid}", key=tenant.sdk_key, deadline=deadline
-            )
-            state = body_of(answer)
-            if answer.status == 200 and state.get("status") == "completed" and state.get("transaction_id"):
-                op.order_id = str(state.get("order_id") or op.order_id)
-                self._paid(op, tenant, sid, str(state["transaction_id"]))
-                return
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(min(1.0, 0.05 * 2**i))  # the charge is in flight: its answer is coming
-        op.outcome = ABANDONED  # nothing acknowledged: the ledger check holds any money to its order
-        op.note = f"checkout session {sid} read {state.get('status')}"
-        if op.order_id:
-            op.allowed_events = [("purchase.completed", op.order_id), ("purchase.failed", op.order_id)]
-
-
-# The mix, by weight: mostly item purchases (the ledger's hot path), card purchases with a few
-# declines, 3-D Secure both ways, and operators' credits now and then.
-FLOWS: tuple[tuple[Flow, int], ...] = (
-    (ItemPurchase(), 55),
-    (CardPurchase("card_purchase", "pm_card_visa"), 20),
-    (CardPurchase("card_declined", "pm_card_chargeDeclined"), 4),
-    (CheckoutPurchase(), 8),
-    (ThreeDSecurePurchase("three_d_secure", "succeed"), 8),
-    (ThreeDSecurePurchase("three_d_secure_failed", "fail"), 3),
-    (Credit(), 10),
-)

@@ -57,6 +57,8 @@ class Replay:
     admin: bool = False
     status: int = 200
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Sent instead of the tenant's SDK key when set: a checkout page's call carries the session's token.
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -71,7 +73,10 @@ class Op:
     status: int = 0
     error_code: str = ""
     transaction_id: str = ""
-    order_id: str = ""
+    order_id: str = ""  # the order that paid (or the last one tried)
+    session_id: str = ""  # a hosted checkout session, whose attempts are orders of their own
+    orders: list[str] = dataclasses.field(default_factory=list)  # every order the answers named
+    session_token: str = ""  # the page's credential for `session_id` (kept out of the records)
     delta_minor: int = 0  # the acknowledged effect on the player's wallet
     events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
     allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
@@ -95,6 +100,7 @@ class Op:
             "error_code": self.error_code,
             "transaction_id": self.transaction_id,
             "order_id": self.order_id,
+            "session_id": self.session_id,
             "delta_minor": self.delta_minor,
             "attempts": self.attempts,
             "indefinite": self.indefinite,
@@ -139,4 +145,8 @@ class Model:
         return {(op.tenant, t, k) for op in self.ops for t, k in op.allowed_events}
 
     def by_order(self) -> dict[str, Op]:
-        return {op.order_id: op for op in self.ops if op.order_id}
+        out = {order_id: op for op in self.ops for order_id in op.orders}
+        return out | {op.order_id: op for op in self.ops if op.order_id}
+
+    def by_session(self) -> dict[str, Op]:
+        return {op.session_id: op for op in self.ops if op.session_id}

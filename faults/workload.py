@@ -15,8 +15,9 @@ import secrets
 import time
 from typing import Any
 
+from faults.checkout import CheckoutPurchase
 from faults.client import Gateway, Stats
-from faults.flows import FLOWS, Credit, Flow, Tenant, World
+from faults.flows import CardPurchase, Credit, Flow, ItemPurchase, Tenant, ThreeDSecurePurchase, World
 from faults.model import ACKED, Model, Op
 from faults.processor import Processor
 from faults.receivers import Receivers
@@ -26,6 +27,20 @@ from services.common.stack import Stack
 SETUP_CONCURRENCY = 16
 # Caps far above what the run spends: a cap refusal is a correct answer but tells us nothing.
 CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1000000.00"}
+
+# The mix, by weight: mostly item purchases (the ledger's hot path), card purchases with a few
+# declines, hosted checkout (a few sessions declined first, then paid on the same session), 3-D
+# Secure both ways, and operators' credits now and then.
+FLOWS: tuple[tuple[Flow, int], ...] = (
+    (ItemPurchase(), 55),
+    (CardPurchase("card_purchase", "pm_card_visa"), 20),
+    (CardPurchase("card_declined", "pm_card_chargeDeclined"), 4),
+    (CheckoutPurchase("checkout"), 8),
+    (CheckoutPurchase("checkout_declined_then_paid", ("pm_card_chargeDeclined", "pm_card_visa")), 2),
+    (ThreeDSecurePurchase("three_d_secure", "succeed"), 8),
+    (ThreeDSecurePurchase("three_d_secure_failed", "fail"), 3),
+    (Credit(), 10),
+)
 
 
 @dataclasses.dataclass
