@@ -28,6 +28,13 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
     if times is not None and stats.last_indefinite_at > times.injected_at:
         recovery_s = stats.last_indefinite_at - times.injected_at
     outcomes = {k: sum(1 for op in ops if op.outcome == k) for k in (ACKED, REFUSED, UNRESOLVED, ABANDONED)}
+    # Per flow: how many of each ran, were acknowledged, and needed a retry (what the fault touched).
+    by_flow: dict[str, dict[str, int]] = {}
+    for op in ops:
+        counts = by_flow.setdefault(op.flow, {"operations": 0, ACKED: 0, "retried": 0})
+        counts["operations"] += 1
+        counts[ACKED] += op.outcome == ACKED
+        counts["retried"] += op.indefinite > 0
     return {
         "phase": name,
         "operations": len(ops),
@@ -51,6 +58,7 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
         "webhook_lag_s": f.webhooks.get("lag_s_max"),
         "violations": f.violations + stats.answers_5xx_bad,
         "refusals": stats.refusals,
+        "by_flow": by_flow,
         "findings": f.summary(),
         **extra,
     }
