@@ -5,7 +5,8 @@ payments service SIGKILLed under load) run on the test session's network, which 
 afterwards. The checks are then shown to catch what they exist to catch: a credit nobody was
 told of (doubled), an acknowledged write that is not in the ledger (lost), a webhook that never
 comes (missing), a forged signature, a second charge for one order at the processor, and a
-process that died on its own; and a second delivery of one event is counted as a duplicate.
+process that died on its own; and a second delivery of one event is counted as a duplicate. A
+hosted checkout session is held to its orders: a second charge on one session is caught.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import aiohttp
 
 from faults import phases, report, runner
+from faults.checkout import CheckoutPurchase
 from faults.checks import Checker
 from faults.flows import CardPurchase
 from faults.model import ACKED
@@ -66,6 +68,7 @@ async def test_two_faults_under_load_lose_nothing_and_double_nothing(stack: Stac
         assert row["acknowledged"] > 50 and row["requests"] >= row["operations"], row
         assert row["unresolved"] == 0, row
         assert row["findings"]["replayed"] > 0 and row["findings"]["webhooks"]["expected"] > 0, row
+        assert row["findings"]["sessions_checked"] > 0, row  # hosted checkout was in the mix
     assert result["processor_source"], result
     assert time.monotonic() - started < 120, "the short version must stay well under 2 minutes"
     # The session's network is whole again for the tests after this one.
@@ -170,6 +173,49 @@ async def test_the_checks_catch_a_double_a_loss_a_missing_webhook_a_forgery_a_se
     assert [d["process"] for d in found.dead] == ["transfers"] and stack.dead() == [], found.dead
     # doubled, lost, two wallets, missing, forged, phantom, charged twice, a second PaymentIntent, a death
     assert found.violations == 10, found.summary()
+
+
+async def test_a_checkout_session_declined_then_paid_is_clean_and_a_second_charge_on_it_is_caught(
+    stack: Stack,
+) -> None:
+    settings = Settings(tenants=1, players_per_tenant=1, replay_max=10, check_deadline_s=30, webhook_bound_s=10)
+    async with Workload(stack, settings) as wl:
+        checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
+        setup = await wl.setup()
+        flow = CheckoutPurchase("checkout_declined_then_paid", ("pm_card_chargeDeclined", "pm_card_visa"))
+        op = await flow.run(wl.world, "sabotage")
+        assert op.outcome == ACKED and len(op.orders) == 2 and op.order_id == op.orders[1], op.summary()
+        assert [t for t, _ in op.events] == ["purchase.failed", "purchase.completed"], op.events
+        clean = await checker.run(phase_ops=[*setup, op], deadline_s=30, webhook_bound_s=10)
+        assert clean.violations == 0 and clean.sessions_checked == 1, clean.summary()
+        assert clean.replayed == 2 and clean.replays == []  # paying the paid session again: 409, nothing charged
+
+        # A charge at the processor for another attempt of the same, paid, session: for the order
+        # checks it is an attempt of an acknowledged operation, for the amount it is right; only the
+        # session's check sees the player charged twice.
+        tenant = wl.world.tenants[0]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                stack.env["INVO_PROCESSOR_API_BASE"] + "/v1/payment_intents",
+                data={
+                    "amount": "100",
+                    "currency": "usd",
+                    "payment_method": "pm_card_visa",
+                    "confirm": "true",
+                    "metadata[tenant_id]": tenant.tenant_id,
+                    "metadata[order_id]": f"ord_sabotage{wl.run_id}",
+                    "metadata[purchase_reference]": f"checkout:{op.session_id}:3",
+                },
+                headers={"Authorization": f"Bearer {stack.env['INVO_PROCESSOR_SECRET_KEY']}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        found = await checker.run(phase_ops=[op], deadline_s=30, webhook_bound_s=1)
+
+    assert [w["session_id"] for w in found.sessions] == [op.session_id], found.sessions
+    assert found.sessions[0]["problems"] == ["charged more than once"], found.sessions
+    assert found.violations == 1, found.summary()
 
 
 async def test_the_proxy_cuts_every_connection_then_forwards_again() -> None:
