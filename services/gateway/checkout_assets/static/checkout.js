@@ -249,10 +249,11 @@
     return Number(c.exp_year) * 12 + Number(c.exp_month) < now.getFullYear() * 12 + now.getMonth() + 1;
   }
 
-  function el(tag, cls, text) {
+  function el(tag, cls, text, attrs) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
     if (text) e.textContent = text;
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
     return e;
   }
 
@@ -260,21 +261,16 @@
   function cardLabel(c, into) {
     into.appendChild(document.createTextNode(brandName(c.brand) + ' '));
     var digits = el('span', 'digits');  // "•••• 4242" never breaks across lines
-    var dots = el('span', 'dots', '•••• ');
-    dots.setAttribute('aria-hidden', 'true');
-    digits.appendChild(dots);
+    digits.appendChild(el('span', 'dots', '•••• ', {'aria-hidden': 'true'}));
     digits.appendChild(el('span', 'sr-only', 'ending '));
     digits.appendChild(document.createTextNode(c.last4));
     into.appendChild(digits);
   }
 
   function choose() {
-    if (session.saved_cards.length) {
-      renderCards();
-      setState('select');
-    } else {
-      cardForm();
-    }
+    if (!session.saved_cards.length) return cardForm();
+    renderCards();
+    setState('select');
   }
 
   function renderCards() {
@@ -283,14 +279,9 @@
     session.saved_cards.forEach(function (c) {
       var old = expired(c);
       var li = el('li', 'card-row');
-      var pick = el('button', 'saved-card' + (old ? ' expired' : ''));
-      pick.type = 'button';
-      pick.setAttribute('data-card-id', c.id);
-      pick.setAttribute('data-testid', 'saved-card');
-      var badge = el('span', 'brand brand-' + String(c.brand || 'card').toLowerCase().replace(/[^a-z]/g, ''),
-        c.brand === 'mastercard' ? 'MC' : c.brand === 'amex' ? 'AMEX' : String(c.brand || 'card').toUpperCase().slice(0, 4));
-      badge.setAttribute('aria-hidden', 'true');
-      pick.appendChild(badge);
+      var pick = el('button', 'saved-card' + (old ? ' expired' : ''), '', {type: 'button', 'data-card-id': c.id, 'data-testid': 'saved-card'});
+      var b = String(c.brand || 'card').toLowerCase().replace(/[^a-z]/g, '');
+      pick.appendChild(el('span', 'brand brand-' + b, b === 'mastercard' ? 'MC' : b.toUpperCase().slice(0, 4), {'aria-hidden': 'true'}));
       var text = el('span', 'card-text');
       var name = el('span', 'card-name');
       cardLabel(c, name);
@@ -299,13 +290,8 @@
       pick.appendChild(text);
       if (old) { pick.disabled = true; pick.setAttribute('data-expired', 'true'); }
       pick.addEventListener('click', function () { review(c, pick); });
-      var remove = el('button', 'remove-card button link');
-      remove.type = 'button';
-      remove.setAttribute('data-card-id', c.id);
-      remove.setAttribute('data-testid', 'remove-card');
-      remove.appendChild(document.createTextNode('Remove'));
-      var which = el('span', 'sr-only', ' ' + brandName(c.brand) + ' ending ' + c.last4);
-      remove.appendChild(which);
+      var remove = el('button', 'remove-card button link', 'Remove', {type: 'button', 'data-card-id': c.id, 'data-testid': 'remove-card'});
+      remove.appendChild(el('span', 'sr-only', ' ' + brandName(c.brand) + ' ending ' + c.last4));
       remove.addEventListener('click', function () { removeCard(c, remove); });
       li.appendChild(pick);
       li.appendChild(remove);
