@@ -95,6 +95,21 @@ async def page_json(api: Api, token: str) -> Response:
     return await api.get(f"{PAGE}?session={token}", headers={"Accept": "application/json"})
 
 
+async def page_html(api: Api, token: str) -> Response:
+    """The page as a browser asks for it: a refusal is a page too, not the envelope."""
+    return await api.get(f"{PAGE}?session={token}", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+
+
+def csp_directives(resp: Response) -> dict[str, list[str]]:
+    """The Content-Security-Policy header as {directive: [sources]}."""
+    found: dict[str, list[str]] = {}
+    for part in resp.headers["Content-Security-Policy"].split(";"):
+        name, *sources = part.split()
+        assert name not in found, resp.headers["Content-Security-Policy"]
+        found[name] = sources
+    return found
+
+
 async def state(api: Api, t: dict[str, Any], session_id: str) -> Response:
     return await api.get(f"{SESSIONS}/{session_id}", key=t["sdk_key"])
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import re
+import secrets
+import urllib.parse
 from typing import Any
 
 import jwt
@@ -27,22 +30,25 @@ from tests.checkout_support import (
     cancel,
     claims,
     confirm,
+    csp_directives,
     flip,
     foreign_token,
     mint,
     mint_raw,
+    page_html,
     page_json,
     pay,
     refused_everywhere,
     resigned,
     session_body,
     session_intents,
+    signed,
     state,
     status_of,
     view,
     with_claims,
 )
-from tests.helpers import Api, assert_envelope, eventually
+from tests.helpers import Api, Response, assert_envelope, eventually
 from tests.payments_support import THREE_DS, VISA, balance, buy, check_ledger, email, sim
 
 CLAIMS = {"iss", "jti", "tid", "sub", "usd", "surl", "curl", "mh", "iat", "exp"}
@@ -139,6 +145,7 @@ MISSING = object()
         ({"player_email": MISSING}, "MISSING_PARAMETER", "player_email"),
         ({"player_email": "not-an-email"}, "INVALID_PLAYER_EMAIL", "player_email"),
         ({"usd_amount": MISSING}, "MISSING_PARAMETER", "usd_amount"),
+        ({"usd_amount": "0.10"}, "INVALID_AMOUNT", "usd_amount"),
         ({"usd_amount": "0.49"}, "INVALID_AMOUNT", "usd_amount"),
         ({"usd_amount": "1000.01"}, "INVALID_AMOUNT", "usd_amount"),
         ({"usd_amount": "0.00"}, "INVALID_AMOUNT", "usd_amount"),
@@ -320,6 +327,95 @@ async def test_refusals_of_the_checkout_surface_are_not_cached_either(api: Api) 
     for resp in (await pay(api, m.token, VISA), await page_json(api, m.token), await view(api, "x.y.z")):
         assert resp.status in (401, 409), resp
         assert_no_store(resp)
+
+
+# -- the page itself, as a browser gets it ---------------------------------------------------------
+
+BOOT_RE = re.compile(r'<script type="application/json" id="invo-boot">(.*?)</script>', re.S)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _assert_html(resp: Response, status: int) -> str:
+    assert resp.status == status, resp
+    assert resp.headers["Content-Type"].startswith("text/html"), dict(resp.headers)
+    assert_no_store(resp)  # the URL holds a token: never cached, never sent on as a referrer
+    assert isinstance(resp.body, str)
+    return resp.body
+
+
+async def test_the_open_page_runs_only_its_own_and_the_processors_script_framed_by_the_partner(
+    api: Api, stack: Stack
+) -> None:
+    t = await api.create_tenant()
+    back = "https://shop.partner.example:8443/back"
+    m = await mint(api, t, email(), cancel_url=back)
+    resp = await page_html(api, m.token)
+    body = _assert_html(resp, 200)
+    policy = csp_directives(resp)
+    # Embedding is the seed's: the partner's own origins (success and cancel pages), nobody else.
+    assert policy["frame-ancestors"] == ["'self'", _origin(SUCCESS_URL), _origin(back)], policy
+    assert policy["script-src"] == ["'self'", _origin(stack.env["INVO_PROCESSOR_JS_URL"])], policy
+    assert policy["style-src"] == ["'self'"] and policy["default-src"] == ["'none'"], policy
+    for name, sources in policy.items():
+        assert not {"*", "'unsafe-inline'", "'unsafe-eval'"} & set(sources), policy
+        assert "data:" not in sources or name == "img-src", policy
+    # The policy allows no inline code, so the page has none: each script is a file, but the boot data.
+    for attrs, content in re.findall(r"<script\b([^>]*)>(.*?)</script>", body, re.S):
+        if 'type="application/json"' not in attrs:
+            assert "src=" in attrs and not content.strip(), attrs
+    assert "<style" not in body and " style=" not in body
+
+    found = BOOT_RE.search(body)
+    assert found, body
+    boot = json.loads(found.group(1))
+    assert boot["token"] == m.token and boot["success_origin"] == _origin(SUCCESS_URL)
+    assert boot["processor"]["publishable_key"] == stack.env["INVO_PROCESSOR_PUBLISHABLE_KEY"]
+    assert (boot["session"]["session_id"], boot["session"]["status"]) == (m.session_id, "open")
+    for value in (
+        t["sdk_key"],
+        t["webhook_signing_secret"],
+        stack.env["INVO_PROCESSOR_SECRET_KEY"],
+        stack.env["INVO_CHECKOUT_KEYS"].split(",")[0].partition(":")[2],
+    ):
+        assert value not in body
+
+
+async def test_refused_links_are_pages_for_a_browser_and_change_nothing(api: Api, stack: Stack) -> None:
+    t, other = await api.create_tenant(), await api.create_tenant()
+    player = email()
+    m = await mint(api, t, player)
+    kid, _, ours = stack.env["INVO_CHECKOUT_KEYS"].split(",")[0].partition(":")
+    c = claims(m.token)
+    forged = [
+        flip(m.token, 1, 10),  # one character of the claims
+        foreign_token(m.token),  # a key we never had, kid "zz"
+        signed(c, secret=secrets.token_hex(20), kid=kid),  # our kid, a random 40-character key
+        signed({**c, "tid": other["tenant_id"]}, secret=secrets.token_hex(20), kid=kid),
+        signed(c, secret=ours, kid="zz"),  # our key under a kid we never issued
+    ]
+    for token in forged:
+        body = _assert_html(await page_html(api, token), 401)
+        assert "not valid" in body and token not in body
+        boot = BOOT_RE.search(body)
+        assert boot is None or boot.group(1) == "", body  # no session, no token, for a refused link
+        assert_envelope(await view(api, token), 401, "INVALID_SESSION")
+        assert_envelope(await pay(api, token, VISA), 401, "INVALID_SESSION")
+    read = await state(api, t, m.session_id)
+    assert (read.body["status"], read.body["order_id"]) == ("open", None), read
+    assert await session_intents(api, stack, m.session_id) == []
+    assert await balance(api, t, player) == "0"
+
+    # Used and cancelled links are pages of their own (the JSON client's 409s are tested above).
+    assert_paid(await pay(api, m.token, VISA), new_balance="100")
+    assert "already been used" in _assert_html(await page_html(api, m.token), 409)
+    gone = await mint(api, t, email())
+    assert (await cancel(api, gone.token)).status == 200
+    assert "cancelled" in _assert_html(await page_html(api, gone.token), 409)
+    await check_ledger(api)
 
 
 # -- expiry (last: it restarts the payments service) ---------------------------------------------
