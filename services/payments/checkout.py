@@ -201,7 +201,7 @@ class Checkout:
     async def get(self, tenant_id: str, session_id: str) -> Session:
         row = None
         if session_id.startswith(SESSION_ID_PREFIX + "_") and len(session_id) <= 64:
-            row = await self.pool.fetchrow(f"SELECT {COLUMNS} FROM checkout_sessions WHERE session_id = $1", session_id)
+            row = await self._row(session_id)
         if row is None or row["tenant_id"] != tenant_id:
             raise SessionNotFound("No such checkout session.")
         return await self._session(row)
@@ -218,9 +218,7 @@ class Checkout:
     async def _open(self, token: str, tenant_id: str) -> Session:
         """The session a token names, if the token is ours, unaltered and the tenant's."""
         claims = self.keys.verify(token)
-        row = await self.pool.fetchrow(
-            f"SELECT {COLUMNS} FROM checkout_sessions WHERE session_id = $1", claims.session_id
-        )
+        row = await self._row(claims.session_id)
         if row is None or row["tenant_id"] != tenant_id:
             raise invalid()
         stored = Claims(
@@ -296,6 +294,7 @@ class Checkout:
         return answer, await self._session(await self._row(s.row["session_id"]))
 
     async def _row(self, session_id: str) -> asyncpg.Record:
+        """The session's row (None when there is no such session)."""
         return await self.pool.fetchrow(f"SELECT {COLUMNS} FROM checkout_sessions WHERE session_id = $1", session_id)
 
     async def _next_attempt(self, session_id: str, payment_method_id: str) -> str | None:
