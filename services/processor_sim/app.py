@@ -4,8 +4,15 @@ The payments service talks to it through the real `stripe` SDK with only the bas
 so production and tests run one code path. It implements:
 
 - Customers, PaymentMethods (Stripe's test ids), PaymentIntents (create / retrieve / confirm /
-  cancel, with Stripe's status machine), Refunds; form-encoded bodies, Bearer auth, Stripe's error
-  objects (`card_error` with `decline_code` on a 402), and `Idempotency-Key` replays.
+  cancel, with Stripe's status machine); form-encoded bodies, Bearer auth, Stripe's error objects
+  (`card_error` with `decline_code` on a 402), and `Idempotency-Key` replays.
+- After a sale (after_sale.py): Refunds (`POST /v1/refunds` by `payment_intent` or `charge`, full
+  or partial, several per charge, with Stripe's refusals: over-refund, `charge_already_refunded`,
+  `charge_disputed`; `GET /v1/refunds` filtered by `charge` / `payment_intent`, `GET
+  /v1/refunds/{id}`), Disputes (`GET /v1/disputes`, `GET /v1/disputes/{id}`) and early fraud
+  warnings (`GET /v1/radar/early_fraud_warnings/{id}`), which the test cards pm_card_createDispute,
+  pm_card_createDisputeInquiry and pm_card_radarEarlyFraudWarning (and their numbers) raise 0.2 s
+  after they are charged.
 - Signed processor webhooks (`Stripe-Signature: t=...,v1=...`) for `payment_intent.succeeded`,
   `payment_intent.payment_failed`, `payment_intent.canceled`, `charge.refunded`,
   `charge.dispute.created`, `charge.dispute.closed`, `radar.early_fraud_warning.created`.
@@ -22,18 +29,20 @@ so production and tests run one code path. It implements:
   (`/elements/card`), which tokenises the card itself; the 3-D Secure challenge page
   (`/3ds/challenge`, "Complete authentication" / "Fail authentication", the same effect as
   `/_sim/three_d_secure`: three_d_secure.py).
-- Test controls under `/_sim/`: complete or fail a 3-D Secure challenge, make the next N calls fail
-  with 500s, time out, or succeed but answer late; charge another amount than asked; delay
-  webhooks, send each webhook twice, hold webhooks back and release them in reverse order; list
-  what was called and sent.
+- Test controls under `/_sim/` (controls.py): complete or fail a 3-D Secure challenge, make the
+  next N calls fail with 500s, time out, or succeed but answer late; charge another amount than
+  asked; delay webhooks, send each webhook twice, hold webhooks back and release them in reverse
+  order; open and close a dispute (chargeback or inquiry), raise an early fraud warning, refund as
+  from Stripe's dashboard; list what was called and sent.
 
-State survives a restart, as Stripe's does: every object is journaled before the call that made
-it answers (state.py), in `INVO_PROCESSOR_SIM_STATE` (`make run`: `.invo/processor_sim/state.jsonl`),
-and the webhooks it still owed are sent again when it comes back. PaymentIntents can be listed
-(`GET /v1/payment_intents`, Stripe's pagination), which the fault suite uses to count charges.
+State survives a restart, as Stripe's does: every object (refunds, disputes and warnings too) is
+journaled before the call that made it answers (state.py), in `INVO_PROCESSOR_SIM_STATE`
+(`make run`: `.invo/processor_sim/state.jsonl`), and the webhooks it still owed are sent again when it
+comes back. PaymentIntents can be listed (`GET /v1/payment_intents`, Stripe's pagination), which the
+fault suite uses to count charges.
 
 This module holds the `Simulator` and the aiohttp app and server around it (`create_app`, `serve`);
-the REST API is in `resources` and `payment_methods`, the test cards in `cards`, the browser's
+the REST API is in `resources`, `payment_methods` and `after_sale`, the test cards in `cards`, the browser's
 script and pages in `pages` (and assets/), the events in `webhooks`, the test controls in `controls`. The
 names tests and tools import from here (`sign`, `decode_form`, `TEST_CARDS`, ...) still work.
 """
@@ -49,6 +58,7 @@ from aiohttp import web
 
 from services.common import runtime
 from services.processor_sim import controls, pages
+from services.processor_sim.after_sale import AfterSaleResources
 from services.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS
 from services.processor_sim.payment_methods import PUBLISHABLE_KEY_DEFAULT, CardResources
 from services.processor_sim.resources import IDEMPOTENCY_TTL_S, StripeError, decode_form, invalid
@@ -86,8 +96,10 @@ log = logging.getLogger("invo.processor_sim")
 STOP_GRACE_S = 5.0  # webhook deliveries in flight are cancelled, and owed again at the next start
 
 
-class Simulator(CardResources):
-    """The whole simulator: Stripe's REST API and its webhooks, plus the test controls."""
+class Simulator(CardResources, AfterSaleResources):
+    """The whole simulator: Stripe's REST API and its webhooks, plus the test controls. Each
+    module's class adds its routes in `_route_more` and hands the rest to the next in line
+    (CardResources, then AfterSaleResources, then StripeResources)."""
 
     async def control(self, request: web.Request) -> web.Response:
         return await controls.control(self, request)

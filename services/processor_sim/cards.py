@@ -13,7 +13,9 @@ import datetime
 import re
 from typing import Any
 
-# Stripe's test payment methods, and what each does in the simulator.
+# Stripe's test payment methods, and what each does in the simulator. "after": what Stripe does on
+# its own once the card is charged (after_sale.py): a chargeback ("dispute"), an inquiry
+# ("inquiry") or an early fraud warning ("efw").
 TEST_CARDS: dict[str, dict[str, Any]] = {
     "pm_card_visa": {"brand": "visa", "last4": "4242", "outcome": "succeed"},
     "pm_card_mastercard": {"brand": "mastercard", "last4": "4444", "outcome": "succeed"},
@@ -32,7 +34,7 @@ TEST_CARDS: dict[str, dict[str, Any]] = {
     "pm_card_authenticationRequired": {"brand": "visa", "last4": "3184", "outcome": "3ds"},
     "pm_card_threeDSecure2Required": {"brand": "visa", "last4": "3220", "outcome": "3ds"},
     "pm_card_createDispute": {"brand": "visa", "last4": "0259", "outcome": "succeed", "after": "dispute"},
-    "pm_card_createDisputeInquiry": {"brand": "visa", "last4": "1976", "outcome": "succeed", "after": "dispute"},
+    "pm_card_createDisputeInquiry": {"brand": "visa", "last4": "1976", "outcome": "succeed", "after": "inquiry"},
     "pm_card_radarEarlyFraudWarning": {"brand": "visa", "last4": "5423", "outcome": "succeed", "after": "efw"},
 }
 DECLINE_MESSAGES = {
@@ -50,6 +52,8 @@ NUMBERS: dict[str, str] = {
     "4000002760003184": "pm_card_authenticationRequired",
     "4000000000003220": "pm_card_threeDSecure2Required",
     "4000000000000259": "pm_card_createDispute",
+    "4000000000001976": "pm_card_createDisputeInquiry",
+    "4000000000005423": "pm_card_radarEarlyFraudWarning",
 }
 EXPIRY_YEARS_AHEAD_MAX = 50  # Stripe refuses an expiry further ahead than this
 

@@ -3,10 +3,10 @@
 `three_d_secure` completes or fails a 3-D Secure challenge; `faults` sets the `Faults` (the next N
 calls fail with 500s, time out, or succeed but answer late; charge another amount than asked;
 delay, duplicate or hold webhooks); `release_webhooks` sends the held ones (newest first unless
-told otherwise); `dispute` opens or closes a dispute on a charge; `state` lists what was called
-and sent; `forget_idempotency` forgets every idempotency key (as 24 hours later), `forget_intent` one
-PaymentIntent; `reset` clears
-the faults and the held webhooks.
+told otherwise); `dispute` opens or closes a dispute on a charge, `efw` raises an early fraud
+warning and `refund` refunds as Stripe's dashboard would (after_sale.py); `state` lists what was
+called and sent; `forget_idempotency` forgets every idempotency key (as 24 hours later),
+`forget_intent` one PaymentIntent; `reset` clears the faults and the held webhooks.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import dataclasses
 
 from aiohttp import web
 
-from services.processor_sim import three_d_secure
-from services.processor_sim.resources import StripeResources
+from services.processor_sim import after_sale, three_d_secure
+from services.processor_sim.after_sale import AfterSaleResources
 from services.processor_sim.webhooks import Faults
 
 
-async def control(sim: StripeResources, request: web.Request) -> web.Response:
+async def control(sim: AfterSaleResources, request: web.Request) -> web.Response:
     body = await request.json() if request.can_read_body else {}
     action = request.match_info["action"]
     if action == "three_d_secure":
@@ -49,21 +49,8 @@ async def control(sim: StripeResources, request: web.Request) -> web.Response:
         for event in order:
             await sim._deliver(event, 0)
         return web.json_response({"released": len(held)})
-    if action == "dispute":
-        pi = sim.intents.get(body.get("payment_intent", ""))
-        charge = sim.charges.get((pi or {}).get("latest_charge") or "")
-        if charge is None:
-            return web.json_response({"error": "no charge"}, status=400)
-        if body.get("close"):
-            dispute = charge.get("dispute")
-            if dispute is None:
-                return web.json_response({"error": "no dispute"}, status=400)
-            dispute["status"] = "lost" if body["close"] == "lost" else "won"
-            sim.save("charges", charge)
-            sim._emit("charge.dispute.closed", dispute)
-        else:
-            sim._open_dispute(charge)
-        return web.json_response(charge)
+    if action in after_sale.CONTROLS:  # dispute, efw, refund
+        return sim.after_sale_control(action, body)
     if action == "state":
         return web.json_response(
             {

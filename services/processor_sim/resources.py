@@ -1,10 +1,12 @@
 """The simulator's REST API: the subset of Stripe's that the payments service calls.
 
 Customers, PaymentMethods (Stripe's test ids, see `cards.TEST_CARDS`), PaymentIntents (create /
-retrieve / confirm / cancel, with Stripe's status machine) and Refunds; form-encoded bodies
-(`decode_form`), Bearer auth, Stripe's error objects (`StripeError`: `card_error` with
-`decline_code` on a 402) and `Idempotency-Key` replays. Each change emits its event through
-`WebhookSender`, and the API-call faults (500s, timeouts, late answers, other amounts) apply here.
+retrieve / confirm / cancel / list, with Stripe's status machine) and their charges; form-encoded
+bodies (`decode_form`), Bearer auth, Stripe's error objects (`StripeError`: `card_error` with
+`decline_code` on a 402) and `Idempotency-Key` replays, for every POST of every module. Each change
+emits its event through `WebhookSender`, and the API-call faults (500s, timeouts, late answers,
+other amounts) apply here. What follows a sale (refunds, disputes, early fraud warnings) is in
+`after_sale`, which a successful charge hands its test card's `after` to (`_after_charge`).
 """
 
 from __future__ import annotations
@@ -75,12 +77,12 @@ class StripeResources(WebhookSender):
         self.payment_methods: dict[str, dict[str, Any]] = state["payment_methods"]
         self.intents: dict[str, dict[str, Any]] = state["intents"]
         self.charges: dict[str, dict[str, Any]] = state["charges"]
-        self.refunds: dict[str, dict[str, Any]] = state["refunds"]
         # pm id -> the test id a PaymentMethod made from a card number behaves as (cards.NUMBERS)
         self.behaves_as: dict[str, str] = state["behaves_as"]
         # key -> [expires_at, request fingerprint, status, body]
         self.idempotency: dict[str, list[Any]] = state["idempotency"]
         self.owed_events: list[dict[str, Any]] = list(state["events"].values())
+        self.loaded = state  # every kind on record, for the modules built on this one (after_sale)
         self._keys_since_sweep = 0
         # (method, path) of the latest API calls, for tests
         self.calls: collections.deque[tuple[str, str]] = collections.deque(maxlen=CALLS_KEPT_MAX)
@@ -170,10 +172,11 @@ class StripeResources(WebhookSender):
         self.save("intents", pi)
         self._emit("payment_intent.succeeded", pi)
         after = behaviour(pi["payment_method"], self.behaves_as.get(pi["payment_method"])).get("after")
-        if after == "dispute":
-            self._later(0.2, self._open_dispute, charge)
-        elif after == "efw":
-            self._later(0.2, self._early_fraud_warning, charge)
+        if after:
+            self._after_charge(charge, after)
+
+    def _after_charge(self, charge: dict[str, Any], after: str) -> None:
+        """What the card does once charged ("dispute", "inquiry", "efw": after_sale)."""
 
     def _decline(self, pi: dict[str, Any], decline_code: str) -> StripeError:
         error = {
@@ -316,8 +319,6 @@ class StripeResources(WebhookSender):
                 self.save("intents", pi)
                 self._emit("payment_intent.canceled", pi)
                 return pi
-        if parts == ["refunds"] and method == "POST":
-            return self._refund(p)
         return self._route_more(method, path, parts, p)
 
     async def _not_secret_key(self, request: web.Request) -> web.Response:
@@ -399,29 +400,3 @@ class StripeResources(WebhookSender):
         else:
             page, more = newest_first[:limit], len(newest_first) > limit
         return {"object": "list", "url": url, "has_more": more, "data": page}
-
-    def _refund(self, p: dict[str, Any]) -> dict[str, Any]:
-        pi = self._intent(p.get("payment_intent", ""))
-        charge = self.charges.get(pi.get("latest_charge") or "")
-        if charge is None:
-            raise invalid("This PaymentIntent has no charge to refund.", "payment_intent")
-        remaining = charge["amount"] - charge["amount_refunded"]
-        amount = int(p.get("amount", remaining))
-        if not 0 < amount <= remaining:
-            raise invalid("Refund amount exceeds what remains of the charge.", "amount")
-        charge["amount_refunded"] += amount
-        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
-        refund = {
-            "id": _new_id("re"),
-            "object": "refund",
-            "amount": amount,
-            "charge": charge["id"],
-            "payment_intent": pi["id"],
-            "status": "succeeded",
-            "created": _now(),
-        }
-        self.refunds[refund["id"]] = refund
-        self.save("charges", charge)
-        self.save("refunds", refund)
-        self._emit("charge.refunded", charge)
-        return refund

@@ -1,13 +1,13 @@
 """The simulator's memory across restarts, as Stripe's would be: an append-only journal of objects.
 
-Every object the simulator creates or changes (customers, payment methods and which test card
-each entered card behaves as, PaymentIntents, charges, refunds, idempotency records, and the
-webhook events not yet delivered) is written as one JSON line, `{"k": kind, "id": id, "o": object}`
-(or `"o": null` when it is gone), before the API call that changed it answers. A simulator
-killed at any moment comes back with every object it ever acknowledged, and sends the events it
-still owed. Without this a restarted simulator
-would forget a PaymentIntent our payments service had stored, and an idempotency key it had
-answered, and the next call would make a second charge: the bug this file exists to rule out.
+Every object the simulator creates or changes (customers, payment methods and which test card each
+entered card behaves as, PaymentIntents, charges, refunds, disputes, early fraud warnings,
+idempotency records, and the webhook events not yet delivered) is written as one JSON line,
+`{"k": kind, "id": id, "o": object}` (or `"o": null` when it is gone), before the API call that
+changed it answers. A simulator killed at any moment comes back with every object it ever
+acknowledged, and sends the events it still owed. Without this a restarted simulator would forget a
+PaymentIntent our payments service had stored, and an idempotency key it had answered, and the next
+call would make a second charge: the bug this file exists to rule out.
 
 Lines are written through to the operating system at once (a killed process loses nothing; a
 machine that loses power may lose the last lines: acceptable for a development tool). At start
@@ -27,7 +27,18 @@ from typing import Any, TextIO
 
 log = logging.getLogger("invo.processor_sim.state")
 
-KINDS = ("customers", "payment_methods", "behaves_as", "intents", "charges", "refunds", "idempotency", "events")
+KINDS = (
+    "customers",
+    "payment_methods",
+    "behaves_as",
+    "intents",
+    "charges",
+    "refunds",
+    "disputes",
+    "early_fraud_warnings",
+    "idempotency",
+    "events",
+)
 LINE_BYTES_MAX = 1 << 20  # one object; a longer line is a corrupt journal, not state
 # The journal is rewritten compactly once it holds this many times more lines than live objects
 # (and at least COMPACT_LINES_MIN): a long run's file stays bounded by what it remembers.

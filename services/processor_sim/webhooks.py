@@ -3,8 +3,8 @@
 `WebhookSender` is the base of the simulator: it holds the webhook settings, the `Faults` the test
 controls set, and what was held back or sent. It wraps each change as a Stripe event (`evt_...`),
 signs it Stripe's way (`Stripe-Signature: t=...,v1=...`, see `sign`) and POSTs it to the gateway,
-retrying a few times, or holds, delays or duplicates it as the faults say. Disputes and early fraud
-warnings, which Stripe raises on its own after a charge, start here too.
+retrying a few times, or holds, delays or duplicates it as the faults say. Every module's events go
+through `_emit`, so the webhook faults apply to all of them alike.
 """
 
 from __future__ import annotations
@@ -149,36 +149,6 @@ class WebhookSender:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.sent_webhooks.append({"id": event["id"], "type": event["type"], "status": 0, "error": str(exc)})
             await asyncio.sleep(min(WEBHOOK_BACKOFF_MAX_S, 0.2 * 2**attempt))
-
-    def _open_dispute(self, charge: dict[str, Any]) -> None:
-        dispute = {
-            "id": _new_id("dp"),
-            "object": "dispute",
-            "amount": charge["amount"],
-            "charge": charge["id"],
-            "payment_intent": charge["payment_intent"],
-            "reason": "fraudulent",
-            "status": "needs_response",
-            "created": _now(),
-        }
-        charge["disputed"] = True
-        charge["dispute"] = dispute
-        self.journal.put("charges", charge["id"], charge)
-        self._emit("charge.dispute.created", dispute)
-
-    def _early_fraud_warning(self, charge: dict[str, Any]) -> None:
-        self._emit(
-            "radar.early_fraud_warning.created",
-            {
-                "id": _new_id("issfr"),
-                "object": "radar.early_fraud_warning",
-                "actionable": True,
-                "charge": charge["id"],
-                "payment_intent": charge["payment_intent"],
-                "fraud_type": "made_with_stolen_card",
-                "created": _now(),
-            },
-        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
