@@ -39,6 +39,7 @@ class Tenant(Answer):
     linked_game_ids: list[str]
     spending_caps: SpendingCaps
     rate_limit_per_second: int
+    auto_refund_fraud_warnings: bool
     created_at: Time
     updated_at: Time
 

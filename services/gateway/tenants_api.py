@@ -44,6 +44,10 @@ class TenantSettings(Request):
     rate_limit_per_second: Annotated[int, Field(ge=1, le=limits.RATE_LIMIT_PER_SECOND_MAX)] | None = Field(
         default=None, description="Requests per second for this tenant; null means the network's default."
     )
+    auto_refund_fraud_warnings: bool | None = Field(
+        default=None,
+        description="Refund an actionable early fraud warning at once, before it can become a dispute (default false).",
+    )
 
 
 class CreateTenant(TenantSettings):
@@ -89,6 +93,7 @@ def tenant_json(t: tenants_pb2.Tenant, *, default_rate_limit: int) -> dict[str, 
             for p in CAP_PERIODS
         },
         "rate_limit_per_second": t.rate_limit_per_second or default_rate_limit,
+        "auto_refund_fraud_warnings": t.auto_refund_fraud_warnings,
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }
@@ -98,7 +103,13 @@ def settings_message(body: TenantSettings) -> tenants_pb2.TenantSettings:
     """The settings a body sets; a field it leaves out stays as it is."""
     given = body.model_fields_set
     s = tenants_pb2.TenantSettings()
-    for field in ("name", "currency_name", "allows_outgoing_transfers", "allows_incoming_transfers"):
+    for field in (
+        "name",
+        "currency_name",
+        "allows_outgoing_transfers",
+        "allows_incoming_transfers",
+        "auto_refund_fraud_warnings",
+    ):
         value = getattr(body, field)
         if value is not None:
             setattr(s, field, value)

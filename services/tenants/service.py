@@ -28,7 +28,7 @@ _TENANT_COLUMNS = (
     "tenant_id, name, currency_name, environment, status, webhook_url, network_fee_bps, transfer_fee_bps,"
     " allows_outgoing_transfers, allows_incoming_transfers, universal_transfers, linked_game_ids,"
     " hourly_cap_usd_cents, daily_cap_usd_cents, monthly_cap_usd_cents, rate_limit_per_second,"
-    " created_at, updated_at"
+    " auto_refund_fraud_warnings, created_at, updated_at"
 )
 _KEY_COLUMNS = "key_id, tenant_id, prefix, environment, created_at, expires_at, revoked_at"
 
@@ -57,6 +57,7 @@ def tenant_message(row: asyncpg.Record) -> tenants_pb2.Tenant:
         linked_game_ids=list(row["linked_game_ids"]),
         spending_caps=caps,
         rate_limit_per_second=row["rate_limit_per_second"],
+        auto_refund_fraud_warnings=row["auto_refund_fraud_warnings"],
         created_at=_ts(row["created_at"]),
         updated_at=_ts(row["updated_at"]),
     )
@@ -118,7 +119,12 @@ def _settings_changes(s: tenants_pb2.TenantSettings, *, environment: str) -> dic
             # The user pays 10%; the destination keeps 3.5%; the source can take at most the rest.
             raise errors.InvalidRequest("transfer_fee_percentage must be between 0 and 6.5")
         changes["transfer_fee_bps"] = s.transfer_fee_bps
-    for flag in ("allows_outgoing_transfers", "allows_incoming_transfers", "universal_transfers"):
+    for flag in (
+        "allows_outgoing_transfers",
+        "allows_incoming_transfers",
+        "universal_transfers",
+        "auto_refund_fraud_warnings",
+    ):
         if _has(s, flag):
             changes[flag] = getattr(s, flag)
     if s.HasField("linked_game_ids"):
