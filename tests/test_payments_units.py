@@ -17,7 +17,8 @@ from services.payments import limits, service
 from services.payments.processor import Outcome, outcome_of
 from services.payments.purchases import PurchaseRequest, validate
 from services.payments.registry import Handled, Registry
-from services.payments.settlement import LedgerClient, mismatch
+from services.payments.ledger_client import LedgerClient
+from services.payments.settlement import mismatch
 
 ROW = {
     "tenant_id": "tn_1",

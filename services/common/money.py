@@ -112,3 +112,14 @@ def format_usd(cents: int) -> str:
 
 
 MINOR_PER_CENT = 10  # 1 USD = 10 units = 1000 minor units
+
+
+def pro_rata(total: int, *, part: int, whole: int) -> int:
+    """`total * part / whole`, rounded down: the share of `total` that `part` of `whole` is.
+
+    Apply it to running totals, never to each piece: the debit of the k-th partial refund is
+    pro_rata(currency, refunded after) - pro_rata(currency, refunded before), so the pieces of a
+    whole add up exactly to `total` whatever the rounding of each."""
+    if whole <= 0 or not 0 <= part <= whole or total < 0:
+        raise ValueError("pro_rata needs 0 <= part <= whole, whole > 0 and total >= 0")
+    return total * part // whole

@@ -59,6 +59,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/players/credit"): MONEY,
     ("POST", "/admin/players/debit"): MONEY,
     ("GET", "/admin/ledger/check"): READ,
+    # orders after the sale
+    ("GET", "/admin/orders/{order_id}"): READ,
+    ("POST", "/admin/orders/{order_id}/refunds"): MONEY,
     # webhooks
     ("GET", "/admin/webhooks/deliveries"): READ,
     ("GET", "/admin/webhooks/deliveries/{delivery_id}"): READ,

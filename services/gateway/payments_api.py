@@ -3,7 +3,6 @@ processor's webhooks in are `processor_webhooks.py`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -13,8 +12,8 @@ from services.common import money
 from services.gateway import declare, fields, payments_schema
 from services.gateway.context import ctx_of
 from services.gateway.http import json_response
+from services.gateway.orders_api import order_json
 from services.gateway.payments_schema import ConfirmPayment, OrderQuery, PurchaseCurrency
-from services.gateway.tenants_api import iso
 
 # Validated by their declarations (payments_schema.py), which also document them.
 public = declare.Table(security=declare.SDK_KEY)
@@ -61,6 +60,8 @@ def _outcome_json(out: payments_pb2.PurchaseOutcome) -> tuple[int, dict[str, Any
         "currency_name": o.currency_name,
         "new_balance": money.format_units(out.new_balance_minor) if out.HasField("new_balance_minor") else None,
         "duplicate": out.duplicate,
+        "debt_repaid": money.format_units(o.debt_repaid_minor),
+        "currency_credited": money.format_units(o.currency_amount_minor - o.debt_repaid_minor),
         "already_processed": out.already_processed,
     }
 
@@ -116,34 +117,4 @@ async def order_details(request: web.Request, query: OrderQuery) -> web.Response
         ctx.backends.payments.GetOrder,
         payments_pb2.GetOrderRequest(tenant_id=tenant.tenant_id, order_id=query.order_id),
     )
-    return json_response(
-        {
-            "order_id": o.order_id,
-            "status": o.status,
-            "purchase_reference": o.purchase_reference,
-            "player_email": o.player_email,
-            "identity_id": o.identity_id,
-            "usd_amount": money.format_usd(o.usd_cents),
-            "currency_amount": money.format_units(o.currency_amount_minor),
-            "currency_name": o.currency_name,
-            "payment_intent_id": o.payment_intent_id or None,
-            "transaction_id": o.transaction_id or None,
-            "failure_code": o.failure_code or None,
-            "failure_message": o.failure_message or None,
-            "decline_code": o.decline_code or None,
-            "metadata": json.loads(o.metadata_json or "{}"),
-            "created_at": iso(o.created_at),
-            "updated_at": iso(o.updated_at),
-            "completed_at": iso(o.completed_at) if o.HasField("completed_at") else None,
-            "history": [
-                {
-                    "from": t.from_status or None,
-                    "to": t.to_status,
-                    "source": t.source,
-                    "reason": t.reason,
-                    "at": iso(t.at),
-                }
-                for t in o.history
-            ],
-        }
-    )
+    return json_response(order_json(o))

@@ -17,6 +17,7 @@ from services.common import limits, money
 from services.gateway import answers, declare, fields
 from services.gateway.answers import Time, UnitsOut
 from services.gateway.fields import Codes, Email, Metadata, Query, Request
+from services.gateway.orders_schema import DisputeOut, FraudWarningOut, RefundOut
 
 # The purchase range of the default settings (INVO_PURCHASE_MIN_USD_CENTS .. _MAX_): 0.50 to 1000.00.
 USD_SCHEMA = {
@@ -96,6 +97,10 @@ class Purchased(answers.Answer):
     currency_name: str
     new_balance: UnitsOut | None
     duplicate: bool
+    # A wallet in debt (a refund or a lost dispute took back currency already spent) is repaid
+    # first: debt_repaid of currency_amount went to the debt, currency_credited to the player.
+    debt_repaid: UnitsOut
+    currency_credited: UnitsOut
 
 
 class RequiresAction(answers.Answer):
@@ -174,6 +179,15 @@ class OrderDetails(answers.Answer):
     updated_at: Time
     completed_at: Time | None
     history: list[Transition]
+    # After the sale: what went back (refunds applied so far) and what remains refundable.
+    charge_id: str | None
+    usd_refunded: str
+    usd_refundable: str
+    currency_debited: UnitsOut
+    debt_repaid: UnitsOut
+    refunds: list[RefundOut]
+    disputes: list[DisputeOut]
+    fraud_warnings: list[FraudWarningOut]
 
 
 class ProcessorAck(answers.Answer):

@@ -30,6 +30,7 @@ from services.gateway import (
     ledger_api,
     operators,
     operators_api,
+    orders_api,
     payments_api,
     processor_webhooks,
     webhooks_api,
@@ -119,6 +120,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         operators.with_cache(_sub(ctx, operator_auth), ctx),
         admin.routes,
         ledger_api.admin,
+        orders_api.admin,
         webhooks_api.admin,
         operators_api.routes,
     )

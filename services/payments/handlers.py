@@ -3,8 +3,7 @@
 Each finds the order the event names (our order id in the PaymentIntent's metadata, and the
 PaymentIntent the order holds, if it holds one yet) and settles it through settlement.py, which
 marks the event handled in the transaction that changes the order. An event that names no order
-of ours is acknowledged and ignored. Refunds, disputes and fraud warnings get their handlers with
-their own issue; until then their events wait in the inbox.
+of ours is acknowledged and ignored. Refunds, disputes and fraud warnings are after_sale.py's.
 """
 
 from __future__ import annotations
@@ -60,7 +59,8 @@ class PaymentIntentHandlers:
         )
         if done["review_reason"]:
             return Handled(f"held for review: {done['review_reason']}", ignored=True)
-        return Handled("applied")
+        # Refunds, disputes and warnings of this payment that came before it can be applied now.
+        return Handled("applied", unblocks=(f"paid:{obj['id']}",))
 
     async def payment_failed(self, event_id: str, payload: dict[str, Any], deadline: float | None) -> Handled:
         obj = _object(payload)

@@ -7,6 +7,12 @@ An event whose type has no handler yet stays unhandled: when its handler is depl
 already arrived. A handler that fails leaves the event unhandled too, with its error, for the next
 delivery or the recovery loop to retry, at most `ATTEMPTS_MAX` times before an operator looks; an
 event a handler refuses as malformed is kept, marked handled with the reason, and answered 400.
+
+An event that comes before the one it follows (a refund or a dispute before the payment's success, a
+dispute's closing before its opening) is not an error: its handler says what it waits on
+(`Handled.waiting_on`), the event stays unhandled with that key and is left out of the recovery
+loop's rounds, and it is applied when the key happens (`wake`): straight after the event that
+makes it happen, or by the recovery loop for orders paid another way (`wake_paid`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ log = logging.getLogger("invo.payments.inbox")
 ATTEMPTS_MAX = 10
 PENDING_BATCH_MAX = 100
 NOTE_LEN_MAX = 500
+WAKE_DEPTH_MAX = 4  # an applied event wakes others, which may wake others: bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +107,7 @@ class Dispatcher:
         handled = await self.apply(event, deadline=deadline)
         return Ack(duplicate=duplicate, ignored=handled is None or handled.ignored)
 
-    async def apply(self, event: InboxEvent, *, deadline: float | None) -> Handled | None:
+    async def apply(self, event: InboxEvent, *, deadline: float | None, depth: int = 0) -> Handled | None:
         """Apply one stored event with its type's handler; None when there is none (it stays)."""
         handler = self.registry.get(event.type)
         if handler is None:
@@ -120,10 +127,57 @@ class Dispatcher:
                 f"{type(exc).__name__}: {exc}"[:NOTE_LEN_MAX],
             )
             raise
+        if handled.waiting_on:
+            await self.pool.execute(
+                "UPDATE processor_inbox SET waiting_on = $2, note = $3 WHERE event_id = $1 AND handled_at IS NULL",
+                event.event_id,
+                handled.waiting_on[:NOTE_LEN_MAX],
+                handled.note[:NOTE_LEN_MAX],
+            )
+            return handled
         # A handler that changed something marked the event in its own transaction; this marks
         # the rest (ignored, already settled) and is a no-op for those.
         await mark_handled(self.pool, event.event_id, handled.note)
+        if depth < WAKE_DEPTH_MAX:
+            for key in handled.unblocks:
+                await self.wake(key, deadline=deadline, depth=depth + 1)
         return handled
+
+    async def wake(self, key: str, *, deadline: float | None = None, depth: int = 0) -> int:
+        """Apply the events waiting on `key`, in the order they arrived; returns how many were
+        handled. One that fails stays waiting on it, for the next wake or the recovery loop."""
+        rows = await self.pool.fetch(
+            "SELECT event_id, type, payload, received_at FROM processor_inbox"
+            " WHERE handled_at IS NULL AND waiting_on = $1 ORDER BY received_at, event_id LIMIT $2",
+            key,
+            PENDING_BATCH_MAX,
+        )
+        applied = 0
+        for row in rows:
+            event = _event(row)
+            try:
+                handled = await self.apply(event, deadline=deadline, depth=depth)
+            except Exception as exc:
+                log.warning("waiting processor event %s not applied: %s: %s", event.event_id, type(exc).__name__, exc)
+                continue
+            if handled is not None and not handled.waiting_on:
+                applied += 1
+        return applied
+
+    async def wake_paid(self, *, limit: int = PENDING_BATCH_MAX) -> int:
+        """Wake the events waiting on an order's payment that has been paid meanwhile by a path
+        other than its webhook (our own call's answer, confirm-payment, the recovery loop)."""
+        keys = await self.pool.fetch(
+            "SELECT DISTINCT i.waiting_on FROM processor_inbox i"
+            " JOIN orders o ON i.waiting_on = 'paid:' || o.payment_intent_id"
+            " WHERE i.handled_at IS NULL AND i.waiting_on LIKE 'paid:%'"
+            " AND o.status IN ('completed', 'refunded', 'disputed_lost') AND o.review_reason IS NULL LIMIT $1",
+            limit,
+        )
+        applied = 0
+        for k in keys:
+            applied += await self.wake(k["waiting_on"])
+        return applied
 
     async def apply_pending(self, types: Collection[str] | None = None, *, limit: int = PENDING_BATCH_MAX) -> int:
         """Apply unhandled events of the given types (default: every type with a handler), oldest
@@ -133,7 +187,7 @@ class Dispatcher:
             return 0
         rows = await self.pool.fetch(
             "SELECT event_id, type, payload, received_at FROM processor_inbox"
-            " WHERE handled_at IS NULL AND type = ANY($1::text[]) AND attempts < $2"
+            " WHERE handled_at IS NULL AND waiting_on IS NULL AND type = ANY($1::text[]) AND attempts < $2"
             " ORDER BY received_at LIMIT $3",
             wanted,
             ATTEMPTS_MAX,

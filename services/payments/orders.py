@@ -39,7 +39,8 @@ COLUMNS = (
     "order_id, tenant_id, purchase_reference, request_hash, environment, player_email, identity_id, usd_cents,"
     " currency_amount, currency_name, payment_method_id, payment_intent_id, client_secret, status, failure_code,"
     " failure_message, decline_code, transaction_id, new_balance, metadata, processing_until, created_at,"
-    " updated_at, completed_at, voided_at, review_reason, processor_customer_id, save_card"
+    " updated_at, completed_at, voided_at, review_reason, processor_customer_id, save_card, charge_id, usd_refunded,"
+    " currency_refunded, currency_clawed, debt_repaid"
 )
 LIFECYCLE = Lifecycle(
     table="orders", key_column="order_id", audit_table="order_transitions", allowed=TRANSITIONS, columns=COLUMNS
@@ -87,6 +88,19 @@ class OrderStore:
     async def current(self, conn: asyncpg.Connection, order_id: str) -> asyncpg.Record:
         """The row as it is now, voided or not (after a move that did not happen)."""
         row = await conn.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE order_id = $1", order_id)
+        if row is None:
+            raise errors.NotFound("No such order.", error_code="ORDER_NOT_FOUND")
+        return row
+
+    async def by_intent(self, payment_intent_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            f"SELECT {COLUMNS} FROM orders WHERE payment_intent_id = $1 AND {_VISIBLE}", payment_intent_id
+        )
+
+    async def locked(self, conn: asyncpg.Connection, order_id: str) -> asyncpg.Record:
+        """The row, locked until the transaction ends: refunds, disputes and warnings of one order
+        are applied one at a time."""
+        row = await conn.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
         if row is None:
             raise errors.NotFound("No such order.", error_code="ORDER_NOT_FOUND")
         return row

@@ -29,6 +29,15 @@ class KeyConflict(errors.Conflict):
     created by an older version of this code, say): what it made then is not known here."""
 
 
+class RefundRefused(Exception):
+    """The processor refused a refund (it answered: not an outage): its code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclasses.dataclass
 class Outcome:
     """What became of a PaymentIntent: `status` is Stripe's (succeeded, requires_action, ...) or
@@ -214,6 +223,48 @@ class Processor:
                 raise errors.NotFound("No such payment intent.", error_code="PAYMENT_INTENT_NOT_FOUND") from exc
             return await self.retrieve(payment_intent_id)
         return _outcome(pi)
+
+    # -- refunds and disputes ---------------------------------------------------------------
+
+    async def refund(
+        self, *, payment_intent_id: str, usd_cents: int, reason: str, idempotency_key: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
+        """Refund part or all of a PaymentIntent's charge. The caller's idempotency key is the
+        processor's: a retry with it is the same refund, never a second one. A refund the
+        processor refuses (more than remains, a disputed charge) is `RefundRefused`."""
+        try:
+            refund = await self._guarded(
+                self.client.v1.refunds.create_async(
+                    params={
+                        "payment_intent": payment_intent_id,
+                        "amount": usd_cents,
+                        "reason": reason,  # type: ignore[typeddict-item,unused-ignore]
+                        "metadata": metadata,
+                    },
+                    options={"idempotency_key": idempotency_key},
+                )
+            )
+        except stripe.IdempotencyError as exc:
+            raise errors.Conflict(
+                "This refund is being processed; retry with the same idempotency_key.", error_code="REFUND_IN_PROGRESS"
+            ) from exc
+        except stripe.InvalidRequestError as exc:
+            raise RefundRefused(exc.code or "", exc.user_message or "The processor refused the refund.") from exc
+        return _plain(refund)
+
+    async def refunds_of(self, payment_intent_id: str, *, pages_max: int = 10) -> list[dict[str, Any]]:
+        """Every refund of a PaymentIntent, oldest first (at most `pages_max` pages of 100)."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"payment_intent": payment_intent_id, "limit": 100}
+        for _ in range(pages_max):
+            page = _plain(await self._guarded(self.client.v1.refunds.list_async(params=params)))  # type: ignore[arg-type]
+            data = [_plain(r) for r in page.get("data") or []]
+            found.extend(data)
+            if not page.get("has_more") or not data:
+                break
+            params["starting_after"] = data[-1]["id"]
+        found.sort(key=lambda r: (r.get("created") or 0, r.get("id") or ""))
+        return found
 
     async def close(self) -> None:
         await self.http.close_async()

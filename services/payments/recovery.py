@@ -8,7 +8,10 @@ Each round, in order:
    cancelled at the processor and become `cancelled` (purchase.failed, payment_canceled), which
    releases the amount they reserved under the player's caps; if the cardholder finished the
    challenge meanwhile, the PaymentIntent's real state settles the order instead;
-3. processor events still unhandled in the inbox whose type has a handler are applied.
+3. refunds left pending (the processor did not answer) or applying (a crash before the ledger's
+   debit or the event) are finished;
+4. events waiting on a payment that has been paid meanwhile by another path are applied, then the
+   processor events still unhandled in the inbox whose type has a handler.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from services.payments.inbox import PENDING_BATCH_MAX, Dispatcher
 from services.payments.orders import OrderStore
 from services.payments.processor import Processor
 from services.payments.purchases import Purchases
+from services.payments.refunds import UNFINISHED_BATCH, Refunds
 from services.payments.settlement import Settlement
 
 log = logging.getLogger("invo.payments.recovery")
@@ -41,8 +45,10 @@ class Recovery:
         settlement: Settlement,
         processor: Processor,
         dispatcher: Dispatcher,
+        refunds: Refunds,
         requires_action_timeout_s: float,
     ) -> None:
+        self.refunds = refunds
         self.store = store
         self.purchases = purchases
         self.settlement = settlement
@@ -106,8 +112,16 @@ class Recovery:
         goes again at once, else the next round comes after the interval."""
         stale = await self.drive_stale()
         abandoned = await self.cancel_abandoned()
+        refunds = await self.refunds.drive_unfinished()
+        woken = await self.dispatcher.wake_paid()
         applied = await self.dispatcher.apply_pending()
-        busy = stale == RECOVERY_BATCH or abandoned == RECOVERY_BATCH or applied == PENDING_BATCH_MAX
+        busy = (
+            stale == RECOVERY_BATCH
+            or abandoned == RECOVERY_BATCH
+            or refunds == UNFINISHED_BATCH
+            or woken == PENDING_BATCH_MAX
+            or applied == PENDING_BATCH_MAX
+        )
         return 0.0 if busy else None
 
     def run(self) -> Coroutine[Any, Any, NoReturn]:

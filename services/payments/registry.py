@@ -17,6 +17,11 @@ from typing import Any
 class Handled:
     note: str  # for the inbox row: "applied", "ignored: ...", "held for review: ..."
     ignored: bool = False  # acknowledged, nothing changed (the processor's answer says so)
+    # Not applicable yet: the event waits, unhandled, until what it names happens ("paid:<pi>",
+    # "opened:<dispute id>"), then it is applied (inbox.Dispatcher.wake).
+    waiting_on: str = ""
+    # What applying it made happen: the events waiting on these are applied next.
+    unblocks: tuple[str, ...] = ()
 
 
 Handler = Callable[[str, dict[str, Any], float | None], Awaitable[Handled]]

@@ -8,32 +8,41 @@ nothing else.
 - inbox.py, registry.py, handlers.py: processor events stored raw, then applied by type;
 - recovery.py: the loop that drives the orders and events nobody else will;
 - checkout.py, checkout_tokens.py, saved_cards.py: hosted checkout sessions, their tokens, and the
-  players' saved cards.
+  players' saved cards;
+- refunds.py, disputes.py, fraud_warnings.py, after_sale.py: after the sale (their events' handlers
+  in after_sale.py); ledger_client.py: the ledger's domain writes as payments asks for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import asyncpg
-from invo.v1 import ledger_pb2_grpc, payments_pb2, payments_pb2_grpc
+from invo.v1 import ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, tenants_pb2_grpc
 
 from services.common import errors, grpcutil
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.players import normalize_email
 from services.payments import limits
+from services.payments.after_sale import AfterSaleHandlers
+from services.payments.after_sale_messages import dispute_message, refund_message, warning_message
 from services.payments.checkout import Checkout, Session, View
 from services.payments.checkout_tokens import CheckoutKeys
+from services.payments.disputes import Disputes
+from services.payments.fraud_warnings import FraudWarnings
 from services.payments.handlers import PaymentIntentHandlers
 from services.payments.inbox import Dispatcher
+from services.payments.ledger_client import LedgerClient
 from services.payments.orders import PAID, OrderStore
 from services.payments.processor import Processor
 from services.payments.purchases import Answer, PurchaseRequest, Purchases
 from services.payments.recovery import Recovery
+from services.payments.refunds import Refunds
 from services.payments.registry import Registry
 from services.payments.saved_cards import SavedCards
-from services.payments.settlement import LedgerClient, Settlement
+from services.payments.settlement import Settlement
 
 _ts = grpcutil.timestamp
 
@@ -66,6 +75,11 @@ def order_message(row: asyncpg.Record, history: list[asyncpg.Record] | None = No
     )
     if row["new_balance"] is not None:
         msg.new_balance_minor = row["new_balance"]
+    msg.charge_id = row["charge_id"] or ""
+    msg.usd_refunded_cents = row["usd_refunded"]
+    msg.currency_refunded_minor = row["currency_refunded"]
+    msg.currency_clawed_minor = row["currency_clawed"]
+    msg.debt_repaid_minor = row["debt_repaid"]
     for r in history or ():
         msg.history.append(
             payments_pb2.OrderTransition(
@@ -190,11 +204,27 @@ def payment_message(answer: Answer, s: Session) -> payments_pb2.CheckoutPayment:
     return payments_pb2.CheckoutPayment(outcome=outcome_message(answer), session=session_message(s))
 
 
+@dataclasses.dataclass(frozen=True)
+class AfterSale:
+    refunds: Refunds
+    disputes: Disputes
+    warnings: FraudWarnings
+
+    async def full_order(self, row: asyncpg.Record, history: list[asyncpg.Record]) -> payments_pb2.Order:
+        """The order with its history, refunds, disputes and fraud warnings."""
+        msg = order_message(row, history)
+        msg.refunds.extend(refund_message(r) for r in await self.refunds.of_order(row["order_id"]))
+        msg.disputes.extend(dispute_message(d) for d in await self.disputes.of_order(row["order_id"]))
+        msg.fraud_warnings.extend(warning_message(w) for w in await self.warnings.of_order(row["order_id"]))
+        return msg
+
+
 class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
-    def __init__(self, purchases: Purchases, dispatcher: Dispatcher, checkout: Checkout) -> None:
+    def __init__(self, purchases: Purchases, dispatcher: Dispatcher, checkout: Checkout, after: AfterSale) -> None:
         self.purchases = purchases
         self.dispatcher = dispatcher
         self.checkout = checkout
+        self.after = after
 
     async def PurchaseCurrency(self, request: payments_pb2.PurchaseCurrencyRequest, context: Any) -> Any:
         answer = await self.purchases.purchase(
@@ -221,8 +251,25 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         return outcome_message(answer)
 
     async def GetOrder(self, request: payments_pb2.GetOrderRequest, context: Any) -> Any:
-        row = await self.purchases.order(request.tenant_id, request.order_id)
-        return order_message(row, await self.purchases.store.history(row["order_id"]))
+        row = await self.purchases.order(None if request.any_tenant else request.tenant_id, request.order_id)
+        return await self.after.full_order(row, await self.purchases.store.history(row["order_id"]))
+
+    async def RefundOrder(self, request: payments_pb2.RefundOrderRequest, context: Any) -> Any:
+        row = await self.purchases.order(None, request.order_id)  # an operator's: any tenant's order
+        refund, duplicate = await self.after.refunds.request(
+            row["order_id"],
+            usd_cents=request.usd_cents if request.HasField("usd_cents") else None,
+            reason=request.reason or "requested_by_customer",
+            key=request.idempotency_key,
+            operator_id=request.operator_id,
+            deadline=grpcutil.deadline_of(context),
+        )
+        order = await self.purchases.store.get(row["order_id"])
+        return payments_pb2.RefundOutcome(
+            refund=refund_message(refund),
+            order=await self.after.full_order(order, await self.purchases.store.history(order["order_id"])),
+            duplicate=duplicate,
+        )
 
     async def HandleProcessorEvent(self, request: payments_pb2.ProcessorEvent, context: Any) -> Any:
         ack = await self.dispatcher.receive(
@@ -293,8 +340,19 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     store = OrderStore(pool, lease_s=settings.processor_timeout_s * 3 + settings.rpc_timeout_s + 5)
     settlement = Settlement(store, ledger)
     purchases = Purchases(store, settlement, processor, settings, identity_key=settings.identity_key)
+    tenants_channel = grpcutil.channel(settings.tenants_addr)
+    svc.on_shutdown(tenants_channel.close)
+    refunds = Refunds(store, ledger, processor, lease_s=settings.processor_timeout_s * 2 + settings.rpc_timeout_s + 5)
+    after = AfterSale(
+        refunds,
+        Disputes(store, ledger),
+        FraudWarnings(
+            store, refunds, tenants_pb2_grpc.TenantsServiceStub(tenants_channel), timeout_cap_s=settings.rpc_timeout_s
+        ),
+    )
     registry = Registry()
     PaymentIntentHandlers(store, settlement).register(registry)
+    AfterSaleHandlers(store, after.refunds, after.disputes, after.warnings).register(registry)
     dispatcher = Dispatcher(pool, registry)
     recovery = Recovery(
         store=store,
@@ -302,6 +360,7 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
         settlement=settlement,
         processor=processor,
         dispatcher=dispatcher,
+        refunds=refunds,
         requires_action_timeout_s=settings.requires_action_timeout_s,
     )
     svc.background(recovery.run(), "order-recovery")
@@ -314,6 +373,6 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     )
     svc.add(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsServicer(purchases, dispatcher, checkout),
+        PaymentsServicer(purchases, dispatcher, checkout, after),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )

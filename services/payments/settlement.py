@@ -20,53 +20,22 @@ for, and failing it would tell the partner nothing was charged when something wa
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
 from typing import Any
 
 import asyncpg
-from invo.v1 import ledger_pb2
 
-from services.common import events, grpcutil, money
+from services.common import events, money
 from services.payments import inbox
+from services.payments.ledger_client import LedgerClient
 from services.payments.orders import UNSETTLED, OrderStore
 from services.payments.processor import Outcome
 
 log = logging.getLogger("invo.payments.settlement")
 
 CURRENCY = "usd"
-
-
-@dataclasses.dataclass(frozen=True)
-class Credit:
-    transaction_id: str
-    balance_minor: int | None  # the wallet after the credit (None if the ledger did not say)
-
-
-class LedgerClient:
-    """The ledger as payments uses it: domain writes only, never an account code."""
-
-    def __init__(self, stub: Any, *, timeout_cap_s: float) -> None:
-        self.stub = stub
-        self.timeout_cap_s = timeout_cap_s
-
-    async def credit_purchase(self, row: asyncpg.Record, payment_intent_id: str, *, deadline: float | None) -> Credit:
-        result: ledger_pb2.TransactionResult = await grpcutil.call(
-            self.stub.CreditPurchase,
-            ledger_pb2.CreditPurchaseRequest(
-                tenant_id=row["tenant_id"],
-                player_email=row["player_email"],
-                amount_minor=row["currency_amount"],
-                idempotency=ledger_pb2.Idempotency(namespace="payments", key=f"order:{row['order_id']}"),
-                order_id=row["order_id"],
-                payment_intent_id=payment_intent_id,
-            ),
-            timeout_s=grpcutil.timeout_within(deadline, cap_s=self.timeout_cap_s),
-        )
-        balance = next((b.balance_minor for b in result.balances if b.player_email), None)
-        return Credit(transaction_id=result.transaction_id, balance_minor=balance)
 
 
 def mismatch(row: asyncpg.Record, outcome: Outcome) -> str:
@@ -90,7 +59,19 @@ def completed_event(row: asyncpg.Record) -> dict[str, Any]:
         "currency_amount": money.format_units(row["currency_amount"]),
         "currency_name": row["currency_name"],
         "metadata": json.loads(row["metadata"]),
+        # A wallet in debt (a clawback) is repaid first: what went to the debt, and what the player got.
+        "debt_repaid": money.format_units(row["debt_repaid"]),
+        "currency_credited": money.format_units(row["currency_amount"] - row["debt_repaid"]),
     }
+
+
+def debt_repaid(amount_minor: int, balance_after_minor: int | None) -> int:
+    """Of a credit of `amount_minor` that left the wallet at `balance_after_minor`, what repaid a
+    debt (the part that brought a negative wallet back towards zero)."""
+    if balance_after_minor is None:
+        return 0
+    before = balance_after_minor - amount_minor
+    return min(amount_minor, max(0, -before))
 
 
 def failed_event(row: asyncpg.Record) -> dict[str, Any]:
@@ -160,6 +141,7 @@ class Settlement:
                 sets={
                     "transaction_id": credit.transaction_id,
                     "new_balance": credit.balance_minor,
+                    "debt_repaid": debt_repaid(row["currency_amount"], credit.balance_minor),
                     "payment_intent_id": payment_intent_id or None,
                     "completed_at": datetime.datetime.now(datetime.UTC),
                     "processing_until": None,
