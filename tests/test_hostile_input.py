@@ -124,6 +124,17 @@ async def _make_world(stack: Stack) -> World:
             },
         )
         assert session.status == 201, session
+        paid = await api.post(
+            "/api/currency-purchases/purchase-currency",
+            key=mine["sdk_key"],
+            json={
+                "player_email": email,
+                "usd_amount": "20.00",
+                "payment_method_id": "pm_card_visa",
+                "purchase_reference": f"hostile-{uuid.uuid4().hex}",
+            },
+        )
+        assert paid.status == 200 and paid.body["status"] == "success", paid
         return World(
             base_url=stack.gateway_url,
             admin_token=stack.env["INVO_ADMIN_TOKEN"],
@@ -135,6 +146,7 @@ async def _make_world(stack: Stack) -> World:
                 "key_id": target["sdk_key_id"],
                 "delivery_id": test.body["delivery_id"],
                 "session_id": session.body["session_id"],
+                "order_id": paid.body["order_id"],
                 "card_id": "pm_card_visa",
                 "name": "checkout.js",
             },
@@ -170,6 +182,8 @@ async def snapshot(api: Api, w: World) -> dict[str, Any]:
         "ledger_ok": check.body["ok"],
         # The page API's session: a refused call neither paid nor cancelled it.
         "checkout": (await api.get(f"/api/checkout/sessions/{w.path_params['session_id']}", key=key)).body["status"],
+        # The paid order: a refused refund refunded nothing.
+        "refunds": len((await api.get(f"/admin/orders/{w.path_params['order_id']}", admin=True)).body["refunds"]),
     }
 
 
