@@ -10,8 +10,10 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import stripe
 
+from services.common.config import Settings
 from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
 from tests.payments_support import VISA, Events, balance, buy, check_ledger, email, order
@@ -211,7 +213,7 @@ async def all_events(stack: Stack, tenant_id: str, order_id: str, until: str) ->
 
 async def processor_refunds(stack: Stack, payment_intent_id: str) -> list[dict[str, Any]]:
     """The refunds the simulator has made of a PaymentIntent, read with the stripe SDK as the
-    payments service reads them."""
+    payments service reads them, oldest first."""
     http = stripe.AIOHTTPClient()
     try:
         client = stripe.StripeClient(
@@ -220,10 +222,28 @@ async def processor_refunds(stack: Stack, payment_intent_id: str) -> list[dict[s
             http_client=http,
             max_network_retries=0,
         )
-        page = await client.refunds.list_async({"payment_intent": payment_intent_id, "limit": 100})
-        return [r.to_dict() for r in page.data]
+        page = await client.v1.refunds.list_async({"payment_intent": payment_intent_id, "limit": 100})
+        return [r.to_dict() for r in reversed(page.data)]  # Stripe lists newest first
     finally:
         await http.close_async()
+
+
+async def inbox_of(stack: Stack, payment_intent_id: str) -> list[dict[str, Any]]:
+    """The payments service's stored processor events about a PaymentIntent (its own and its
+    charge's, refunds', disputes' and warnings'), as received: event_id, type, waiting_on (kept
+    once applied: what it had to wait for), handled (bool) and note. Read-only."""
+    conn = await asyncpg.connect(stack.env["INVO_DATABASE_URL"], timeout=10.0)
+    try:
+        rows = await conn.fetch(
+            f"SELECT event_id, type, waiting_on, handled_at IS NOT NULL AS handled, note"
+            f" FROM {Settings.from_env(stack.env).schema('payments')}.processor_inbox"
+            f" WHERE payload->'data'->'object'->>'payment_intent' = $1 OR payload->'data'->'object'->>'id' = $1"
+            f" ORDER BY received_at, event_id",
+            payment_intent_id,
+        )
+        return [dict(r) for r in rows]
+    finally:
+        await conn.close()
 
 
 # -- operators and tenants ------------------------------------------------------------------------
@@ -260,6 +280,7 @@ __all__ = [
     "balance_body",
     "check_ledger",
     "events_of",
+    "inbox_of",
     "key",
     "operator",
     "paid",
