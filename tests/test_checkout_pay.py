@@ -102,6 +102,8 @@ async def test_pay_with_a_good_card_credits_once_and_consumes_the_session(api: A
         "currency_amount": "100",
         "currency_name": "Gold Coins",
         "metadata": METADATA,
+        "debt_repaid": "0",
+        "currency_credited": "100",
     }
     assert await balance(api, t, player) == "100"
     await check_ledger(api)

@@ -138,6 +138,9 @@ async def test_purchase_events_reach_jetstream_once_per_order(api: Api, stack: S
         "currency_amount": "100",
         "currency_name": "Gold Coins",
         "metadata": metadata,
+        # No debt to repay: all of it is the player's to spend.
+        "debt_repaid": "0",
+        "currency_credited": "100",
     }
     tds_completed = events.of(tds.body["order_id"], "purchase.completed")
     assert len(tds_completed) == 1, tds_completed
