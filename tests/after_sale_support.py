@@ -16,7 +16,7 @@ import stripe
 from services.common.config import Settings
 from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
-from tests.payments_support import VISA, Events, balance, buy, check_ledger, email, order
+from tests.payments_support import VISA, Events, balance, buy, check_ledger, email, order, sim
 
 ITEM = "/api/item-purchases/purchase-item"
 BALANCE = "/api/players/balance"
@@ -154,6 +154,18 @@ async def wait_refunds(api: Api, t: dict[str, Any], order_id: str, count: int, t
     return await wait_order(api, t, order_id, done, timeout_s)
 
 
+def debits(o: dict[str, Any]) -> list[str]:
+    """The currency debited by each of the order's succeeded refunds."""
+    return [r["currency_debited"] for r in o["refunds"] if r["status"] == "succeeded"]
+
+
+def units(amount: str) -> int:
+    """A units string ("33.30", "-100") in minor units, to add amounts exactly."""
+    whole, _, frac = amount.lstrip("-").partition(".")
+    minor = int(whole) * 100 + int((frac + "00")[:2])
+    return -minor if amount.startswith("-") else minor
+
+
 # -- players --------------------------------------------------------------------------------------
 
 
@@ -208,6 +220,13 @@ async def all_events(stack: Stack, tenant_id: str, order_id: str, until: str) ->
     return out
 
 
+async def order_event_types(stack: Stack, tenant_id: str, order_id: str, until: str) -> list[str]:
+    """The types of the order's purchase.* events in the stream's order, read once `until` came."""
+    ev = Events(stack, tenant_id)
+    await ev.collect_until(order_id, until)
+    return [e["event_type"] for e in ev.seen.values() if e["data"].get("order_id") == order_id]
+
+
 # -- the processor --------------------------------------------------------------------------------
 
 
@@ -246,6 +265,27 @@ async def inbox_of(stack: Stack, payment_intent_id: str) -> list[dict[str, Any]]
         await conn.close()
 
 
+async def deliveries(api: Api, stack: Stack, event_type: str) -> dict[str, int]:
+    """How many times the simulator has delivered (2xx) each processor event of `event_type`,
+    by event id (webhook_duplicate makes it 2)."""
+    out: dict[str, int] = {}
+    for w in (await sim(api, stack, "state"))["sent_webhooks"]:
+        if w["type"] == event_type and 200 <= w["status"] < 300:
+            out[w["id"]] = out.get(w["id"], 0) + 1
+    return out
+
+
+async def sim_refund(api: Api, stack: Stack, payment_intent_id: str, amount: int | None = None) -> tuple[int, Any]:
+    """A dashboard refund (cents; all that remains unless `amount`) that may be refused: (status,
+    the simulator's answer, a refund or Stripe's error)."""
+    assert api.session is not None
+    body: dict[str, Any] = {"payment_intent": payment_intent_id}
+    if amount is not None:
+        body["amount"] = amount
+    async with api.session.post(f"{stack.env['INVO_PROCESSOR_API_BASE']}/_sim/refund", json=body) as resp:
+        return resp.status, await resp.json()
+
+
 # -- operators and tenants ------------------------------------------------------------------------
 
 
@@ -279,14 +319,19 @@ __all__ = [
     "balance",
     "balance_body",
     "check_ledger",
+    "debits",
+    "deliveries",
     "events_of",
     "inbox_of",
     "key",
     "operator",
+    "order_event_types",
     "paid",
     "processor_refunds",
     "refund",
+    "sim_refund",
     "spend",
+    "units",
     "wait_order",
     "wait_refunds",
     "wait_status",
