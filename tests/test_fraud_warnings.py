@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from services.common.stack import Stack
 from tests.after_sale_support import (
     SEED_FRAUD_WARNING,
@@ -83,12 +81,6 @@ async def test_with_the_setting_off_a_warning_recommends_a_refund_and_refunds_no
     await check_ledger(api)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a completed order's charge_id is null until a refund or dispute sets it: the payments service"
-    " stores orders.charge_id only in refunds.py _claim (coalesce) and disputes.py, never when the order is"
-    " paid nor when a fraud warning naming the charge is recorded (fraud_warnings.py created)",
-)
 async def test_a_warned_order_names_its_charge(api: Api, stack: Stack) -> None:
     t = await api.create_tenant()
     _, bought = await paid(api, t, EFW_CARD)

@@ -114,6 +114,10 @@ class FraudWarnings:
                 recommendation,
                 refund["refund_id"] if refund is not None else None,
             )
+            if row["charge_id"] and not order["charge_id"]:
+                await conn.execute(
+                    "UPDATE orders SET charge_id = $2 WHERE order_id = $1", order["order_id"], row["charge_id"]
+                )
             if not await inbox.mark_handled(conn, event_id, "applied"):
                 raise errors.Conflict("the warning's event was applied by another delivery meanwhile")
             await events.emit(

@@ -53,6 +53,7 @@ class Outcome:
     amount: int | None = None
     amount_received: int | None = None
     currency: str = ""
+    charge_id: str = ""  # the charge a succeeded PaymentIntent made (Stripe's latest_charge)
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def outcome_of(pi: dict[str, Any]) -> Outcome:
         amount=_int_or_none(pi.get("amount")),
         amount_received=_int_or_none(pi.get("amount_received")),
         currency=str(pi.get("currency") or ""),
+        charge_id=pi["latest_charge"] if isinstance(pi.get("latest_charge"), str) else "",
     )
 
 
@@ -247,6 +249,10 @@ class Processor:
         except stripe.IdempotencyError as exc:
             raise errors.Conflict(
                 "This refund is being processed; retry with the same idempotency_key.", error_code="REFUND_IN_PROGRESS"
+            ) from exc
+        except ProcessorUnavailable as exc:
+            raise ProcessorUnavailable(
+                "The card processor did not answer; nothing was refunded yet. Retry with the same idempotency_key."
             ) from exc
         except stripe.InvalidRequestError as exc:
             raise RefundRefused(exc.code or "", exc.user_message or "The processor refused the refund.") from exc

@@ -30,7 +30,7 @@ from services.common.crypto import request_hash
 from services.common.leases import Lease
 from services.payments.ledger_client import LedgerClient
 from services.payments.orders import OrderStore
-from services.payments.processor import Processor, RefundRefused
+from services.payments.processor import Processor, ProcessorUnavailable, RefundRefused
 
 log = logging.getLogger("invo.payments.refunds")
 
@@ -246,6 +246,10 @@ class Refunds:
                 )
             except RefundRefused as exc:
                 return await self._refused(refund, exc)
+            except ProcessorUnavailable:
+                # Free at once for a retry or the recovery loop (the breaker paces them).
+                await self.lease.release(self.pool, refund["refund_id"])
+                raise
             if made.get("status") in ("failed", "canceled"):
                 return await self._refused(refund, RefundRefused("refund_failed", "The processor could not refund."))
             if made.get("status") != "succeeded":

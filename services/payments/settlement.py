@@ -143,6 +143,7 @@ class Settlement:
                     "new_balance": credit.balance_minor,
                     "debt_repaid": debt_repaid(row["currency_amount"], credit.balance_minor),
                     "payment_intent_id": payment_intent_id or None,
+                    "charge_id": outcome.charge_id or None,
                     "completed_at": datetime.datetime.now(datetime.UTC),
                     "processing_until": None,
                 },
