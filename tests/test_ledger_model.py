@@ -44,6 +44,11 @@ def _ledger_env(stack: Stack) -> None:
     )
 
 
+def _refusal(acct: Acct) -> str:
+    """Why a debit the wallet cannot cover is refused: a wallet below zero carries a debt."""
+    return "PLAYER_IN_DEBT" if acct.balance < 0 else "INSUFFICIENT_BALANCE"
+
+
 # -- the model ----------------------------------------------------------------------------------
 
 
@@ -190,7 +195,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         acct = self.model[player]
         if acct.available < amount:
-            self.fails("Transfer", req, "INSUFFICIENT_BALANCE")
+            self.fails("Transfer", req, _refusal(acct))
             return
         res = self.call("Transfer", req)
         acct.balance -= amount
@@ -221,7 +226,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         fees_before = self.read([chart.NETWORK_FEES])[chart.NETWORK_FEES][0]
         if acct.available < total:  # also whenever the wallet carries a debt
-            self.fails("PurchaseItem", req, "INSUFFICIENT_BALANCE")
+            self.fails("PurchaseItem", req, _refusal(acct))
             return
         res = self.call("PurchaseItem", req)
         acct.balance -= total
@@ -252,7 +257,7 @@ class LedgerMachine(RuleBasedStateMachine):
         acct = self.model[player]
         req = self._hold_request(player, amount, HOLD_LONG_MS)
         if acct.available < amount:
-            self.fails("CreateHold", req, "INSUFFICIENT_BALANCE")
+            self.fails("CreateHold", req, _refusal(acct))
             return
         res = self.call("CreateHold", req)
         acct.pending += amount
@@ -268,7 +273,7 @@ class LedgerMachine(RuleBasedStateMachine):
         req = self._resolve_request(hold.hold_id)
         if acct.available < 0:
             # A clawback since the hold was made: the held coins are no longer all there.
-            self.fails("PostHold", req, "INSUFFICIENT_BALANCE")
+            self.fails("PostHold", req, _refusal(acct))
             return
         res = self.call("PostHold", req)
         acct.balance -= hold.amount
@@ -299,7 +304,7 @@ class LedgerMachine(RuleBasedStateMachine):
         acct = self.model[player]
         req = self._hold_request(player, amount, 1)
         if acct.available < amount:
-            self.fails("CreateHold", req, "INSUFFICIENT_BALANCE")
+            self.fails("CreateHold", req, _refusal(acct))
             return
         res = self.call("CreateHold", req)
         acct.pending += amount

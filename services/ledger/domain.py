@@ -16,7 +16,7 @@ from services.common import errors, money
 from services.common.crypto import request_hash
 from services.common.logs import request_id_var
 from services.ledger import chart, validate
-from services.ledger.engine import Op
+from services.ledger.apply import Op
 
 
 def transfer_hash(
@@ -82,6 +82,13 @@ def credit_purchase(r: ledger_pb2.CreditPurchaseRequest) -> tuple[Op, str]:
 
 
 CLAWBACK_KINDS = {"refund": "clawback_refund", "dispute_lost": "clawback_dispute"}
+DISPUTE_HOLD = "dispute_hold"
+
+
+def _hold_id(value: str) -> str:
+    if not validate.TXN_ID_RE.match(value):
+        raise errors.NotFound("No such hold.", error_code="HOLD_NOT_FOUND")
+    return value
 
 
 def claw_back(r: ledger_pb2.ClawBackRequest) -> tuple[Op, str]:
@@ -91,17 +98,72 @@ def claw_back(r: ledger_pb2.ClawBackRequest) -> tuple[Op, str]:
     kind = CLAWBACK_KINDS.get(r.reason)
     if kind is None:
         raise errors.InvalidRequest(f"reason must be one of {sorted(CLAWBACK_KINDS)}")
+    metadata: dict[str, Any] = {"order_id": validate.reference(r.order_id, "order_id"), "reason": r.reason}
+    if r.release_hold_id:
+        # In the metadata, so in the idempotency hash too (and only when set: a clawback without
+        # one hashes as it always did, so its retries still replay).
+        metadata["release_hold_id"] = _hold_id(r.release_hold_id)
     op = posting_op(
         tenant_id=tenant_id,
         idem=r.idempotency,
         kind=kind,
         # The currency goes back whatever the wallet holds: what was spent becomes a debt.
         postings=[(player, -amount), (chart.WORLD_PROCESSOR, amount)],
-        metadata={"order_id": validate.reference(r.order_id, "order_id"), "reason": r.reason},
+        metadata=metadata,
         allow_debt=frozenset({player}),
         event=validate.outbox_event(r.event),
     )
+    if r.release_hold_id:
+        # The dispute's freeze is voided in the same transaction, before the clawback applies.
+        op.hold_id, op.hold_kind = r.release_hold_id, DISPUTE_HOLD
     return op, player
+
+
+def freeze_currency(r: ledger_pb2.FreezeCurrencyRequest) -> tuple[Op, str]:
+    """A dispute's hold of the player's currency: at most amount_minor, clamped by the engine to
+    what is available as it applies the write, and never expiring (a dispute lasts months)."""
+    tenant_id = validate.tenant(r.tenant_id)
+    scope, key = validate.scoped_key(tenant_id, r.idempotency)
+    player = chart.player(tenant_id, r.player_email)
+    amount = validate.amount(r.amount_minor)
+    postings = [(player, -amount), (chart.WORLD_PROCESSOR, amount)]
+    metadata = {
+        "order_id": validate.reference(r.order_id, "order_id"),
+        "dispute_id": validate.reference(r.dispute_id, "dispute_id"),
+        "requested_minor": amount,
+    }
+    op = Op(
+        kind="freeze",
+        tenant_id=tenant_id,
+        scope=scope,
+        key=key,
+        request_hash=request_hash({"op": "freeze", "postings": postings, "metadata": metadata}),
+        txn_kind=DISPUTE_HOLD,
+        postings=postings,
+        metadata=metadata,
+        request_id=request_id_var.get(),
+    )
+    return op, player
+
+
+def release_freeze(r: ledger_pb2.ReleaseFreezeRequest) -> tuple[Op, str]:
+    """A dispute won: its hold voided; one no longer pending (released, or taken by the clawback)
+    answers its status."""
+    tenant_id = validate.tenant(r.tenant_id)
+    scope, key = validate.scoped_key(tenant_id, r.idempotency)
+    hold_id = _hold_id(r.hold_id)
+    op = Op(
+        kind="void",
+        tenant_id=tenant_id,
+        scope=scope,
+        key=key,
+        request_hash=request_hash({"op": "release_freeze", "hold_id": hold_id}),
+        hold_id=hold_id,
+        hold_kind=DISPUTE_HOLD,
+        quiet=True,
+        request_id=request_id_var.get(),
+    )
+    return op, hold_id
 
 
 def adjust_balance(r: ledger_pb2.AdjustBalanceRequest) -> tuple[Op, str]:

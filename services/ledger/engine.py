@@ -1,8 +1,8 @@
 """The ledger's write path: group commit.
 
-Every write (a transfer, a hold, posting or voiding a hold) is an `Op`. Ops queue up while the
-previous batch commits; the writer takes everything queued (up to `batch_max`) and applies it in
-ONE database transaction:
+Every write (a transfer, a hold, a dispute's freeze, posting or voiding a hold) is an `Op`, applied
+in memory by `apply.py`. Ops queue up while the previous batch commits; the writer takes everything
+queued (up to `batch_max`) and applies it in ONE database transaction:
 
 1. `pg_advisory_xact_lock(LEDGER_WRITE_LOCK)`: batches (from every ledger replica) are applied one
    at a time, so the checks below see committed state only and entry ids commit in order.
@@ -23,18 +23,15 @@ cannot fail the others. Transient database errors are retried a bounded number o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from services.common import errors, grpcutil, idempotency, ids
-from services.common.logs import request_id_var
+from services.common import errors, grpcutil, idempotency
 from services.ledger import chart
+from services.ledger.apply import AccountState, HoldState, Op, apply_op
 from services.ledger.reads_sql import ACCOUNTS_CTE, ACCOUNTS_SQL, IDEMPOTENCY_SELECT, IDEMPOTENCY_SQL, account_args
 from services.ledger.writes import Batch, write_batch
 
@@ -43,82 +40,6 @@ log = logging.getLogger("invo.ledger.engine")
 # Arbitrary constant naming the ledger's single write lock.
 LEDGER_WRITE_LOCK = 0x1ED6E2
 BATCH_RETRIES_MAX = 3
-
-
-class InsufficientBalance(errors.PaymentRequired):
-    default_error = "insufficient_balance"
-    default_error_code = "INSUFFICIENT_BALANCE"
-
-
-EventBuilder = Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None]
-
-
-@dataclasses.dataclass
-class Op:
-    """One write. `kind` is "transfer", "hold", "post" or "void"."""
-
-    kind: str
-    tenant_id: str
-    scope: str
-    key: str
-    request_hash: bytes
-    txn_kind: str = ""
-    postings: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    hold_id: str = ""
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    allow_debt: frozenset[str] = frozenset()
-    expires_in_ms: int = 0
-    # Stored with the result (and so answered again on a replay): e.g. a purchase's split.
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # Builds the outbox event from the result, inside the same database transaction.
-    event: EventBuilder | None = None
-    # A background expiry: a hold that is no longer pending is skipped, not an error.
-    quiet: bool = False
-    # Another write this one depends on, by its idempotency (scope, key): it must have been applied
-    # (in an earlier batch or earlier in this one), and `requires_check` (given its stored result)
-    # answers None or why this op does not fit it. A transfer's release requires its hold.
-    requires: tuple[str, str] | None = None
-    requires_check: Callable[[dict[str, Any]], str | None] | None = None
-    # The request that asked for it, recorded with the transaction.
-    request_id: str = dataclasses.field(default_factory=request_id_var.get)
-
-
-@dataclasses.dataclass
-class AccountState:
-    id: int
-    info: chart.AccountInfo
-    debits_posted: int
-    credits_posted: int
-    debits_pending: int
-    credits_pending: int
-    dirty: bool = False
-
-    @property
-    def balance(self) -> int:
-        return self.credits_posted - self.debits_posted
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.debits_pending
-
-    def snapshot(self) -> dict[str, int]:
-        return {"balance": self.balance, "pending": self.debits_pending, "available": self.available}
-
-
-@dataclasses.dataclass
-class HoldState:
-    id: str
-    tenant_id: str
-    status: str
-    postings: list[tuple[str, int]]
-    expires_at: datetime.datetime | None
-
-
-def _nets(postings: list[tuple[str, int]]) -> dict[str, int]:
-    nets: dict[str, int] = {}
-    for code, amount in postings:
-        nets[code] = nets.get(code, 0) + amount
-    return {code: n for code, n in nets.items() if n != 0}
 
 
 class Engine:
@@ -252,13 +173,15 @@ class Engine:
                 continue
             try:
                 self._check_requirement(op, seen)
-                result = self._apply_op(op, b)
+                result = apply_op(op, b)
             except errors.InvoError as exc:
                 seen[(op.scope, op.key)] = (op.request_hash, None)
                 outcomes.append(exc)
                 continue
             seen[(op.scope, op.key)] = (op.request_hash, result)
-            b.idem_rows.append((op.scope, op.key, op.request_hash, result["transaction_id"], json.dumps(result)))
+            # A freeze that held nothing has no transaction: its record carries none.
+            txn_id = result["transaction_id"] or None
+            b.idem_rows.append((op.scope, op.key, op.request_hash, txn_id, json.dumps(result)))
             if op.event is not None:
                 built = op.event(result)
                 if built is not None:
@@ -286,11 +209,12 @@ class Engine:
         self, conn: asyncpg.Connection, ops: list[Op], b: Batch
     ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
         """Stored idempotency results, and the accounts (and holds) the ops touch into `b`. Without
-        holds (a purchase, a transfer) that is one round trip; posting or voiding a hold takes
-        three, since the hold's postings name the accounts to read."""
+        holds (a purchase, a transfer) that is one round trip; an op that names a hold (posting or
+        voiding it, a clawback releasing a dispute's) takes three, since the hold's postings name
+        the accounts to read."""
         required = [op.requires for op in ops if op.requires is not None]
         keys = ([op.scope for op in ops] + [r[0] for r in required], [op.key for op in ops] + [r[1] for r in required])
-        if any(op.kind in ("post", "void") for op in ops):
+        if any(op.hold_id for op in ops):
             rows = await conn.fetch(IDEMPOTENCY_SQL, *keys)
             await self._load_holds(conn, ops, b)
             codes, infos = self._codes(ops, b)
@@ -319,14 +243,14 @@ class Engine:
         return stored
 
     async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: Batch) -> None:
-        wanted = sorted({op.hold_id for op in ops if op.kind in ("post", "void")})
+        wanted = sorted({op.hold_id for op in ops if op.hold_id})
         rows = await conn.fetch(
-            "SELECT id, tenant_id, status, postings, expires_at FROM transactions WHERE id = ANY($1::text[])",
+            "SELECT id, tenant_id, kind, status, postings, expires_at FROM transactions WHERE id = ANY($1::text[])",
             wanted,
         )
         for r in rows:
             postings = [(p["account"], int(p["amount"])) for p in json.loads(r["postings"])]
-            b.holds[r["id"]] = HoldState(r["id"], r["tenant_id"], r["status"], postings, r["expires_at"])
+            b.holds[r["id"]] = HoldState(r["id"], r["tenant_id"], r["kind"], r["status"], postings, r["expires_at"])
 
     @staticmethod
     def _codes(ops: list[Op], b: Batch) -> tuple[list[str], dict[str, chart.AccountInfo]]:
@@ -337,97 +261,3 @@ class Engine:
             if hold is not None:
                 codes.update(code for code, _ in hold.postings)
         return sorted(codes), {code: chart.parse(code) for code in codes}
-
-    def _check_debits(self, op: Op, nets: dict[str, int], b: Batch, *, releasing: dict[str, int]) -> None:
-        """Every constrained account debited keeps available >= 0, unless the op may leave a debt.
-        `releasing` is what this op takes off an account's pending debits (posting a hold)."""
-        for code, net in nets.items():
-            acct = b.accounts[code]
-            if net >= 0 or not acct.info.constrained or code in op.allow_debt:
-                continue
-            if acct.available + releasing.get(code, 0) + net < 0:
-                if acct.info.kind == "player":
-                    message = (
-                        "The player's wallet carries a debt; no spending until it is repaid."
-                        if acct.balance < 0
-                        else "The player's balance is too low for this purchase."
-                    )
-                else:
-                    message = f"Insufficient funds in {acct.info.kind} account."
-                raise InsufficientBalance(message)
-
-    def _post(self, txn_id: str, tenant_id: str, nets: dict[str, int], b: Batch) -> None:
-        for code in sorted(nets):
-            acct = b.accounts[code]
-            net = nets[code]
-            if net < 0:
-                acct.debits_posted -= net
-            else:
-                acct.credits_posted += net
-            acct.dirty = True
-            # Tagged with the account's tenant: both sides of a movement between tenants see it.
-            b.entry_rows.append((txn_id, chart.entry_tenant(acct.info, tenant_id), acct.id, net, acct.balance))
-
-    def _apply_op(self, op: Op, b: Batch) -> dict[str, Any]:
-        if op.kind in ("transfer", "hold"):
-            nets = _nets(op.postings)
-            if sum(nets.values()) != 0 or not nets:
-                raise errors.InvalidRequest("postings must sum to zero and move something")
-            self._check_debits(op, nets, b, releasing={})
-            txn_id = ids.new_id("txn")
-            status = "posted" if op.kind == "transfer" else "pending"
-            expires_at = None
-            if op.kind == "transfer":
-                self._post(txn_id, op.tenant_id, nets, b)
-            else:
-                for code, net in nets.items():
-                    acct = b.accounts[code]
-                    if net < 0:
-                        acct.debits_pending -= net
-                    else:
-                        acct.credits_pending += net
-                    acct.dirty = True
-                expires_at = b.now + datetime.timedelta(milliseconds=op.expires_in_ms)
-            postings_json = json.dumps([{"account": c, "amount": a} for c, a in op.postings])
-            # The request id joins the stored metadata for the audit trail; it is not part of the
-            # idempotency hash, so a retry (a new request id) still replays.
-            stored = {**op.metadata, "request_id": op.request_id} if op.request_id else op.metadata
-            b.txn_rows.append(
-                (txn_id, op.tenant_id, op.txn_kind, status, postings_json, json.dumps(stored), expires_at)
-            )
-            touched = nets
-        else:
-            hold = b.holds.get(op.hold_id)
-            if hold is None or hold.tenant_id != op.tenant_id:
-                raise errors.NotFound("No such hold.", error_code="HOLD_NOT_FOUND")
-            if hold.status != "pending":
-                if op.quiet:
-                    return {"transaction_id": hold.id, "status": hold.status, "balances": {}, **op.extra}
-                raise errors.Conflict(f"The hold is already {hold.status}.", error_code="HOLD_NOT_PENDING")
-            nets = _nets(hold.postings)
-            if op.kind == "post":
-                if hold.expires_at is not None and hold.expires_at <= b.now:
-                    raise errors.Conflict("The hold has expired.", error_code="HOLD_EXPIRED")
-                releasing = {code: -net for code, net in nets.items() if net < 0}
-                self._check_debits(op, nets, b, releasing=releasing)
-            for code, net in nets.items():
-                acct = b.accounts[code]
-                if net < 0:
-                    acct.debits_pending += net
-                else:
-                    acct.credits_pending -= net
-                acct.dirty = True
-            if op.kind == "post":
-                self._post(hold.id, hold.tenant_id, nets, b)
-            hold.status = "posted" if op.kind == "post" else "voided"
-            b.txn_status_updates.append((hold.id, hold.status))
-            txn_id = hold.id
-            status = hold.status
-            touched = nets
-        return {
-            "transaction_id": txn_id,
-            "status": status,
-            "created_at": b.now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "balances": {code: b.accounts[code].snapshot() for code in sorted(touched)},
-            **op.extra,
-        }

@@ -17,7 +17,8 @@ from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
 from services.ledger import chart, domain, reads, validate
-from services.ledger.engine import Engine, Op
+from services.ledger.apply import Op
+from services.ledger.engine import Engine
 
 log = logging.getLogger("invo.ledger")
 
@@ -33,6 +34,8 @@ def _result_message(result: dict[str, Any]) -> ledger_pb2.TransactionResult:
         transaction_id=result["transaction_id"],
         duplicate=bool(result.get("duplicate")),
         status=result["status"],
+        # Absent from results stored before it was recorded: those replay as 0.
+        amount_minor=result.get("moved_minor", 0),
         # Sorted: a replay read back from jsonb must list the accounts as the first answer did.
         balances=[
             reads.balance_message(chart.parse(code), snap["balance"], snap["pending"])
@@ -95,6 +98,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def ClawBack(self, request: ledger_pb2.ClawBackRequest, context: Any) -> Any:
         return await self._domain(domain.claw_back(request))
+
+    async def FreezeCurrency(self, request: ledger_pb2.FreezeCurrencyRequest, context: Any) -> Any:
+        return await self._domain(domain.freeze_currency(request))
+
+    async def ReleaseFreeze(self, request: ledger_pb2.ReleaseFreezeRequest, context: Any) -> Any:
+        return await self._domain(domain.release_freeze(request))
 
     async def AdjustBalance(self, request: ledger_pb2.AdjustBalanceRequest, context: Any) -> Any:
         return await self._domain(domain.adjust_balance(request))

@@ -10,7 +10,7 @@ import asyncpg
 from services.common import events
 
 if TYPE_CHECKING:
-    from services.ledger.engine import AccountState, HoldState
+    from services.ledger.apply import AccountState, HoldState
 
 
 class Batch:
@@ -23,7 +23,7 @@ class Batch:
         self.txn_rows: list[tuple[str, str, str, str, str, str, datetime.datetime | None]] = []
         self.txn_status_updates: list[tuple[str, str]] = []
         self.entry_rows: list[tuple[str, str, int, int, int]] = []
-        self.idem_rows: list[tuple[str, str, bytes, str, str]] = []
+        self.idem_rows: list[tuple[str, str, bytes, str | None, str]] = []
         self.events: list[tuple[str, str, dict[str, Any]]] = []  # (tenant_id, event_type, data)
 
 
