@@ -11,6 +11,10 @@ below zero.
 | `network:fees`                | network | no                                                |
 | `transfers:held`              | held    | no                                                |
 
+A clawback's currency returns to `world:processor` (a dispute's freeze is a pending hold of the
+player's currency towards it); a player's debt refuses every debit until it is repaid
+(`PLAYER_IN_DEBT`).
+
 Only the ledger spells these codes: every other service asks for a domain write (a purchase
 credit, a clawback, a transfer, a payout) and the ledger builds its postings here. A posting may
 touch only accounts of the request's tenant or the network's own (`world:*`, `network:fees`,
