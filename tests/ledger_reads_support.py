@@ -17,7 +17,7 @@ from services.common import ids
 from tests.helpers import Api, Response
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-BALANCE_KEYS = {"player_email", "balance", "available_balance", "pending"}
+BALANCE_KEYS = {"player_email", "balance", "available_balance", "pending", "debt"}
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ async def test_single_balance_reads_zero_then_credits_minus_purchases_and_ignore
         "balance": "0",
         "available_balance": "0",
         "pending": "0",
+        "debt": "0",
         "currency_name": "Gold Coins",
     }
 
@@ -49,6 +50,7 @@ async def test_single_balance_reads_zero_then_credits_minus_purchases_and_ignore
             "balance": "10.24",
             "available_balance": "10.24",
             "pending": "0",
+            "debt": "0",
             "currency_name": "Gold Coins",
         }
 

@@ -14,12 +14,15 @@ from invo.v1 import ledger_pb2, tenants_pb2
 
 from services.common import grpcutil, limits, money
 from services.common.logs import request_id_var
-from services.gateway import answers, declare, fields, operators
+from services.gateway import declare, fields, operators
 from services.gateway.context import ctx_of
 from services.gateway.http import invalid, json_response
 from services.gateway.ledger_schema import (
+    PURCHASE_ITEM_REFUSALS,
     Adjust,
     Adjusted,
+    Balance,
+    BalanceLine,
     BalanceQuery,
     Balances,
     BalancesBody,
@@ -39,12 +42,18 @@ admin = declare.Table(security=declare.OPERATOR)
 EXPORT_TIMEOUT_S = 600.0
 
 
+def _debt(balance_minor: int) -> str:
+    """What a wallet below zero owes (a clawback of spent currency), as units."""
+    return money.format_units(max(0, -balance_minor))
+
+
 def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "player_email": email,
         "balance": money.format_units(b.balance_minor),
         "available_balance": money.format_units(b.available_minor),
         "pending": money.format_units(b.pending_minor),
+        "debt": _debt(b.balance_minor),
     }
     if currency_name is not None:
         out["currency_name"] = currency_name
@@ -58,6 +67,7 @@ def _balance_json(email: str, b: ledger_pb2.AccountBalance, currency_name: str |
     body=PurchaseItem,
     answers={200: PurchaseItemAnswer},
     errors=(402,),
+    description=PURCHASE_ITEM_REFUSALS,
 )
 async def purchase_item(request: web.Request, body: PurchaseItem) -> web.Response:
     ctx = ctx_of(request)
@@ -88,6 +98,7 @@ async def purchase_item(request: web.Request, body: PurchaseItem) -> web.Respons
             "price": money.format_units(price),
             "total": money.format_units(resp.total_minor),
             "new_balance": money.format_units(resp.new_balance_minor),
+            "debt": _debt(resp.new_balance_minor),
             "partner_amount": money.format_units(resp.partner_amount_minor),
             "network_fee": money.format_units(resp.network_fee_minor),
             "currency_name": tenant.currency_name,
@@ -98,7 +109,7 @@ async def purchase_item(request: web.Request, body: PurchaseItem) -> web.Respons
 
 
 @public.declare(
-    "GET", "/api/players/balance", summary="A player's balance.", query=BalanceQuery, answers={200: answers.Balance}
+    "GET", "/api/players/balance", summary="A player's balance.", query=BalanceQuery, answers={200: Balance}
 )
 async def player_balance(request: web.Request, query: BalanceQuery) -> web.Response:
     ctx = ctx_of(request)
@@ -147,7 +158,7 @@ async def player_balances(request: web.Request, body: BalancesBody) -> web.Respo
                     {"$ref": "#/components/schemas/ExportSummary"},
                 ]
             },
-            models=(answers.BalanceLine, ExportSummary),
+            models=(BalanceLine, ExportSummary),
         )
     },
 )
@@ -308,6 +319,7 @@ async def _adjust(request: web.Request, body: Adjust, *, direction: int) -> web.
             "player_email": email,
             "amount": money.format_units(amount),
             "new_balance": money.format_units(balance.balance_minor) if balance else None,
+            "debt": _debt(balance.balance_minor) if balance else None,
             "currency_name": tenant.currency_name,
             "reason": reason,
             "duplicate": result.duplicate,

@@ -11,6 +11,18 @@ from services.gateway import answers, fields
 from services.gateway.answers import Time, UnitsOut
 from services.gateway.fields import Email, IdempotencyKey, Metadata, Query, Request, TenantRef
 
+DEBT = (
+    "What the player owes (0 when nothing): a refund or a lost dispute took back currency already"
+    " spent, so the balance is below zero by this much; the player's next currency purchase repays it"
+    " first, and no spending passes until it is repaid (402 PLAYER_IN_DEBT)."
+)
+# The item purchase's refusals, in its OpenAPI description (the 402s differ in what the player can do).
+PURCHASE_ITEM_REFUSALS = (
+    "402 `INSUFFICIENT_BALANCE`: the player's available balance is below the total; nothing changed."
+    " 402 `PLAYER_IN_DEBT`: the player's wallet is below zero (a refund or lost dispute took back"
+    " currency already spent); no spending until a currency purchase repays the debt; nothing changed."
+)
+
 
 class PurchaseItem(Request):
     player_email: Email
@@ -35,6 +47,7 @@ class PurchaseItemAnswer(answers.Answer):
     price: UnitsOut
     total: UnitsOut
     new_balance: UnitsOut
+    debt: UnitsOut = Field(description=DEBT)
     partner_amount: UnitsOut
     network_fee: UnitsOut
     currency_name: str
@@ -50,11 +63,23 @@ class BalancesBody(Request):
     player_emails: Annotated[list[Email], Field(min_length=1, max_length=limits.BATCH_EMAILS_MAX)]
 
 
+class BalanceLine(answers.BalanceLine):
+    """A player's balance; `balance` is negative while the player carries a debt."""
+
+    debt: UnitsOut = Field(description=DEBT)
+
+
+class Balance(BalanceLine):
+    """The balance; an unknown player reads as zero."""
+
+    currency_name: str
+
+
 class Balances(answers.Answer):
     """Balances in the order asked; unknown players read as zero."""
 
     currency_name: str
-    balances: list[answers.BalanceLine]
+    balances: list[BalanceLine]
 
 
 class ExportSummary(answers.Answer):
@@ -117,6 +142,7 @@ class Adjusted(answers.Answer):
     player_email: str
     amount: UnitsOut
     new_balance: UnitsOut | None
+    debt: UnitsOut | None = Field(description=DEBT)
     currency_name: str
     reason: str
     duplicate: bool
