@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from services.common.stack import Stack
 from tests.after_sale_support import (
     SEED_DISPUTED_CLOSED,
@@ -25,7 +23,7 @@ from tests.after_sale_support import (
     wait_order,
     wait_status,
 )
-from tests.helpers import Api, assert_envelope
+from tests.helpers import Api, assert_envelope, eventually
 from tests.payments_support import VISA, Events, check_ledger, details, email, order, sim
 
 DISPUTE_CARD = "pm_card_createDispute"
@@ -375,13 +373,6 @@ async def test_spends_racing_a_dispute_never_take_what_it_froze(api: Api, stack:
     await check_ledger(api)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refund applied while a dispute is open leaves the dispute's freeze whole: services/payments/refunds.py"
-    " finish (line ~363) claws the refund's currency back without release_hold_id and never shrinks the dispute's"
-    " hold (disputes.hold_id/frozen_minor), so after a dashboard refund of an inquiry's whole charge the wallet reads"
-    " balance 0, available -100, pending 100, and the player's next purchase stays frozen until the inquiry closes",
-)
 async def test_a_dashboard_refund_during_an_inquiry_leaves_no_freeze_on_later_currency(api: Api, stack: Stack) -> None:
     t = await api.create_tenant()
     player, bought = await paid(api, t, INQUIRY_CARD)
@@ -400,4 +391,29 @@ async def test_a_dashboard_refund_during_an_inquiry_leaves_no_freeze_on_later_cu
     await sim(api, stack, "dispute", {"payment_intent": pi, "close": "warning_closed"})
     await closed(api, t, oid)
     assert wallet(await balance_body(api, t, player)) == ("0", "0", "0")
+    await check_ledger(api)
+
+
+async def test_a_partial_dashboard_refund_during_an_inquiry_keeps_the_rest_frozen(api: Api, stack: Stack) -> None:
+    """The refund's write voids the freeze and the rest of the disputed currency is frozen again:
+    30 refunded of 100, 70 still frozen, nothing spendable until the inquiry closes."""
+    t = await api.create_tenant()
+    player, bought = await paid(api, t, INQUIRY_CARD)
+    oid = bought["order_id"]
+    o = await opened(api, t, oid)
+    await sim(api, stack, "refund", {"payment_intent": o["payment_intent_id"], "amount": 300})
+
+    async def refrozen() -> dict[str, Any]:
+        got = await order(api, t, oid)
+        done = got["refunds"] and got["refunds"][0]["status"] == "succeeded"
+        return got if done and got["disputes"][0]["currency_frozen"] == "70" else {}
+
+    o = await eventually(refrozen, timeout_s=15)
+    assert o["status"] == "completed" and o["refunds"][0]["currency_debited"] == "30", o
+    assert wallet(await balance_body(api, t, player)) == ("70", "0", "70")
+    assert (await spend(api, t, player, "1")).status == 402
+    await check_ledger(api)
+    await sim(api, stack, "dispute", {"payment_intent": o["payment_intent_id"], "close": "warning_closed"})
+    await closed(api, t, oid)
+    assert wallet(await balance_body(api, t, player)) == ("70", "70", "0")
     await check_ledger(api)

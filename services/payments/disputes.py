@@ -152,6 +152,36 @@ class Disputes:
             )
         return Handled("applied", unblocks=(f"opened:{dispute_id}",))
 
+    async def refreeze(self, dispute_id: str, *, key: str, deadline: float | None) -> None:
+        """After a refund of an order under an open dispute voided its freeze (refunds.py): freeze
+        again what is still disputed, at most what the player has. A dispute that closed meanwhile
+        gets no new freeze."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {DISPUTE_COLUMNS} FROM disputes WHERE dispute_id = $1", dispute_id)
+            order = await self.store.find(row["order_id"], conn) if row is not None else None
+        if row is None or order is None or row["phase"] != "open" or row["hold_id"]:
+            return
+        amount = disputed_currency(order, row["usd_cents"])
+        held = (
+            await self.ledger.freeze(order, amount, key=f"{key}:refreeze", dispute_id=dispute_id, deadline=deadline)
+            if amount > 0
+            else None
+        )
+        frozen = held.amount_minor if held is not None and held.status == "pending" else 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.store.locked(conn, order["order_id"])
+            current = await self._locked(conn, dispute_id)
+            if current is not None and current["phase"] == "open" and not current["hold_id"]:
+                await conn.execute(
+                    "UPDATE disputes SET hold_id = $2, frozen_minor = $3 WHERE dispute_id = $1",
+                    dispute_id,
+                    held.transaction_id if held is not None and frozen else None,
+                    frozen,
+                )
+                return
+        if held is not None and frozen:  # closed meanwhile, without this freeze: give it back
+            await self.ledger.release(order["tenant_id"], held.transaction_id, key=f"{key}:unfreeze", deadline=deadline)
+
     async def closed(
         self, order: asyncpg.Record, dispute: dict[str, Any], *, event_id: str, deadline: float | None
     ) -> Handled:

@@ -28,6 +28,7 @@ import asyncpg
 from services.common import errors, events, idempotency, ids, money
 from services.common.crypto import request_hash
 from services.common.leases import Lease
+from services.payments.disputes import Disputes
 from services.payments.ledger_client import LedgerClient
 from services.payments.orders import OrderStore
 from services.payments.processor import Processor, ProcessorUnavailable, RefundRefused
@@ -41,7 +42,7 @@ UNFINISHED_BATCH = 50
 REFUND_COLUMNS = (
     "refund_id, order_id, tenant_id, idempotency_key, request_hash, usd_cents, reason, source, operator_id,"
     " status, processor_refund_id, currency_minor, transaction_id, new_balance, failure_code, failure_message,"
-    " created_at, updated_at, applied_at"
+    " created_at, updated_at, applied_at, release_hold_id, dispute_id"
 )
 
 
@@ -91,12 +92,15 @@ def refunded_event(order: asyncpg.Record, refund: asyncpg.Record) -> dict[str, A
 
 
 class Refunds:
-    def __init__(self, store: OrderStore, ledger: LedgerClient, processor: Processor, *, lease_s: float) -> None:
+    def __init__(
+        self, store: OrderStore, ledger: LedgerClient, processor: Processor, disputes: Disputes, *, lease_s: float
+    ) -> None:
         self.store = store
         self.ledger = ledger
         self.processor = processor
         self.pool = store.pool
         self.lease = Lease(table="refunds", key_column="refund_id", duration_s=lease_s, columns=REFUND_COLUMNS)
+        self.disputes = disputes
 
     async def get(self, conn: asyncpg.Connection | asyncpg.Pool, refund_id: str) -> asyncpg.Record:
         row = await conn.fetchrow(f"SELECT {REFUND_COLUMNS} FROM refunds WHERE refund_id = $1", refund_id)
@@ -345,14 +349,27 @@ class Refunds:
                 debit,
                 made.get("charge"),
             )
+            # A dispute still open keeps a freeze that this refund's currency is part of: the refund's
+            # write voids it, and finish() freezes again what is still disputed.
+            frozen = await conn.fetchrow(
+                "SELECT dispute_id, hold_id FROM disputes WHERE order_id = $1 AND phase = 'open'"
+                " AND hold_id IS NOT NULL LIMIT 1 FOR UPDATE",
+                order_id,
+            )
+            if frozen is not None:
+                await conn.execute(
+                    "UPDATE disputes SET hold_id = NULL, frozen_minor = 0 WHERE dispute_id = $1", frozen["dispute_id"]
+                )
             claimed: asyncpg.Record = await conn.fetchrow(
                 f"UPDATE refunds SET status = 'applying', processor_refund_id = $2, usd_cents = $3,"
-                f" currency_minor = $4, processing_until = NULL, updated_at = now() WHERE refund_id = $1"
-                f" RETURNING {REFUND_COLUMNS}",
+                f" currency_minor = $4, processing_until = NULL, updated_at = now(), release_hold_id = $5,"
+                f" dispute_id = $6 WHERE refund_id = $1 RETURNING {REFUND_COLUMNS}",
                 row["refund_id"],
                 made["id"],
                 amount,
                 debit,
+                frozen["hold_id"] if frozen is not None else None,
+                frozen["dispute_id"] if frozen is not None else None,
             )
             return claimed
 
@@ -363,11 +380,21 @@ class Refunds:
             return refund
         order = await self.store.get(refund["order_id"])
         transaction_id, balance = "", None
+        release = refund["release_hold_id"] or ""
         if refund["currency_minor"]:
             debit = await self.ledger.claw_back(
-                order, refund["currency_minor"], key=f"refund:{refund_id}", reason="refund", deadline=deadline
+                order,
+                refund["currency_minor"],
+                key=f"refund:{refund_id}",
+                reason="refund",
+                release_hold_id=release,
+                deadline=deadline,
             )
             transaction_id, balance = debit.transaction_id, debit.balance_minor
+        elif release:
+            await self.ledger.release(order["tenant_id"], release, key=f"refund:{refund_id}:release", deadline=deadline)
+        if refund["dispute_id"]:
+            await self.disputes.refreeze(refund["dispute_id"], key=f"refund:{refund_id}", deadline=deadline)
         if balance is None:
             balance = await self.ledger.balance(order, deadline=deadline)
         async with self.pool.acquire() as conn, conn.transaction():

@@ -342,10 +342,13 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     purchases = Purchases(store, settlement, processor, settings, identity_key=settings.identity_key)
     tenants_channel = grpcutil.channel(settings.tenants_addr)
     svc.on_shutdown(tenants_channel.close)
-    refunds = Refunds(store, ledger, processor, lease_s=settings.processor_timeout_s * 2 + settings.rpc_timeout_s + 5)
+    disputes = Disputes(store, ledger)
+    refunds = Refunds(
+        store, ledger, processor, disputes, lease_s=settings.processor_timeout_s * 2 + settings.rpc_timeout_s + 5
+    )
     after = AfterSale(
         refunds,
-        Disputes(store, ledger),
+        disputes,
         FraudWarnings(
             store, refunds, tenants_pb2_grpc.TenantsServiceStub(tenants_channel), timeout_cap_s=settings.rpc_timeout_s
         ),

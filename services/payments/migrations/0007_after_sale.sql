@@ -37,6 +37,11 @@ CREATE TABLE refunds (
     failure_code        text,
     failure_message     text,
     processing_until    timestamptz,
+    -- A refund applied while a dispute of the order is open (an inquiry the processor let be
+    -- refunded): the dispute's freeze it voids in its ledger write, and the dispute to freeze again
+    -- what is still disputed afterwards.
+    release_hold_id     text,
+    dispute_id          text,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     applied_at          timestamptz,
