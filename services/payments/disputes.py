@@ -25,7 +25,7 @@ import asyncpg
 from services.common import events, money
 from services.payments import inbox
 from services.payments.ledger_client import Credit, LedgerClient
-from services.payments.orders import OrderStore
+from services.payments.orders import OrderStore, event_refs
 from services.payments.registry import Handled
 
 DISPUTE_COLUMNS = (
@@ -47,10 +47,7 @@ def disputed_currency(order: asyncpg.Record, usd_cents: int) -> int:
 
 def _base(order: asyncpg.Record, d: asyncpg.Record) -> dict[str, Any]:
     return {
-        "order_id": order["order_id"],
-        "transaction_id": order["transaction_id"],
-        "payment_intent_id": order["payment_intent_id"],
-        "charge_id": d["charge_id"] or order["charge_id"],
+        **event_refs(order, d["charge_id"]),
         "dispute_id": d["dispute_id"],
         "reason": d["reason"],
         "usd_amount": money.format_usd(d["usd_cents"]),

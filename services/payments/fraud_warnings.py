@@ -19,7 +19,7 @@ from invo.v1 import tenants_pb2
 from services.common import errors, events, grpcutil, money
 from services.common.crypto import request_hash
 from services.payments import inbox
-from services.payments.orders import OrderStore
+from services.payments.orders import OrderStore, event_refs
 from services.payments.refunds import Refunds
 from services.payments.registry import Handled
 
@@ -32,10 +32,7 @@ WARNING_COLUMNS = (
 
 def warning_event(order: asyncpg.Record, w: asyncpg.Record, refund: asyncpg.Record | None) -> dict[str, Any]:
     return {
-        "order_id": order["order_id"],
-        "transaction_id": order["transaction_id"],
-        "payment_intent_id": order["payment_intent_id"],
-        "charge_id": w["charge_id"] or order["charge_id"],
+        **event_refs(order, w["charge_id"]),
         "fraud_type": w["fraud_type"],
         "actionable": w["actionable"],
         "usd_amount": money.format_usd(order["usd_cents"]),

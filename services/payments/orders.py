@@ -49,6 +49,16 @@ LIFECYCLE = Lifecycle(
 _VISIBLE = "voided_at IS NULL"
 
 
+def event_refs(order: asyncpg.Record, charge_id: str | None = None) -> dict[str, Any]:
+    """What every after-sale event names of its order (the seed's examples all start so)."""
+    return {
+        "order_id": order["order_id"],
+        "transaction_id": order["transaction_id"],
+        "payment_intent_id": order["payment_intent_id"],
+        "charge_id": charge_id or order["charge_id"],
+    }
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NewOrder:
     order_id: str

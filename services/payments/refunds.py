@@ -30,7 +30,7 @@ from services.common.crypto import request_hash
 from services.common.leases import Lease
 from services.payments.disputes import Disputes
 from services.payments.ledger_client import LedgerClient
-from services.payments.orders import OrderStore
+from services.payments.orders import OrderStore, event_refs
 from services.payments.processor import Processor, ProcessorUnavailable, RefundRefused
 
 log = logging.getLogger("invo.payments.refunds")
@@ -72,10 +72,7 @@ def refunded_event(order: asyncpg.Record, refund: asyncpg.Record) -> dict[str, A
     """purchase.refunded: every field of the seed's example. `usd_refunded` and `currency_debited`
     are this refund's; `usd_refunded_total` what the order has had back so far."""
     return {
-        "order_id": order["order_id"],
-        "transaction_id": order["transaction_id"],
-        "payment_intent_id": order["payment_intent_id"],
-        "charge_id": order["charge_id"],
+        **event_refs(order),
         "usd_refunded": money.format_usd(refund["usd_cents"]),
         "usd_original": money.format_usd(order["usd_cents"]),
         "fully_refunded": order["usd_refunded"] >= order["usd_cents"],
