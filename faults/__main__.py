@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.violations_text(result["phases"]))
     over = elapsed_s > BUDGET_S and not args.phase and not args.quick
     print(
-        f"\n{result['operations']} operations, {result['acknowledged']} acknowledged; processor record: "
+        f"\n{result['operations']} operations, {result['acknowledged']} acknowledged, {result['refunds']} of them"
+        f" refunds; processor record: "
         f"{result['processor_source']}"
     )
     budget = " (over the 15-minute budget)" if over else ""

@@ -11,6 +11,8 @@
 - Replaying an acknowledged request answers the same (`replay_mismatches`).
 - Each hosted checkout session reads completed iff one of its orders is paid, with the order and
   transaction the client was told, charged once (`sessions`, `faults.checkout`).
+- Each refunded order holds the refunds the operator was told, debiting the pro-rata currency,
+  refunded iff wholly, one processor refund per succeeded refund (`refunds`, `faults.refunds`).
 - The processor's record and the webhooks are checked in `faults.evidence`.
 
 Each finding is reported once, in the check that first saw it: a phase's row counts what it broke.
@@ -22,7 +24,7 @@ import dataclasses
 import time
 from typing import Any
 
-from faults import checkout, evidence
+from faults import checkout, evidence, refunds
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
@@ -50,6 +52,8 @@ class Findings:
     replayed: int = 0
     sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # checkout sessions gone wrong
     sessions_checked: int = 0
+    refunds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # refunded orders gone wrong
+    refunds_checked: int = 0
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -67,6 +71,7 @@ class Findings:
             + len(self.wallets)
             + len(self.replays)
             + len(self.sessions)
+            + len(self.refunds)
             + int(self.processor.get("violations", 0))
             + int(self.webhooks.get("violations", 0))
         )
@@ -120,6 +125,7 @@ class Checker:
         f.replayed, f.replays = await self.replays(ops, deadline)
         f.processor = await self.evidence.charges(deadline, self.processor_restarted_at, self._new)
         f.sessions_checked, f.sessions = await self.sessions(ops, deadline)
+        f.refunds_checked, f.refunds = await self.refunded_orders(ops, deadline)
         f.webhooks = await self.evidence.webhooks(webhook_bound_s, self._new)
         f.check_s = round(time.monotonic() - started, 2)
         return f
@@ -282,3 +288,14 @@ class Checker:
         """Every checkout session of these operations against its orders and the processor's charges."""
         checked, wrong = await checkout.check_sessions(self.world, ops, self.evidence.intents, deadline, self.stats)
         return checked, [w for w in wrong if self._new("session", str(w["session_id"]))]
+
+    async def refunded_orders(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
+        """Every order these operations refunded against the model and the processor's refunds."""
+        if not any(op.refund_of for op in ops):
+            return 0, []
+        try:
+            made = await self.world.processor.refunds(deadline=deadline, stats=self.stats)
+        except RuntimeError as exc:
+            return 0, [{"order_id": "", "problems": [str(exc)]}]
+        checked, wrong = await refunds.check_refunds(self.world, ops, made, deadline, self.stats)
+        return checked, [w for w in wrong if self._new("refund", str(w["order_id"]))]

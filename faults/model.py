@@ -1,7 +1,8 @@
 """What the clients were told: every operation, its definite answer, and what that answer promises.
 
 An acknowledged operation (a 2xx) promises its effect on one wallet (`delta_minor`, under its
-`transaction_id`) and the webhook events that announce it; a refused one (a definite 4xx) promises
+`transaction_id`; an operator's refund of an order is an operation of its own, debiting what the
+pro-rata rule gives) and the webhook events that announce it; a refused one (a definite 4xx) promises
 no effect, and sometimes an event (a declined card is announced as `purchase.failed`). The checks
 compare the network's state with these promises; nothing here talks to the network.
 """
@@ -20,7 +21,7 @@ UNRESOLVED = "unresolved"  # no definite answer before the client's deadline
 ABANDONED = "abandoned"  # a flow the client could not finish (a 3-D Secure challenge left open)
 
 # Event types whose arrival means money moved: one for an operation nobody was told about is a violation.
-MONEY_EVENTS = frozenset({"item.purchased", "balance.adjusted", "purchase.completed"})
+MONEY_EVENTS = frozenset({"item.purchased", "balance.adjusted", "purchase.completed", "purchase.refunded"})
 
 
 def minor(units: object) -> int:
@@ -35,10 +36,13 @@ def minor(units: object) -> int:
 
 
 def event_key(event_type: str, data: dict[str, Any]) -> str | None:
-    """What names the operation an event announces: its transaction, its order, or (for an
-    operator's adjustment, whose event carries neither) the adjustment's unique reason."""
+    """What names the operation an event announces: its transaction, its order (its refund: an
+    order may have several), or (for an operator's adjustment, whose event carries neither) the
+    adjustment's unique reason."""
     if event_type == "item.purchased":
         return str(data.get("transaction_id") or "") or None
+    if event_type == "purchase.refunded":
+        return str(data.get("refund_id") or "") or None
     if event_type.startswith("purchase."):
         return str(data.get("order_id") or "") or None
     if event_type == "balance.adjusted":
@@ -77,6 +81,9 @@ class Op:
     session_id: str = ""  # a hosted checkout session, whose attempts are orders of their own
     orders: list[str] = dataclasses.field(default_factory=list)  # every order the answers named
     session_token: str = ""  # the page's credential for `session_id` (kept out of the records)
+    refund_of: str = ""  # an operator's refund: the order it refunds (not `order_id`, which is the charge's)
+    refund_id: str = ""
+    usd_cents: int = 0  # a refund's USD, as asked (all that remained, when no amount was sent)
     delta_minor: int = 0  # the acknowledged effect on the player's wallet
     events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
     allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
@@ -101,6 +108,9 @@ class Op:
             "transaction_id": self.transaction_id,
             "order_id": self.order_id,
             "session_id": self.session_id,
+            "refund_of": self.refund_of,
+            "refund_id": self.refund_id,
+            "usd_cents": self.usd_cents,
             "delta_minor": self.delta_minor,
             "attempts": self.attempts,
             "indefinite": self.indefinite,
@@ -126,6 +136,8 @@ class Model:
         return [op for op in self.ops if op.outcome == ACKED]
 
     def expected_balances(self) -> dict[tuple[int, str], int]:
+        """Each wallet: its acknowledged credits (purchases among them) minus its debits (items
+        bought, and the currency each acknowledged refund took back)."""
         out: dict[tuple[int, str], int] = {}
         for op in self.acked():
             k = (op.tenant, op.player)
@@ -147,6 +159,14 @@ class Model:
     def by_order(self) -> dict[str, Op]:
         out = {order_id: op for op in self.ops for order_id in op.orders}
         return out | {op.order_id: op for op in self.ops if op.order_id}
+
+    def refunds(self) -> dict[str, list[Op]]:
+        """order_id -> the refunds asked of it, in the order they were asked."""
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
+            if op.refund_of:
+                out.setdefault(op.refund_of, []).append(op)
+        return out
 
     def by_session(self) -> dict[str, Op]:
         return {op.session_id: op for op in self.ops if op.session_id}

@@ -40,6 +40,7 @@ def _row(name: str, stats: Stats, ops: list[Op], times: Times | None, f: Finding
         "operations": len(ops),
         "requests": stats.requests,
         "acknowledged": outcomes[ACKED],
+        "refunds": sum(1 for op in ops if op.refund_of and op.outcome == ACKED),  # of them, operators' refunds
         "refused": outcomes[REFUSED],
         "unresolved": outcomes[UNRESOLVED],
         "abandoned": outcomes[ABANDONED],
@@ -163,6 +164,7 @@ async def _run(wl: Workload, checker: Checker, settings: Settings, faults: list[
         "violations": sum(int(r.get("violations", 0)) for r in rows),
         "operations": len(model.ops),
         "acknowledged": len(model.acked()),
+        "refunds": sum(1 for op in model.acked() if op.refund_of),
         "processor_source": wl.world.processor.source,
         "odd_answers": [op.summary() for op in model.ops if op.note][:50],
     }

@@ -21,6 +21,7 @@ from faults.flows import CardPurchase, Credit, Flow, ItemPurchase, Tenant, Three
 from faults.model import ACKED, Model, Op
 from faults.processor import Processor
 from faults.receivers import Receivers
+from faults.refunds import RefundPurchase
 from services.common.devservers import free_port
 from services.common.stack import Stack
 
@@ -30,7 +31,8 @@ CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1
 
 # The mix, by weight: mostly item purchases (the ledger's hot path), card purchases with a few
 # declines, hosted checkout (a few sessions declined first, then paid on the same session), 3-D
-# Secure both ways, and operators' credits now and then.
+# Secure both ways, operators' credits now and then, and a few card purchases refunded by an
+# operator (each is two to four operations: the purchase, its refunds, a refusal of one more).
 FLOWS: tuple[tuple[Flow, int], ...] = (
     (ItemPurchase(), 55),
     (CardPurchase("card_purchase", "pm_card_visa"), 20),
@@ -40,6 +42,7 @@ FLOWS: tuple[tuple[Flow, int], ...] = (
     (ThreeDSecurePurchase("three_d_secure", "succeed"), 8),
     (ThreeDSecurePurchase("three_d_secure_failed", "fail"), 3),
     (Credit(), 10),
+    (RefundPurchase(), 4),
 )
 
 

@@ -6,7 +6,8 @@ afterwards. The checks are then shown to catch what they exist to catch: a credi
 told of (doubled), an acknowledged write that is not in the ledger (lost), a webhook that never
 comes (missing), a forged signature, a second charge for one order at the processor, and a
 process that died on its own; and a second delivery of one event is counted as a duplicate. A
-hosted checkout session is held to its orders: a second charge on one session is caught.
+hosted checkout session is held to its orders: a second charge on one session is caught. A
+refunded order is held to the refunds the operator was told: a second processor refund is caught.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from faults import phases, report, runner
 from faults.checkout import CheckoutPurchase
 from faults.checks import Checker
 from faults.flows import CardPurchase
-from faults.model import ACKED
+from faults.model import ACKED, REFUSED
 from faults.proxy import TcpProxy
+from faults.refunds import RefundPurchase, usd
 from faults.workload import Settings, Workload
 from services.common.signing import signature_header
 from services.common.stack import Stack
@@ -69,6 +71,8 @@ async def test_two_faults_under_load_lose_nothing_and_double_nothing(stack: Stac
         assert row["unresolved"] == 0, row
         assert row["findings"]["replayed"] > 0 and row["findings"]["webhooks"]["expected"] > 0, row
         assert row["findings"]["sessions_checked"] > 0, row  # hosted checkout was in the mix
+    # Operators' refunds were in the mix (a few a phase: counted over both).
+    assert sum(by_phase[n]["findings"]["refunds_checked"] for n in phases.SHORT) > 0, rows
     assert result["processor_source"], result
     assert time.monotonic() - started < 120, "the short version must stay well under 2 minutes"
     # The session's network is whole again for the tests after this one.
@@ -215,6 +219,62 @@ async def test_a_checkout_session_declined_then_paid_is_clean_and_a_second_charg
 
     assert [w["session_id"] for w in found.sessions] == [op.session_id], found.sessions
     assert found.sessions[0]["problems"] == ["charged more than once"], found.sessions
+    assert found.violations == 1, found.summary()
+
+
+async def test_refunds_a_part_then_the_rest_are_clean_and_a_second_processor_refund_is_caught(
+    stack: Stack,
+) -> None:
+    settings = Settings(tenants=1, players_per_tenant=1, replay_max=20, check_deadline_s=30, webhook_bound_s=10)
+    async with Workload(stack, settings) as wl:
+        checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
+        setup = await wl.setup()
+        whole = await RefundPurchase(plans=("partial_then_rest",)).run(wl.world, "sabotage")
+        part = await RefundPurchase(plans=("partial",)).run(wl.world, "sabotage")
+        asked = wl.world.model.refunds()
+        # The rest refunded, one more cent is refused: the order is refunded, nothing remains.
+        assert [(op.outcome, op.error_code) for op in asked[whole.order_id]] == [
+            (ACKED, ""),
+            (ACKED, ""),
+            (REFUSED, "ORDER_NOT_REFUNDABLE"),
+        ], [op.summary() for op in asked[whole.order_id]]
+        assert sum(op.delta_minor for op in asked[whole.order_id]) == -whole.delta_minor
+        [partial] = asked[part.order_id]
+        assert partial.outcome == ACKED and partial.delta_minor == -partial.usd_cents * 10, partial.summary()
+        ops = [op for op in wl.world.model.ops if op.phase == "sabotage"]
+        clean = await checker.run(phase_ops=[*setup, *ops], deadline_s=30, webhook_bound_s=10)
+        assert clean.violations == 0 and clean.refunds_checked == 2, clean.summary()
+        assert clean.replayed == 7 and clean.replays == []  # a funding, 2 purchases, 3 refunds, the refusal
+        refunded = [k for k in wl.receivers.by_key() if k[1] == "purchase.refunded"]
+        assert sorted(k[2] for k in refunded) == sorted(op.refund_id for op in ops if op.events and op.refund_of)
+
+        # The processor refunds a cent more of the partly refunded order under our refund's own
+        # metadata: payments ties it to the refund it applied already (no money moves, the order
+        # reads the same), so only the processor's record shows the player refunded twice.
+        order = await wl.gateway.until_definite(
+            "GET", f"/admin/orders/{part.order_id}", admin=True, deadline=time.monotonic() + 10
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                stack.env["INVO_PROCESSOR_API_BASE"] + "/v1/refunds",
+                data={
+                    "payment_intent": order.body["payment_intent_id"],
+                    "amount": "1",
+                    "metadata[order_id]": part.order_id,
+                    "metadata[refund_id]": partial.refund_id,
+                },
+                headers={"Authorization": f"Bearer {stack.env['INVO_PROCESSOR_SECRET_KEY']}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        found = await checker.run(phase_ops=[partial], deadline_s=30, webhook_bound_s=1)
+
+    assert [w["order_id"] for w in found.refunds] == [part.order_id], found.refunds
+    assert found.refunds[0]["problems"] == [
+        "the processor holds 2 refunds for 1 succeeded of ours",
+        f"the processor refunded {usd(partial.usd_cents + 1)} USD, our succeeded refunds say otherwise",
+    ], found.refunds
     assert found.violations == 1, found.summary()
 
 
