@@ -81,9 +81,9 @@ class Disputes:
         self.ledger = ledger
         self.pool = store.pool
 
-    async def of_order(self, order_id: str) -> list[asyncpg.Record]:
+    async def of_order(self, order_id: str, db: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
         return list(
-            await self.pool.fetch(
+            await (db or self.pool).fetch(
                 # One still opening is not announced yet: it shows once its freeze is in place.
                 f"SELECT {DISPUTE_COLUMNS} FROM disputes WHERE order_id = $1 AND phase <> 'opening'"
                 f" ORDER BY created_at, dispute_id",

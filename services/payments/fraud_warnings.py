@@ -51,9 +51,9 @@ class FraudWarnings:
         self.timeout_cap_s = timeout_cap_s
         self.pool = store.pool
 
-    async def of_order(self, order_id: str) -> list[asyncpg.Record]:
+    async def of_order(self, order_id: str, db: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
         return list(
-            await self.pool.fetch(
+            await (db or self.pool).fetch(
                 f"SELECT {WARNING_COLUMNS} FROM fraud_warnings WHERE order_id = $1 ORDER BY created_at, warning_id",
                 order_id,
             )

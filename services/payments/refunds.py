@@ -105,9 +105,9 @@ class Refunds:
             raise errors.NotFound("No such refund.", error_code="REFUND_NOT_FOUND")
         return row
 
-    async def of_order(self, order_id: str) -> list[asyncpg.Record]:
+    async def of_order(self, order_id: str, db: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
         return list(
-            await self.pool.fetch(
+            await (db or self.pool).fetch(
                 f"SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY created_at, refund_id", order_id
             )
         )

@@ -35,7 +35,7 @@ from services.payments.fraud_warnings import FraudWarnings
 from services.payments.handlers import PaymentIntentHandlers
 from services.payments.inbox import Dispatcher
 from services.payments.ledger_client import LedgerClient
-from services.payments.orders import PAID, OrderStore
+from services.payments.orders import LIFECYCLE, PAID, OrderStore
 from services.payments.processor import Processor
 from services.payments.purchases import Answer, PurchaseRequest, Purchases
 from services.payments.recovery import Recovery
@@ -210,12 +210,15 @@ class AfterSale:
     disputes: Disputes
     warnings: FraudWarnings
 
-    async def full_order(self, row: asyncpg.Record, history: list[asyncpg.Record]) -> payments_pb2.Order:
-        """The order with its history, refunds, disputes and fraud warnings."""
-        msg = order_message(row, history)
-        msg.refunds.extend(refund_message(r) for r in await self.refunds.of_order(row["order_id"]))
-        msg.disputes.extend(dispute_message(d) for d in await self.disputes.of_order(row["order_id"]))
-        msg.fraud_warnings.extend(warning_message(w) for w in await self.warnings.of_order(row["order_id"]))
+    async def full_order(self, order_id: str) -> payments_pb2.Order:
+        """The order with its history, refunds, disputes and fraud warnings, read as of one
+        snapshot: a refund committing meanwhile is either wholly in the answer or not at all."""
+        async with self.refunds.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await self.refunds.store.current(conn, order_id)
+            msg = order_message(row, await LIFECYCLE.history(conn, order_id))
+            msg.refunds.extend(refund_message(r) for r in await self.refunds.of_order(order_id, conn))
+            msg.disputes.extend(dispute_message(d) for d in await self.disputes.of_order(order_id, conn))
+            msg.fraud_warnings.extend(warning_message(w) for w in await self.warnings.of_order(order_id, conn))
         return msg
 
 
@@ -252,7 +255,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
 
     async def GetOrder(self, request: payments_pb2.GetOrderRequest, context: Any) -> Any:
         row = await self.purchases.order(None if request.any_tenant else request.tenant_id, request.order_id)
-        return await self.after.full_order(row, await self.purchases.store.history(row["order_id"]))
+        return await self.after.full_order(row["order_id"])
 
     async def RefundOrder(self, request: payments_pb2.RefundOrderRequest, context: Any) -> Any:
         row = await self.purchases.order(None, request.order_id)  # an operator's: any tenant's order
@@ -264,11 +267,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             operator_id=request.operator_id,
             deadline=grpcutil.deadline_of(context),
         )
-        order = await self.purchases.store.get(row["order_id"])
         return payments_pb2.RefundOutcome(
-            refund=refund_message(refund),
-            order=await self.after.full_order(order, await self.purchases.store.history(order["order_id"])),
-            duplicate=duplicate,
+            refund=refund_message(refund), order=await self.after.full_order(row["order_id"]), duplicate=duplicate
         )
 
     async def HandleProcessorEvent(self, request: payments_pb2.ProcessorEvent, context: Any) -> Any:
