@@ -14,10 +14,10 @@ from services.common.config import ConfigError, Settings
 from services.common.leases import Lease
 from services.common.transitions import Lifecycle
 from services.payments import limits, service
+from services.payments.ledger_client import LedgerClient
 from services.payments.processor import Outcome, outcome_of
 from services.payments.purchases import PurchaseRequest, validate
 from services.payments.registry import Handled, Registry
-from services.payments.ledger_client import LedgerClient
 from services.payments.settlement import mismatch
 
 ROW = {
