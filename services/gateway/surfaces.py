@@ -33,6 +33,7 @@ from services.gateway import (
     orders_api,
     payments_api,
     processor_webhooks,
+    transfers_api,
     webhooks_api,
 )
 from services.gateway.context import CTX, GatewayContext, ctx_of
@@ -40,7 +41,7 @@ from services.gateway.http import json_response
 
 SDK_KEY_HEADER = "X-Game-Secret-Key"
 # The backends the gateway routes to, and so what /readyz waits for.
-ROUTED_SERVICES = ("tenants", "ledger", "payments", "webhooks")
+ROUTED_SERVICES = ("tenants", "ledger", "payments", "transfers", "webhooks")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 own_tenant = declare.Table(security=declare.SDK_KEY)
@@ -112,6 +113,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         ledger_api.public,
         payments_api.public,
         checkout_api.public,
+        transfers_api.public,
         webhooks_api.public,
     )
     mount(

@@ -30,6 +30,7 @@ _TENANT_COLUMNS = (
     " hourly_cap_usd_cents, daily_cap_usd_cents, monthly_cap_usd_cents, rate_limit_per_second,"
     " auto_refund_fraud_warnings, created_at, updated_at"
 )
+TARGETS_PAGE_MAX = 1000
 _KEY_COLUMNS = "key_id, tenant_id, prefix, environment, created_at, expires_at, revoked_at"
 
 
@@ -403,6 +404,24 @@ class TenantsServicer(tenants_pb2_grpc.TenantsServiceServicer):
 
     async def GetTenant(self, request: tenants_pb2.GetTenantRequest, context: Any) -> Any:
         return tenant_message(await self._get_tenant_row(request.tenant_id))
+
+    async def ListTransferTargets(self, request: tenants_pb2.ListTransferTargetsRequest, context: Any) -> Any:
+        if request.environment not in ("sandbox", "production") or not 1 <= request.limit <= TARGETS_PAGE_MAX:
+            raise errors.InvalidRequest(f"an environment and a limit from 1 to {TARGETS_PAGE_MAX} are required")
+        if len(request.tenant_ids) > TARGETS_PAGE_MAX:
+            raise errors.InvalidRequest(f"at most {TARGETS_PAGE_MAX} tenant_ids")
+        rows = await self.pool.fetch(
+            f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE environment = $1 AND status = 'active'"
+            f" AND allows_incoming_transfers AND tenant_id > $2 AND ($3::text[] IS NULL OR tenant_id = ANY($3))"
+            f" ORDER BY tenant_id LIMIT $4",
+            request.environment,
+            request.after_tenant_id,
+            list(request.tenant_ids) or None,
+            request.limit + 1,
+        )
+        return tenants_pb2.ListTransferTargetsResponse(
+            tenants=[tenant_message(r) for r in rows[: request.limit]], has_more=len(rows) > request.limit
+        )
 
     async def UpdateTenant(self, request: tenants_pb2.UpdateTenantRequest, context: Any) -> Any:
         current = await self._get_tenant_row(request.tenant_id)

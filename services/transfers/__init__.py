@@ -1,1 +1,2 @@
-"""The transfers service. Its API arrives with its own issue; for now it serves health and reflection."""
+"""The transfers service: currency moving between tenants (issue 14). Today: the destinations under
+the transfer policy, and the SMS, phone and code parts the transfers will use."""
