@@ -1,0 +1,61 @@
+"""Phone numbers for PIN and claim SMS: parsed and normalised to E.164 with `phonenumbers`.
+
+Google's libphonenumber metadata knows each country's lengths and prefixes; hand-written rules
+would drift. Cheap checks (length, control characters, letters) run before the parser so junk
+never reaches it.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+
+from services.common.errors import InvalidRequest
+
+MAX_RAW_CHARS = 32
+
+
+def _invalid(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        "phone number is not a valid number",
+        error_code="INVALID_PHONE_NUMBER",
+        extra={"param": param},
+    )
+
+
+def normalize(
+    raw: str,
+    *,
+    allowed_countries: frozenset[str],
+    default_region: str | None = None,
+    param: str = "phone",
+) -> str:
+    """Answer `raw` as E.164 (`+14155550123`), or raise InvalidRequest."""
+    if len(raw) > MAX_RAW_CHARS or any(not ch.isprintable() for ch in raw) or any(ch.isalpha() for ch in raw):
+        raise _invalid(param)
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException:
+        raise _invalid(param) from None
+    if not phonenumbers.is_valid_number(number):
+        raise _invalid(param)
+    region = phonenumbers.region_code_for_number(number)
+    if region not in allowed_countries:
+        raise InvalidRequest(
+            f"phone numbers of {region} are not allowed",
+            error_code="PHONE_COUNTRY_NOT_ALLOWED",
+            extra={"param": param},
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask(e164: str) -> str:
+    """`+14155550123` -> `+1415•••0123`: enough to recognise, not enough to dial."""
+    try:
+        number = phonenumbers.parse(e164, None)
+        cc = str(number.country_code)
+    except phonenumbers.NumberParseException:
+        return "•••"
+    national = e164.lstrip("+")[len(cc) :]
+    if len(national) <= 7:
+        return f"+{cc}•••{national[-2:]}"
+    return f"+{cc}{national[:3]}•••{national[-4:]}"
