@@ -11,13 +11,18 @@ import phonenumbers
 
 from services.common.errors import InvalidRequest
 
+# No route answers these yet: the README's error table lists them when the transfer calls that
+# take a phone number land (tests/test_docs.py checks the codes routes answer).
+INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
+COUNTRY_NOT_ALLOWED = "PHONE_COUNTRY_NOT_ALLOWED"
+
 MAX_RAW_CHARS = 32
 
 
 def _invalid(param: str) -> InvalidRequest:
     return InvalidRequest(
         "phone number is not a valid number",
-        error_code="INVALID_PHONE_NUMBER",
+        error_code=INVALID_PHONE_NUMBER,
         extra={"param": param},
     )
 
@@ -42,7 +47,7 @@ def normalize(
     if region not in allowed_countries:
         raise InvalidRequest(
             f"phone numbers of {region} are not allowed",
-            error_code="PHONE_COUNTRY_NOT_ALLOWED",
+            error_code=COUNTRY_NOT_ALLOWED,
             extra={"param": param},
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
