@@ -184,6 +184,65 @@ class Settings:
     identity_key: str = _field(
         "INVO_IDENTITY_KEY", "", "Secret keying identity_id, the pseudonymous id of a person across tenants."
     )
+    transfer_code_key: str = _field(
+        "INVO_TRANSFER_CODE_KEY",
+        "",
+        "Secret (32 bytes or more) keying the HMACs under which transfer PINs and claim codes are stored.",
+    )
+    transfer_sms_countries: str = _field(
+        "INVO_TRANSFER_SMS_COUNTRIES",
+        "US,CA,GB,IE,AU,NZ,DE,FR,ES,IT,NL,SE,JP,SG,BR,MX",
+        "ISO country codes whose phone numbers transfers may text (PINs, claim codes); others are refused.",
+    )
+    transfer_pin_ttl_s: int = _field("INVO_TRANSFER_PIN_TTL_S", 600, "Life of a transfer PIN.")
+    transfer_pin_attempts_max: int = _field(
+        "INVO_TRANSFER_PIN_ATTEMPTS_MAX", 5, "Wrong PINs a transfer takes; then it is cancelled and the hold returned."
+    )
+    transfer_pin_sends_max: int = _field(
+        "INVO_TRANSFER_PIN_SENDS_MAX", 3, "PIN texts per transfer, the first included."
+    )
+    transfer_pin_resend_cooldown_s: int = _field(
+        "INVO_TRANSFER_PIN_RESEND_COOLDOWN_S", 30, "Least wait between two PIN texts of one transfer."
+    )
+    transfer_verify_window_s: int = _field(
+        "INVO_TRANSFER_VERIFY_WINDOW_S",
+        1800,
+        "How long a transfer may wait for its PIN; then it expires and the hold goes back to the sender.",
+    )
+    transfer_claim_ttl_s: int = _field(
+        "INVO_TRANSFER_CLAIM_TTL_S", 86400, "Life of a self-transfer's claim code (then the funds go back)."
+    )
+    send_claim_ttl_s: int = _field(
+        "INVO_SEND_CLAIM_TTL_S", 14 * 86400, "Life of a send's claim code (then the funds go back)."
+    )
+    sms_per_phone_per_hour: int = _field(
+        "INVO_SMS_PER_PHONE_PER_HOUR", 10, "Texts (PINs and claim codes) one phone number gets per hour at most."
+    )
+    sms_per_tenant_per_hour: int = _field(
+        "INVO_SMS_PER_TENANT_PER_HOUR", 1000, "Texts one tenant's transfers send per hour at most."
+    )
+    claim_failures_per_tenant_per_minute: int = _field(
+        "INVO_CLAIM_FAILURES_PER_TENANT_PER_MINUTE",
+        20,
+        "Claims with an unknown claim code one tenant may make per minute; past it claims answer 429.",
+    )
+    transfer_sweep_interval_s: float = _field(
+        "INVO_TRANSFER_SWEEP_INTERVAL_S",
+        2.0,
+        "How often the transfers service expires what is due, finishes interrupted work and retries texts.",
+    )
+    sms_provider: str = _field(
+        "INVO_SMS_PROVIDER",
+        "outbox",
+        "`outbox` (development: texts are kept for GET /admin/dev/sms) or `twilio` (an HTTP SMS API).",
+    )
+    sms_api_base: str = _field("INVO_SMS_API_BASE", "https://api.twilio.com", "Base URL of the HTTP SMS API.")
+    sms_account_sid: str = _field("INVO_SMS_ACCOUNT_SID", "", "The SMS API's account id (Twilio: AC...).")
+    sms_auth_token: str = _field("INVO_SMS_AUTH_TOKEN", "", "The SMS API's secret.")
+    sms_from: str = _field(
+        "INVO_SMS_FROM", "", "Sender of texts: a phone number in E.164, or a messaging service id (MG...)."
+    )
+    sms_timeout_s: float = _field("INVO_SMS_TIMEOUT_S", 5.0, "Timeout of one call to the SMS API.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -205,6 +264,10 @@ class Settings:
     def validate(self) -> None:
         if self.environment not in ("development", "production"):
             raise ConfigError("INVO_ENVIRONMENT must be development or production")
+        if self.sms_provider not in ("outbox", "twilio"):
+            raise ConfigError("INVO_SMS_PROVIDER must be outbox or twilio")
+        if self.environment == "production" and self.sms_provider == "outbox":
+            raise ConfigError("INVO_SMS_PROVIDER=outbox is for development: production texts through an SMS API")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

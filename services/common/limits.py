@@ -51,6 +51,8 @@ REASON_LEN_MAX = 500
 LEDGER_AMOUNT_MINOR_MAX = 10**15
 PRICE_MINOR_MAX = LEDGER_AMOUNT_MINOR_MAX // QUANTITY_MAX
 ADJUSTMENT_MINOR_MAX = 10**13
+# A transfer's amount (what the recipient gets; the sender pays 10% on top): a typo guard.
+TRANSFER_AMOUNT_MINOR_MAX = 10**11
 METADATA_KEYS_MAX = 50
 METADATA_KEY_LEN_MAX = 40
 METADATA_BYTES_MAX = 8192  # the seed's 8 KB, as compact JSON text
@@ -80,6 +82,10 @@ BATCH_EMAILS_MAX = 1000
 ENTRIES_LIMIT_MAX = 1000
 DELIVERIES_LIMIT_MAX = 100
 EVENT_TYPE_LEN_MAX = 100
+TRANSFERS_LIMIT_MAX = 100
+DEV_SMS_LIMIT_MAX = 100
+PHONE_LEN_MAX = 32  # as typed: "+1 (415) 555-0123" and the like; normalised to E.164
+CLAIM_CODE_LEN_MAX = 64  # as typed: spaces and hyphens are forgiven
 
 
 def webhook_url_problem(url: str, *, environment: str) -> str | None:

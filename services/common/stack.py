@@ -128,6 +128,7 @@ class Stack:
             "data_keys": lambda: crypto.Keyring.generate_spec("dev1"),
             "pg_password": lambda: secrets.token_urlsafe(18),
             "identity_key": lambda: secrets.token_urlsafe(32),
+            "transfer_code_key": lambda: secrets.token_urlsafe(48),
             "processor_secret_key": lambda: "sk_test_sim_" + secrets.token_urlsafe(18),
             "processor_webhook_secret": lambda: "whsec_sim_" + secrets.token_urlsafe(24),
             "processor_publishable_key": lambda: "pk_test_sim_" + secrets.token_urlsafe(18),
@@ -198,6 +199,7 @@ class Stack:
         env.setdefault("INVO_KEY_PEPPER", sec["key_pepper"])
         env.setdefault("INVO_DATA_KEYS", sec["data_keys"])
         env.setdefault("INVO_IDENTITY_KEY", sec["identity_key"])
+        env.setdefault("INVO_TRANSFER_CODE_KEY", sec["transfer_code_key"])
         env.setdefault("INVO_CHECKOUT_KEYS", sec["checkout_keys"])
         env["INVO_DATABASE_URL"] = self._database_url(sec["pg_password"])
         env["INVO_NATS_URL"] = self._nats_url()

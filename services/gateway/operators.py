@@ -62,6 +62,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # orders after the sale
     ("GET", "/admin/orders/{order_id}"): READ,
     ("POST", "/admin/orders/{order_id}/refunds"): MONEY,
+    # development only: the SMS outbox shows PINs and claim codes, so not to a viewer
+    ("GET", "/admin/dev/sms"): CARE,
     # webhooks
     ("GET", "/admin/webhooks/deliveries"): READ,
     ("GET", "/admin/webhooks/deliveries/{delivery_id}"): READ,

@@ -123,6 +123,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         admin.routes,
         ledger_api.admin,
         orders_api.admin,
+        transfers_api.admin,
         webhooks_api.admin,
         operators_api.routes,
     )
