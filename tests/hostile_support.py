@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import re
 import urllib.parse
 import uuid
@@ -195,12 +196,27 @@ def integer_query_params(op: Operation, doc: Mapping[str, Any]) -> list[str]:
 # -- valid bodies ---------------------------------------------------------------------------------
 
 
-def fills(email: str, tenant_id: str) -> dict[str, Any]:
+def phone() -> str:
+    """A valid US number of its own (texts are limited per number and hour)."""
+    return f"+1415{random.randint(200, 999)}{random.randint(0, 9999):04d}"
+
+
+def fills(email: str, tenant_id: str, path_params: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Values for fields whose schema alone cannot say which value is valid here (the world's
     player, a tenant that exists, a fresh key). A required field with neither a fill nor an example
     fails the generation: a new field needs a line here, never a silent skip."""
     unique = uuid.uuid4().hex
+    params = path_params or {}
     return {
+        # Transfers: to the world's other tenant, a small amount, numbers of their own; the PIN and
+        # the claim code are well formed (a body refused before it is read never reaches them).
+        "destination_tenant_id": params.get("tenant_id", tenant_id),
+        "transfer_id": params.get("transfer_id", "trf_" + "0" * 26),
+        "amount": "1",
+        "sender_phone": phone(),
+        "recipient_phone": phone(),
+        "pin": "000000",
+        "claim_code": "0000-0000-0000-0000",
         "player_email": email,
         "player_emails": [email],
         "tenant_id": tenant_id,

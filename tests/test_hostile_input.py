@@ -73,7 +73,7 @@ class World:
 
     def body(self, op: hs.Operation) -> dict[str, Any]:
         assert op.body is not None
-        return hs.valid_body(op.body, DOC, hs.fills(self.email, self.tenant_id))
+        return hs.valid_body(op.body, DOC, hs.fills(self.email, self.tenant_id, self.path_params))
 
     async def send(
         self,
@@ -135,6 +135,19 @@ async def _make_world(stack: Stack) -> World:
             },
         )
         assert paid.status == 200 and paid.body["status"] == "success", paid
+        # A transfer waiting for its PIN: verify, resend and cancel reach a real one.
+        transfer = await api.post(
+            "/api/transfers/initiate-transfer",
+            key=mine["sdk_key"],
+            json={
+                "player_email": email,
+                "destination_tenant_id": target["tenant_id"],
+                "amount": "1",
+                "sender_phone": hs.phone(),
+                "idempotency_key": f"hostile-{uuid.uuid4().hex}",
+            },
+        )
+        assert transfer.status == 201, transfer
         return World(
             base_url=stack.gateway_url,
             admin_token=stack.env["INVO_ADMIN_TOKEN"],
@@ -149,6 +162,7 @@ async def _make_world(stack: Stack) -> World:
                 "order_id": paid.body["order_id"],
                 "card_id": "pm_card_visa",
                 "name": "checkout.js",
+                "transfer_id": transfer.body["transfer_id"],
             },
             checkout_token=session.body["checkout_url"].partition("session=")[2],
         )
@@ -184,6 +198,12 @@ async def snapshot(api: Api, w: World) -> dict[str, Any]:
         "checkout": (await api.get(f"/api/checkout/sessions/{w.path_params['session_id']}", key=key)).body["status"],
         # The paid order: a refused refund refunded nothing.
         "refunds": len((await api.get(f"/admin/orders/{w.path_params['order_id']}", admin=True)).body["refunds"]),
+        # The waiting transfer: a refused call neither verified, resent, cancelled nor counted a try.
+        "transfer": {
+            k: v
+            for k, v in (await api.get(f"/api/transfers/{w.path_params['transfer_id']}", key=key)).body.items()
+            if k in ("status", "pin_attempts_remaining", "pin_sends_remaining", "updated_at")
+        },
     }
 
 

@@ -34,8 +34,14 @@ EXAMPLES_MAX = 25
 SAFE_WEBHOOK_URL = "https://127.0.0.1:9/fuzz"
 # 400s that a body fitting the document can still earn: a key already used with another request
 # (the fuzzer reuses short strings), a payment method the processor never issued (no schema knows
-# which tokens exist).
-FORESEEABLE_400 = {"IDEMPOTENCY_KEY_REUSED", "INVALID_PAYMENT_METHOD"}
+# which tokens exist), a phone number its country's numbering plan does not assign or a country
+# INVO does not text (libphonenumber's metadata, which no pattern carries).
+FORESEEABLE_400 = {
+    "IDEMPOTENCY_KEY_REUSED",
+    "INVALID_PAYMENT_METHOD",
+    "INVALID_PHONE_NUMBER",
+    "PHONE_COUNTRY_NOT_ALLOWED",
+}
 # The processor's events need Stripe's signature over the body, which no generated case carries:
 # every positive case is a 400 INVALID_SIGNATURE by design.
 UNSIGNABLE = {("POST", "/webhooks/processor")}
