@@ -11,8 +11,6 @@ import phonenumbers
 
 from services.common.errors import InvalidRequest
 
-# No route answers these yet: the README's error table lists them when the transfer calls that
-# take a phone number land (tests/test_docs.py checks the codes routes answer).
 INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
 COUNTRY_NOT_ALLOWED = "PHONE_COUNTRY_NOT_ALLOWED"
 
@@ -21,7 +19,7 @@ MAX_RAW_CHARS = 32
 
 def _invalid(param: str) -> InvalidRequest:
     return InvalidRequest(
-        "phone number is not a valid number",
+        f"{param} is not a valid phone number: write it in E.164, + and the country code (+14155550123).",
         error_code=INVALID_PHONE_NUMBER,
         extra={"param": param},
     )
@@ -46,7 +44,7 @@ def normalize(
     region = phonenumbers.region_code_for_number(number)
     if region not in allowed_countries:
         raise InvalidRequest(
-            f"phone numbers of {region} are not allowed",
+            f"{param}: INVO does not text numbers of {region or 'this country'}.",
             error_code=COUNTRY_NOT_ALLOWED,
             extra={"param": param},
         )
