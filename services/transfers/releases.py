@@ -11,6 +11,7 @@ doubled.
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import asyncpg
@@ -64,6 +65,12 @@ async def finish(d: Deps, row: asyncpg.Record, *, source: str, deadline: float |
     return moved
 
 
+def _past_deadline(row: asyncpg.Record, now: datetime.datetime) -> bool:
+    if row["status"] == "pending_verification":
+        return bool(row["verify_by"] <= now)
+    return row["claim_expires_at"] is not None and bool(row["claim_expires_at"] <= now)
+
+
 async def start_return(
     d: Deps, transfer_id: str, *, final: str, reason: str, source: str, lease_s: float, deadline: float | None
 ) -> asyncpg.Record | None:
@@ -75,6 +82,8 @@ async def start_return(
         if row is None or row["status"] not in OPEN:
             return None
         now = await db_now(conn)
+        if final == "expired" and not _past_deadline(row, now):
+            return None  # read as due without the lock; under it, not (yet) due
         moved = await LIFECYCLE.move(
             conn,
             transfer_id,
