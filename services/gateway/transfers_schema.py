@@ -77,7 +77,7 @@ Pin = Annotated[
     Field(
         min_length=6,
         max_length=6,
-        json_schema_extra={"pattern": r"^[0-9]{6}$"},
+        pattern=r"^[0-9]{6}$",
         examples=["042917"],
         description="The 6 digits texted to the sender.",
     ),

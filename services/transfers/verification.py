@@ -44,7 +44,9 @@ async def verify(
 ) -> tuple[asyncpg.Record, str]:
     """The transfer now claimable, and its claim code for the source tenant ("" for a send)."""
     if not PIN_RE.match(pin):
-        raise errors.InvalidRequest("pin must be the 6 digits texted to the sender.", extra={"param": "pin"})
+        raise errors.InvalidRequest(
+            "pin must be the 6 digits texted to the sender.", error_code="INVALID_PARAMETER", extra={"param": "pin"}
+        )
     failure: errors.InvoError | None = None
     code = ""
     message_id = None
