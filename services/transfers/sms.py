@@ -54,7 +54,8 @@ class TwilioSms:
                 "the SMS API needs INVO_SMS_API_BASE, INVO_SMS_ACCOUNT_SID, INVO_SMS_AUTH_TOKEN, INVO_SMS_FROM"
             )
         self.url = f"{api_base.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
-        self.auth = aiohttp.BasicAuth(account_sid, auth_token)
+        # HTTP basic auth as a header: aiohttp 3.14 deprecates BasicAuth and the `auth` parameter.
+        self.headers = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
         # A messaging service id (MG...) picks the sender number itself; otherwise From is ours.
         self.sender_field = "MessagingServiceSid" if sender.startswith("MG") else "From"
         self.sender = sender
@@ -69,16 +70,17 @@ class TwilioSms:
     async def send(self, *, to: str, body: str, message_id: str) -> str:
         form = {"To": to, self.sender_field: self.sender, "Body": body}
         try:
-            async with self._http().post(self.url, data=form, auth=self.auth) as resp:
+            async with self._http().post(self.url, data=form, headers=self.headers) as resp:
                 payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise SmsUnavailable(f"the SMS API did not answer ({type(exc).__name__})") from None
         if status in (200, 201) and isinstance(payload, dict) and isinstance(payload.get("sid"), str):
             return str(payload["sid"])
+        # Only the provider's error code: its message names the phone number, which no log may hold.
         detail = ""
-        if isinstance(payload, dict):
-            detail = f"{payload.get('code', '')} {payload.get('message', '')}".strip()[:ERROR_TEXT_MAX]
+        if isinstance(payload, dict) and isinstance(payload.get("code"), int | str):
+            detail = f"(code {str(payload['code'])[:ERROR_TEXT_MAX]})"
         if status == 429 or status >= 500:
             raise SmsUnavailable(f"the SMS API answered {status} {detail}")
         if 400 <= status < 500 and status not in (401, 403):
