@@ -6,8 +6,9 @@ public HTTP gateway, then prints a table and writes `bench/results/<timestamp>.j
 The raw-SQL baseline issues the same database writes as one item purchase straight from asyncpg:
 what this machine can do for this work without HTTP, gRPC or batching.
 
-This module is the command line and the result file; the scenarios are in `bench.scenarios`, the
-load driver in `bench.runner`, the table and chart in `bench.report`.
+This module is the command line and the result file; the scenarios are in `bench.scenarios` (the
+cross-tenant transfer in `bench.transfers`), the load driver in `bench.runner`, the table and chart
+in `bench.report`.
 
     python -m bench [--duration S] [--warmup S] [--concurrency N] [--scenario NAME ...] [--quick] [--env-file F]
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 from bench import report
 from bench.scenarios import Bench
+from bench.transfers import transfers
 from services.common.devservers import free_port
 from services.common.stack import Stack, default_home
 
@@ -40,6 +42,7 @@ SCENARIOS = (
     "balance-read",
     "currency-purchase",
     "checkout",
+    "transfer",
     "webhook-delivery",
     "raw-sql-baseline",
 )
@@ -76,6 +79,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 r = await b.currency_purchases()
             elif name == "checkout":
                 r = await b.checkout_purchases()
+            elif name == "transfer":
+                r = await transfers(b)
             elif name == "webhook-delivery":
                 r = await b.webhook_deliveries()
             else:
@@ -171,11 +176,23 @@ def main(argv: list[str] | None = None) -> int:
             f" sessions read back completed: {co['sessions_checked'] - co['sessions_not_completed']}"
             f"/{co['sessions_checked']}"
         )
+    tr = result["scenarios"].get("transfer")
+    if tr is not None:
+        print(
+            f"transfer = initiate + PIN read + verify + claim: p50/p99 initiate {tr['initiate_p50_ms']}"
+            f"/{tr['initiate_p99_ms']} ms, PIN read {tr['pin_read_p50_ms']}/{tr['pin_read_p99_ms']} ms,"
+            f" verify {tr['verify_p50_ms']}/{tr['verify_p99_ms']} ms, claim {tr['claim_p50_ms']}/{tr['claim_p99_ms']}"
+            f" ms; read back completed: {tr['transfers_checked'] - tr['transfers_not_completed']}"
+            f"/{tr['transfers_checked']}, balances wrong: {tr['balances_wrong']}/{tr['balances_checked']}"
+            + (f"; failures: {tr['failures']}" if tr["failures"] else "")
+        )
     print(f"ledger check: ok={result['ledger_check']['ok']} total_balance={result['ledger_check']['total_balance']}")
     print(f"results: {json_path}")
     # A paid checkout session that does not read completed is as wrong as a ledger that does not balance.
     sessions_ok = co is None or co["sessions_not_completed"] == 0
-    return 0 if result["ledger_check"]["ok"] and sessions_ok else 1
+    # So is a completed transfer that does not read completed, or a player not holding what it moved.
+    transfers_ok = tr is None or (tr["transfers_not_completed"] == 0 and tr["balances_wrong"] == 0)
+    return 0 if result["ledger_check"]["ok"] and sessions_ok and transfers_ok else 1
 
 
 if __name__ == "__main__":

@@ -101,3 +101,11 @@ async def drive(
     run.started = measured_from
     await bar_task
     return run
+
+
+def pct_ms(values_s: list[float], p: float) -> float | None:
+    """The p-quantile in milliseconds, as `Run.summary` computes it."""
+    if not values_s:
+        return None
+    ordered = sorted(values_s)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000, 2)

@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.client import Connection
-from bench.runner import Run, drive
+from bench.runner import Run, drive, pct_ms
 from services.common import db
 from services.common.devservers import free_port
 from services.ledger import chart
@@ -203,10 +203,10 @@ class Bench:
         run = await drive("checkout", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
         measured = [s for s in steps if s[0] >= run.started]
         run.extra = {
-            "mint_p50_ms": _pct_ms([s[1] for s in measured], 0.50),
-            "mint_p99_ms": _pct_ms([s[1] for s in measured], 0.99),
-            "pay_p50_ms": _pct_ms([s[2] for s in measured], 0.50),
-            "pay_p99_ms": _pct_ms([s[2] for s in measured], 0.99),
+            "mint_p50_ms": pct_ms([s[1] for s in measured], 0.50),
+            "mint_p99_ms": pct_ms([s[1] for s in measured], 0.99),
+            "pay_p50_ms": pct_ms([s[2] for s in measured], 0.50),
+            "pay_p99_ms": pct_ms([s[2] for s in measured], 0.99),
             **await self._sessions_completed(headers, paid),
         }
         return run
@@ -392,11 +392,3 @@ class Bench:
         assert self.http is not None
         async with self.http.get(self.gateway + "/admin/ledger/check", headers=self.admin) as resp:
             return dict(await resp.json())
-
-
-def _pct_ms(values_s: list[float], p: float) -> float | None:
-    """The p-quantile in milliseconds, as `Run.summary` computes it."""
-    if not values_s:
-        return None
-    ordered = sorted(values_s)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000, 2)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from services.common.devservers import free_port
 from services.common.stack import Stack
 from tests.helpers import Api
 
@@ -57,6 +58,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         database_name=f"invo_test_{token}" if external_db else "invo",
         nats_namespace=f"t{token}" if external_nats else "",
         extra_env={
+            # A free port of its own: left to the default, two stacks starting at once (a test run
+            # beside `make up`) could both find 8080 free, and one would talk to the other's gateway.
+            "INVO_GATEWAY_PORT": str(free_port()),
             "INVO_LOG_LEVEL": "INFO",
             "INVO_AUTH_CACHE_TTL_S": "5",
             # Short enough that failure tests do not wait long; the behaviour is the same.

@@ -50,6 +50,7 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         "balance-read",
         "currency-purchase",
         "checkout",
+        "transfer",
         "webhook-delivery",
         "raw-sql-baseline",
     }
@@ -60,6 +61,13 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     checkout = result["scenarios"]["checkout"]
     assert checkout["sessions_checked"] >= checkout["requests"] and checkout["sessions_not_completed"] == 0, checkout
     assert checkout["pay_p99_ms"] is not None and checkout["mint_p99_ms"] is not None
+    transfer = result["scenarios"]["transfer"]
+    # Every transfer the clients saw completed (warm-up included) reads completed, every player holds
+    # what the transfers moved, and nothing failed, in the warm-up either (no SMS or key limit met).
+    assert transfer["transfers_checked"] >= transfer["requests"] and transfer["transfers_not_completed"] == 0, transfer
+    assert transfer["balances_checked"] > transfer["transfers_checked"] and transfer["balances_wrong"] == 0, transfer
+    assert transfer["failures"] == {}, transfer
+    assert all(transfer[f"{step}_p99_ms"] is not None for step in ("initiate", "pin_read", "verify", "claim"))
     assert set(result["ratios"]) == {
         "item-purchase-spread/raw-sql-baseline",
         "item-purchase-hot-tenant/raw-sql-baseline",
@@ -68,3 +76,4 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     assert result["ledger_check"]["ok"] is True and result["ledger_check"]["total_balance"] == "0"
     assert list(out.glob("*.png")), "the chart was not written"
     assert "item-purchase-spread" in proc.stdout and "ledger check: ok=True" in proc.stdout
+    assert "transfer = initiate + PIN read + verify + claim" in proc.stdout

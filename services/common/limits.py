@@ -52,7 +52,7 @@ LEDGER_AMOUNT_MINOR_MAX = 10**15
 PRICE_MINOR_MAX = LEDGER_AMOUNT_MINOR_MAX // QUANTITY_MAX
 ADJUSTMENT_MINOR_MAX = 10**13
 # A transfer's amount (what the recipient gets; the sender pays 10% on top): a typo guard.
-TRANSFER_AMOUNT_MINOR_MAX = 10**11
+TRANSFER_AMOUNT_MINOR_MAX = 10**11 - 10  # 999,999,999.9 units
 METADATA_KEYS_MAX = 50
 METADATA_KEY_LEN_MAX = 40
 METADATA_BYTES_MAX = 8192  # the seed's 8 KB, as compact JSON text

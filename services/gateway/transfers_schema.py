@@ -23,7 +23,7 @@ TransferId = Annotated[
     Field(
         min_length=1,
         max_length=limits.ID_LEN_MAX,
-        json_schema_extra={"pattern": TRANSFER_ID_PATTERN},
+        pattern=TRANSFER_ID_PATTERN,
         examples=["trf_01JD3Q8X4Z6N2R5T7V9W1Y3A5C"],
     ),
 ]

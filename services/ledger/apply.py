@@ -134,7 +134,7 @@ def check_debits(op: Op, moves: dict[str, int], b: Batch, *, releasing: dict[str
                 # Its own code: a player with a debt is told to repay it, not to top up "a bit".
                 raise PlayerInDebt("The player's wallet carries a debt; no spending until it is repaid.")
             if acct.info.kind == "player":
-                raise InsufficientBalance("The player's balance is too low for this purchase.")
+                raise InsufficientBalance("The player's available balance is too low for this.")
             raise InsufficientBalance(f"Insufficient funds in {acct.info.kind} account.")
 
 

@@ -76,7 +76,8 @@ def transfer_message(
     for r in history or ():
         msg.history.append(
             transfers_pb2.TransferTransition(
-                from_status=r["from_status"],
+                # `creating` is the service's own (the hold being placed): a transfer begins waiting for its PIN.
+                from_status="" if r["from_status"] == "creating" else r["from_status"],
                 to_status=r["to_status"],
                 source=r["source"],
                 reason=r["reason"],
