@@ -13,6 +13,10 @@
   transaction the client was told, charged once (`sessions`, `faults.checkout`).
 - Each refunded order holds the refunds the operator was told, debiting the pro-rata currency,
   refunded iff wholly, one processor refund per succeeded refund (`refunds`, `faults.refunds`).
+- Each transfer reads as the client was told (completed, cancelled or open; none left claiming
+  or returning once the sweep had its time), its hold and its settlement or return each once in
+  the ledger, and no transfer transaction that no transfer names (`transfers`,
+  `faults.transfer_checks`).
 - The processor's record and the webhooks are checked in `faults.evidence`.
 
 Each finding is reported once, in the check that first saw it: a phase's row counts what it broke.
@@ -24,7 +28,7 @@ import dataclasses
 import time
 from typing import Any
 
-from faults import checkout, evidence, refunds
+from faults import checkout, evidence, refunds, transfer_checks, transfers
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
@@ -54,6 +58,8 @@ class Findings:
     sessions_checked: int = 0
     refunds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # refunded orders gone wrong
     refunds_checked: int = 0
+    transfers: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # transfers gone wrong
+    transfers_checked: int = 0
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -72,6 +78,7 @@ class Findings:
             + len(self.replays)
             + len(self.sessions)
             + len(self.refunds)
+            + len(self.transfers)
             + int(self.processor.get("violations", 0))
             + int(self.webhooks.get("violations", 0))
         )
@@ -90,6 +97,7 @@ class Checker:
         self.cursors: dict[int, str] = {}
         # (tenant, transaction_id) -> {player_email: amount moved on that player's wallet}
         self.player_txns: dict[tuple[int, str], dict[str, int]] = {}
+        self.txn_kinds: dict[tuple[int, str], str] = {}  # (tenant, transaction_id) -> kind, of those
         self.reported: set[str] = set()
         self.evidence = evidence.Evidence(world, receivers, self.stats)
         self.processor_restarted_at = 0.0  # time.monotonic() of the simulator's last start by a fault
@@ -126,6 +134,7 @@ class Checker:
         f.processor = await self.evidence.charges(deadline, self.processor_restarted_at, self._new)
         f.sessions_checked, f.sessions = await self.sessions(ops, deadline)
         f.refunds_checked, f.refunds = await self.refunded_orders(ops, deadline)
+        f.transfers_checked, f.transfers = await self.checked_transfers(ops, deadline)
         f.webhooks = await self.evidence.webhooks(webhook_bound_s, self._new)
         f.check_s = round(time.monotonic() - started, 2)
         return f
@@ -155,9 +164,15 @@ class Checker:
 
     async def resolve_abandoned(self, deadline: float) -> tuple[int, int]:
         """A 3-D Secure purchase left open may have settled since (the processor's webhook): the
-        partner reconciles it from order-details, the authoritative read."""
+        partner reconciles it from order-details, the authoritative read. A transfer's claim or
+        cancel left in flight is read again once the sweep had its time."""
         late = still = 0
+        until = min(deadline, time.monotonic() + transfer_checks.SWEEP_WAIT_S)
         for op in self.world.model.ops:
+            if op.outcome == ABANDONED and op.transfer_id:
+                outcome = await transfers.resolve(self.world, op, until, self.stats)
+                late, still = late + (outcome == ACKED), still + (outcome == ABANDONED)
+                continue
             if op.outcome == ABANDONED and op.session_id:  # a checkout session: the page's view says
                 outcome = await checkout.resolve(self.world, op, deadline, self.stats)
                 late, still = late + (outcome == ACKED), still + (outcome == ABANDONED)
@@ -212,6 +227,7 @@ class Checker:
                         moved = self.player_txns.setdefault((tenant.index, str(e["transaction_id"])), {})
                         email = str(e["player_email"])
                         moved[email] = moved.get(email, 0) + minor(e["amount"])
+                        self.txn_kinds[(tenant.index, str(e["transaction_id"]))] = str(e.get("kind") or "")
                 cursor = str(b.get("next_cursor") or cursor)
                 if not b.get("has_more"):
                     break
@@ -288,6 +304,14 @@ class Checker:
         """Every checkout session of these operations against its orders and the processor's charges."""
         checked, wrong = await checkout.check_sessions(self.world, ops, self.evidence.intents, deadline, self.stats)
         return checked, [w for w in wrong if self._new("session", str(w["session_id"]))]
+
+    async def checked_transfers(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
+        """Every transfer these operations made against the client's story and the ledger; and the
+        ledger's transfer transactions that no transfer names."""
+        checked, wrong = await transfer_checks.check_transfers(
+            self.world, ops, self.player_txns, self.txn_kinds, deadline, self.stats
+        )
+        return checked, [w for w in wrong if self._new("transfer", w["transfer_id"] or w["transaction_id"])]
 
     async def refunded_orders(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
         """Every order these operations refunded against the model and the processor's refunds."""

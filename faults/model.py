@@ -2,7 +2,8 @@
 
 An acknowledged operation (a 2xx) promises its effect on one wallet (`delta_minor`, under its
 `transaction_id`; an operator's refund of an order is an operation of its own, debiting what the
-pro-rata rule gives) and the webhook events that announce it; a refused one (a definite 4xx) promises
+pro-rata rule gives; a transfer is its hold, then its claim or its cancel, each an operation on the
+wallet it moves) and the webhook events that announce it; a refused one (a definite 4xx) promises
 no effect, and sometimes an event (a declined card is announced as `purchase.failed`). The checks
 compare the network's state with these promises; nothing here talks to the network.
 """
@@ -21,7 +22,17 @@ UNRESOLVED = "unresolved"  # no definite answer before the client's deadline
 ABANDONED = "abandoned"  # a flow the client could not finish (a 3-D Secure challenge left open)
 
 # Event types whose arrival means money moved: one for an operation nobody was told about is a violation.
-MONEY_EVENTS = frozenset({"item.purchased", "balance.adjusted", "purchase.completed", "purchase.refunded"})
+MONEY_EVENTS = frozenset(
+    {
+        "item.purchased",
+        "balance.adjusted",
+        "purchase.completed",
+        "purchase.refunded",
+        "transfer.completed",
+        "transfer.cancelled",
+        "transfer.expired",
+    }
+)
 
 
 def minor(units: object) -> int:
@@ -38,7 +49,7 @@ def minor(units: object) -> int:
 def event_key(event_type: str, data: dict[str, Any]) -> str | None:
     """What names the operation an event announces: its transaction, its order (its refund: an
     order may have several), or (for an operator's adjustment, whose event carries neither) the
-    adjustment's unique reason."""
+    adjustment's unique reason; a transfer's, its transfer."""
     if event_type == "item.purchased":
         return str(data.get("transaction_id") or "") or None
     if event_type == "purchase.refunded":
@@ -47,6 +58,8 @@ def event_key(event_type: str, data: dict[str, Any]) -> str | None:
         return str(data.get("order_id") or "") or None
     if event_type == "balance.adjusted":
         return str(data.get("reason") or "") or None
+    if event_type.startswith("transfer."):
+        return str(data.get("transfer_id") or "") or None
     return None
 
 
@@ -84,9 +97,12 @@ class Op:
     refund_of: str = ""  # an operator's refund: the order it refunds (not `order_id`, which is the charge's)
     refund_id: str = ""
     usd_cents: int = 0  # a refund's USD, as asked (all that remained, when no amount was sent)
+    transfer_id: str = ""  # a cross-tenant transfer: the one this operation started, claimed or cancelled
     delta_minor: int = 0  # the acknowledged effect on the player's wallet
     events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
     allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
+    # Promised to another tenant than the operation's (a transfer's end is told to both sides).
+    other_events: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # (tenant, type, key)
     replay: Replay | None = None
     attempts: int = 0
     indefinite: int = 0  # attempts with a 5xx, a timeout or a connection error
@@ -111,6 +127,7 @@ class Op:
             "refund_of": self.refund_of,
             "refund_id": self.refund_id,
             "usd_cents": self.usd_cents,
+            "transfer_id": self.transfer_id,
             "delta_minor": self.delta_minor,
             "attempts": self.attempts,
             "indefinite": self.indefinite,
@@ -151,6 +168,8 @@ class Model:
             if op.outcome in (ACKED, REFUSED):
                 for etype, ekey in op.events:
                     out[(op.tenant, etype, ekey)] = op
+                for tenant, etype, ekey in op.other_events:
+                    out[(tenant, etype, ekey)] = op
         return out
 
     def allowed_events(self) -> set[tuple[int, str, str]]:
@@ -166,6 +185,14 @@ class Model:
         for op in self.ops:
             if op.refund_of:
                 out.setdefault(op.refund_of, []).append(op)
+        return out
+
+    def transfers(self) -> dict[str, list[Op]]:
+        """transfer_id -> its operations (the hold first, then its claim or cancels), in order."""
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
+            if op.transfer_id:
+                out.setdefault(op.transfer_id, []).append(op)
         return out
 
     def by_session(self) -> dict[str, Op]:

@@ -22,6 +22,7 @@ from faults.model import ACKED, Model, Op
 from faults.processor import Processor
 from faults.receivers import Receivers
 from faults.refunds import RefundPurchase
+from faults.transfers import SELF, SEND, Transfer
 from services.common.devservers import free_port
 from services.common.stack import Stack
 
@@ -31,8 +32,10 @@ CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1
 
 # The mix, by weight: mostly item purchases (the ledger's hot path), card purchases with a few
 # declines, hosted checkout (a few sessions declined first, then paid on the same session), 3-D
-# Secure both ways, operators' credits now and then, and a few card purchases refunded by an
-# operator (each is two to four operations: the purchase, its refunds, a refusal of one more).
+# Secure both ways, operators' credits now and then, a few card purchases refunded by an
+# operator (each is two to four operations: the purchase, its refunds, a refusal of one more), and
+# transfers to another tenant, self-transfers and sends, mostly claimed, some cancelled before or
+# after the PIN (each is two or three operations: the hold, its claim or cancel).
 FLOWS: tuple[tuple[Flow, int], ...] = (
     (ItemPurchase(), 55),
     (CardPurchase("card_purchase", "pm_card_visa"), 20),
@@ -43,6 +46,10 @@ FLOWS: tuple[tuple[Flow, int], ...] = (
     (ThreeDSecurePurchase("three_d_secure_failed", "fail"), 3),
     (Credit(), 10),
     (RefundPurchase(), 4),
+    (Transfer("self_transfer", SELF, "claim"), 4),
+    (Transfer("send", SEND, "claim"), 3),
+    (Transfer("self_transfer_cancelled", SELF, "cancel"), 1),
+    (Transfer("send_cancelled", SEND, "cancel"), 1),
 )
 
 

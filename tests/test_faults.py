@@ -8,6 +8,8 @@ comes (missing), a forged signature, a second charge for one order at the proces
 process that died on its own; and a second delivery of one event is counted as a duplicate. A
 hosted checkout session is held to its orders: a second charge on one session is caught. A
 refunded order is held to the refunds the operator was told: a second processor refund is caught.
+A transfer is held to exactly once: a second settlement to its recipient, and a transfer left
+claiming past the sweep's time, are caught.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import time
 
 import aiohttp
+import asyncpg
+from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
 from faults import phases, report, runner
 from faults.checkout import CheckoutPurchase
@@ -26,7 +30,10 @@ from faults.flows import CardPurchase
 from faults.model import ACKED, REFUSED
 from faults.proxy import TcpProxy
 from faults.refunds import RefundPurchase, usd
+from faults.transfers import CANCEL_FLOW, CLAIM_FLOW, SELF, SEND, Transfer
 from faults.workload import Settings, Workload
+from services.common import grpcutil
+from services.common.config import Settings as InvoSettings
 from services.common.signing import signature_header
 from services.common.stack import Stack
 from tests.helpers import eventually
@@ -276,6 +283,92 @@ async def test_refunds_a_part_then_the_rest_are_clean_and_a_second_processor_ref
         f"the processor refunded {usd(partial.usd_cents + 1)} USD, our succeeded refunds say otherwise",
     ], found.refunds
     assert found.violations == 1, found.summary()
+
+
+async def test_transfers_claimed_and_cancelled_are_clean_and_a_second_settlement_and_a_stuck_claim_are_caught(
+    stack: Stack,
+) -> None:
+    settings = Settings(tenants=2, players_per_tenant=2, replay_max=20, check_deadline_s=30, webhook_bound_s=10)
+    async with Workload(stack, settings) as wl:
+        checker = Checker(wl.world, wl.receivers, stack, replay_max=settings.replay_max)
+        setup = await wl.setup()
+        own = await Transfer("self_transfer", SELF, "claim").run(wl.world, "sabotage")
+        gift = await Transfer("send", SEND, "claim").run(wl.world, "sabotage")
+        back = await Transfer("self_transfer_cancelled", SELF, "cancel").run(wl.world, "sabotage")
+        steps = wl.world.model.transfers()
+        flows = [[(op.flow, op.outcome) for op in steps[t.transfer_id]] for t in (own, gift, back)]
+        assert flows == [
+            [("self_transfer", ACKED), (CLAIM_FLOW, ACKED)],
+            [("send", ACKED), (CLAIM_FLOW, ACKED)],
+            [("self_transfer_cancelled", ACKED), (CANCEL_FLOW, ACKED)],
+        ], [op.summary() for t in (own, gift, back) for op in steps[t.transfer_id]]
+        own_claim, gift_claim, back_cancel = (steps[t.transfer_id][1] for t in (own, gift, back))
+        # The sender paid amount + 10%, the recipient got the amount, the cancel gave it all back.
+        assert own_claim.delta_minor * 11 == -own.delta_minor * 10 and own_claim.tenant != own.tenant
+        assert gift_claim.delta_minor * 11 == -gift.delta_minor * 10
+        assert back_cancel.delta_minor == -back.delta_minor and back_cancel.tenant == back.tenant
+        ops = [op for op in wl.world.model.ops if op.phase == "sabotage"]
+        clean = await checker.run(phase_ops=[*setup, *ops], deadline_s=30, webhook_bound_s=10)
+        assert clean.violations == 0 and clean.transfers_checked == 3, clean.summary()
+        assert clean.replayed == 10 and clean.replays == []  # 4 fundings, 3 holds, 2 claims, a cancel
+        # transfer.completed to both tenants of each claimed transfer, transfer.cancelled to both
+        # tenants of the cancelled self-transfer: each once.
+        told = sorted((k[1], k[2]) for k in wl.receivers.by_key() if k[1].startswith("transfer."))
+        assert told == sorted(
+            [("transfer.completed", own.transfer_id)] * 2
+            + [("transfer.completed", gift.transfer_id)] * 2
+            + [("transfer.cancelled", back.transfer_id)] * 2
+        ), told
+
+        # 1. A second settlement of the self-transfer to its recipient: a transaction of the
+        # settlement's kind, with the amount, that the transfers service never asked for.
+        recipient = wl.world.tenants[own_claim.tenant]
+        channel = grpcutil.channel(stack.env["INVO_LEDGER_ADDR"])
+        try:
+            forged = await grpcutil.call(
+                ledger_pb2_grpc.LedgerServiceStub(channel).Transfer,
+                ledger_pb2.TransferRequest(
+                    tenant_id=recipient.tenant_id,
+                    kind="transfer_settle",
+                    postings=[
+                        ledger_pb2.Posting(account="world:adjustments", amount_minor=-own_claim.delta_minor),
+                        ledger_pb2.Posting(
+                            account=f"player:{recipient.tenant_id}:{own_claim.player}",
+                            amount_minor=own_claim.delta_minor,
+                        ),
+                    ],
+                    idempotency=ledger_pb2.Idempotency(namespace="admin", key=f"sabotage-settle-{wl.run_id}"),
+                ),
+                timeout_s=30,
+            )
+        finally:
+            await channel.close()
+        # 2. The claimed send put back in `claiming` under a lease nobody will let go of within the
+        # check: the sweep never gets to finish it.
+        schema = InvoSettings.from_env(stack.env).schema("transfers")
+        conn = await asyncpg.connect(stack.env["INVO_DATABASE_URL"], timeout=10.0)
+        try:
+            stuck = f'UPDATE "{schema}".transfers SET status = $2, processing_until = $3 WHERE transfer_id = $1'
+            far = "now() + interval '1 hour'"
+            await conn.execute(stuck.replace("$3", far), gift.transfer_id, "claiming")
+            found = await checker.run(phase_ops=[own, gift], deadline_s=8, webhook_bound_s=1)
+        finally:
+            await conn.execute(stuck.replace("$3", "NULL"), gift.transfer_id, "completed")
+            await conn.close()
+
+    assert [d["transaction_id"] for d in found.doubled] == [forged.transaction_id], found.doubled
+    assert [w["player"] for w in found.wallets] == [own_claim.player], found.wallets
+    by_transfer = {w["transfer_id"]: w for w in found.transfers}
+    assert set(by_transfer) == {"", gift.transfer_id}, found.transfers
+    assert by_transfer[""]["transaction_id"] == forged.transaction_id, found.transfers
+    assert by_transfer[""]["problems"] == ["a transfer_settle that moved a wallet, which no transfer of the run names"]
+    assert by_transfer[gift.transfer_id]["problems"][:2] == [
+        "left claiming after the sweep had its time",
+        "reads claiming, the client was told completed",
+    ], by_transfer[gift.transfer_id]
+    assert found.ledger["ok"] is True  # the ledger itself is consistent: only the transfers' story is not
+    # doubled, the recipient's wallet, the settlement nobody names, the transfer left claiming
+    assert found.violations == 4, found.summary()
 
 
 async def test_the_proxy_cuts_every_connection_then_forwards_again() -> None:
