@@ -24,8 +24,9 @@ from invo.v1 import tenants_pb2
 from services.common import errors
 from services.transfers import codes
 from services.transfers.deps import Deps, after, db_now
+from services.transfers.policy import refusal
 from services.transfers.releases import finish
-from services.transfers.rules import ended
+from services.transfers.rules import ended, policy_refused
 from services.transfers.store import LIFECYCLE, SELF, not_found
 from services.transfers.wording import claim_text, pin_text
 
@@ -39,6 +40,23 @@ async def _locked_own(d: Deps, conn: asyncpg.Connection, tenant_id: str, transfe
     return row
 
 
+async def _allowed(d: Deps, tenant: tenants_pb2.Tenant, transfer_id: str, deadline: float | None) -> None:
+    """The transfer policy, as every transfer call checks it: a self-transfer under both tenants'
+    flags as they are now, a send under the source's outgoing flag (its destination is not known
+    yet). A refusal changes nothing (no PIN try is counted, no text sent); a cancel stays possible."""
+    row = await d.store.find(transfer_id)
+    if row is None or row["source_tenant_id"] != tenant.tenant_id:
+        raise not_found()
+    if row["kind"] == SELF:
+        refused = refusal(tenant, await d.tenant(row["destination_tenant_id"], deadline))
+        if refused is not None:
+            raise policy_refused(refused.message, refused.code)
+    elif not tenant.allows_outgoing_transfers:
+        raise policy_refused(
+            "This tenant does not allow outgoing transfers (allows_outgoing_transfers).", "SOURCE_OUTGOING_DISABLED"
+        )
+
+
 async def verify(
     d: Deps, tenant: tenants_pb2.Tenant, transfer_id: str, pin: str, *, lease_s: float, deadline: float | None
 ) -> tuple[asyncpg.Record, str]:
@@ -47,6 +65,7 @@ async def verify(
         raise errors.InvalidRequest(
             "pin must be the 6 digits texted to the sender.", error_code="INVALID_PARAMETER", extra={"param": "pin"}
         )
+    await _allowed(d, tenant, transfer_id, deadline)
     failure: errors.InvoError | None = None
     code = ""
     message_id = None
@@ -133,6 +152,7 @@ async def verify(
 
 async def resend(d: Deps, tenant: tenants_pb2.Tenant, transfer_id: str, *, deadline: float | None) -> asyncpg.Record:
     """A new PIN texted to the sender; the previous one stops working."""
+    await _allowed(d, tenant, transfer_id, deadline)
     async with d.pool.acquire() as conn, conn.transaction():
         row = await _locked_own(d, conn, tenant.tenant_id, transfer_id)
         if row["status"] != "pending_verification":
