@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import nats
-
 from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
+from tests.stream_support import Seen, read_events
 
 PURCHASE = "/api/currency-purchases/purchase-currency"
 CONFIRM = "/api/currency-purchases/confirm-payment"
@@ -154,27 +153,9 @@ class Events:
         ]
 
     async def collect_until(self, order_id: str, event_type: str) -> None:
-        prefix = self.stack.env.get("INVO_NATS_SUBJECT_PREFIX", "invo.events")
-        stream = self.stack.env.get("INVO_NATS_STREAM", "INVO_EVENTS")
-        nc = await nats.connect(self.stack.env["INVO_NATS_URL"])
-        try:
-            js = nc.jetstream()
-            sub = await js.pull_subscribe(f"{prefix}.{self.tenant_id}.purchase.>", stream=stream)
+        def done(found: Seen) -> bool:
+            for _, event in sorted(found.items()):
+                self.seen[event["event_id"]] = event
+            return bool(self.of(order_id, event_type))
 
-            async def fetched() -> bool:
-                try:
-                    msgs = await sub.fetch(50, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    msgs = []
-                for m in msgs:
-                    event = json.loads(m.data)
-                    assert m.headers is not None and m.headers["Nats-Msg-Id"] == event["event_id"]
-                    assert m.subject == f"{prefix}.{self.tenant_id}.{event['event_type']}"
-                    self.seen[event["event_id"]] = event
-                    await m.ack()
-                return bool(self.of(order_id, event_type))
-
-            await eventually(fetched, timeout_s=15)
-            await sub.unsubscribe()
-        finally:
-            await nc.close()
+        await read_events(self.stack, self.tenant_id, "purchase", done, timeout_s=15)

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import asyncpg
-import nats
 
 from services.common.config import Settings
 from services.common.stack import Stack
@@ -30,6 +29,7 @@ from tests.after_sale_support import (
 )
 from tests.helpers import Api, eventually
 from tests.payments_support import THREE_DS, VISA, buy, check_ledger, email, order, sim, sim_faults
+from tests.stream_support import Seen, read_events
 
 AFTER_SALE_TYPES = (
     "charge.refunded",
@@ -52,30 +52,14 @@ def kind(e: dict[str, Any]) -> str:
 async def stream_of(stack: Stack, tenant_id: str, order_id: str, until: str) -> list[tuple[int, dict[str, Any]]]:
     """The order's purchase.* events on JetStream as (stream sequence, event), once `until` (an
     event type, or "type:dispute_status") is among them, in stream order."""
-    prefix = stack.env.get("INVO_NATS_SUBJECT_PREFIX", "invo.events")
-    stream = stack.env.get("INVO_NATS_STREAM", "INVO_EVENTS")
-    seen: dict[int, dict[str, Any]] = {}
-    nc = await nats.connect(stack.env["INVO_NATS_URL"])
-    try:
-        sub = await nc.jetstream().pull_subscribe(f"{prefix}.{tenant_id}.purchase.>", stream=stream)
 
-        async def arrived() -> bool:
-            try:
-                msgs = await sub.fetch(50, timeout=0.5)
-            except nats.errors.TimeoutError:
-                msgs = []
-            for m in msgs:
-                event = json.loads(m.data)
-                if event["data"].get("order_id") == order_id:
-                    seen[m.metadata.sequence.stream] = event
-                await m.ack()
-            return any(until in (e["event_type"], kind(e)) for e in seen.values())
+    def mine(found: Seen) -> dict[int, dict[str, Any]]:
+        return {seq: e for seq, e in found.items() if e["data"].get("order_id") == order_id}
 
-        await eventually(arrived, timeout_s=20)
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return sorted(seen.items())
+    found = await read_events(
+        stack, tenant_id, "purchase", lambda f: any(until in (e["event_type"], kind(e)) for e in mine(f).values())
+    )
+    return sorted(mine(found).items())
 
 
 def kinds(events: list[tuple[int, dict[str, Any]]]) -> list[str]:

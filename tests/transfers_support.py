@@ -10,20 +10,19 @@ the same code its background loop runs.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import uuid
 from typing import Any
 
 import asyncpg
-import nats
 from invo.v1 import transfers_pb2, transfers_pb2_grpc
 
 from services.common import grpcutil
 from services.common.config import Settings
 from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
+from tests.stream_support import Seen, read_events
 
 INITIATE_TRANSFER = "/api/transfers/initiate-transfer"
 INITIATE_SEND = "/api/transfers/initiate-send"
@@ -258,29 +257,12 @@ async def transfer_events(
 ) -> list[dict[str, Any]]:
     """The transfer.* events of one tenant about one transfer on JetStream, once there are at least
     `count` of them (distinct event ids), in the stream's order."""
-    prefix = stack.env.get("INVO_NATS_SUBJECT_PREFIX", "invo.events")
-    stream = stack.env.get("INVO_NATS_STREAM", "INVO_EVENTS")
-    seen: dict[str, dict[str, Any]] = {}
-    nc = await nats.connect(stack.env["INVO_NATS_URL"])
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{prefix}.{tenant_id}.transfer.>", stream=stream)
 
-        async def enough() -> list[dict[str, Any]]:
-            try:
-                msgs = await sub.fetch(50, timeout=0.5)
-            except nats.errors.TimeoutError:
-                msgs = []
-            for m in msgs:
-                event = json.loads(m.data)
-                assert m.headers is not None and m.headers["Nats-Msg-Id"] == event["event_id"]
-                seen[event["event_id"]] = event
-                await m.ack()
-            mine = [e for e in seen.values() if e["data"].get("transfer_id") == transfer_id]
-            return mine if len(mine) >= count else []
+    def mine(found: Seen) -> list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}  # event id -> its first copy, in stream order
+        for _, e in sorted(found.items()):
+            if e["data"].get("transfer_id") == transfer_id:
+                out.setdefault(e["event_id"], e)
+        return list(out.values())
 
-        found = await eventually(enough, timeout_s=timeout_s, interval_s=0.1)
-        await sub.unsubscribe()
-        return found
-    finally:
-        await nc.close()
+    return mine(await read_events(stack, tenant_id, "transfer", lambda f: len(mine(f)) >= count, timeout_s=timeout_s))
