@@ -244,6 +244,53 @@ class Settings:
     )
     sms_timeout_s: float = _field("INVO_SMS_TIMEOUT_S", 5.0, "Timeout of one call to the SMS API.")
 
+    ach_api_base: str = _field(
+        "INVO_ACH_API_BASE",
+        "",
+        "Modern Treasury's API base; empty: Modern Treasury's own. `make run` sets the ACH simulator's.",
+    )
+    ach_organization_id: str = _field(
+        "INVO_ACH_ORGANIZATION_ID", "", "Modern Treasury organization id (the user of its HTTP basic auth)."
+    )
+    ach_api_key: str = _field("INVO_ACH_API_KEY", "", "Modern Treasury API key (the password of its basic auth).")
+    ach_webhook_keys: str = _field(
+        "INVO_ACH_WEBHOOK_KEYS",
+        "",
+        "Keys that sign Modern Treasury's webhooks (X-Signature), comma-separated: any one verifies (rotation).",
+    )
+    ach_originating_account_id: str = _field(
+        "INVO_ACH_ORIGINATING_ACCOUNT_ID", "", "The Modern Treasury internal account payouts are sent from."
+    )
+    ach_timeout_s: float = _field("INVO_ACH_TIMEOUT_S", 10.0, "Timeout of each call to the ACH provider.")
+    ach_sim_listen: str = _field(
+        "INVO_ACH_SIM_LISTEN", "127.0.0.1:12112", "host:port of the ACH (Modern Treasury) simulator (development)."
+    )
+    ach_sim_state: str = _field(
+        "INVO_ACH_SIM_STATE",
+        "",
+        "The ACH simulator's journal (development); empty: $INVO_HOME/ach_sim/state.jsonl, or memory only without"
+        " INVO_HOME.",
+    )
+    ach_sim_webhook_url: str = _field(
+        "INVO_ACH_SIM_WEBHOOK_URL", "", "Where the ACH simulator posts its webhooks (the gateway's /webhooks/ach)."
+    )
+    ach_sim_settle_delay_s: float = _field(
+        "INVO_ACH_SIM_SETTLE_DELAY_S",
+        2.0,
+        "How long the ACH simulator takes between a payment order's states (processing, sent, completed).",
+    )
+    payout_min_usd_cents: int = _field("INVO_PAYOUT_MIN_USD_CENTS", 100, "Smallest payout a partner may request.")
+    payout_dual_approval_usd_cents: int = _field(
+        "INVO_PAYOUT_DUAL_APPROVAL_USD_CENTS",
+        1_000_000,
+        "Payouts above this many USD cents need two different approvers (below it, one).",
+    )
+    payout_sweep_interval_s: float = _field(
+        "INVO_PAYOUT_SWEEP_INTERVAL_S",
+        2.0,
+        "How often the payouts service dispatches approved payouts, applies provider events and polls the provider.",
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
