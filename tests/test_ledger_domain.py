@@ -304,14 +304,13 @@ async def test_a_clawback_may_leave_a_debt_and_a_payout_may_not_overdraw(api: Ap
     assert revenue.owed_minor == 720
     with pytest.raises(errors.PaymentRequired) as exc:
         await call_ledger(
-            ledger.PayOut,
-            ledger_pb2.PayOutRequest(tenant_id=tenant_id, amount_minor=721, idempotency=_idem(), payout_id="po_1"),
+            ledger.HoldPayout, ledger_pb2.HoldPayoutRequest(tenant_id=tenant_id, payout_id="po_1", amount_minor=721)
         )
     assert exc.value.error_code == "INSUFFICIENT_BALANCE"
     await call_ledger(
-        ledger.PayOut,
-        ledger_pb2.PayOutRequest(tenant_id=tenant_id, amount_minor=720, idempotency=_idem(), payout_id="po_2"),
+        ledger.HoldPayout, ledger_pb2.HoldPayoutRequest(tenant_id=tenant_id, payout_id="po_2", amount_minor=720)
     )
+    await call_ledger(ledger.SettlePayout, ledger_pb2.PayoutRef(tenant_id=tenant_id, payout_id="po_2"))
     revenue = await call_ledger(ledger.GetRevenue, ledger_pb2.GetRevenueRequest(tenant_id=tenant_id))
     assert (revenue.owed_minor, revenue.paid_out_minor, revenue.lifetime_minor) == (0, 720, 720)
     await _check_clean(ledger)

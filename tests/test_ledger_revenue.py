@@ -24,6 +24,12 @@ async def test_revenue_after_purchases_with_the_default_fee(api: Api) -> None:
         "owed_units": "0",
         "paid_out_units": "0",
         "lifetime_units": "0",
+        "held_usd": "0.00",
+        "available_usd": "0.00",
+        "returned_usd": "0.00",
+        "held_units": "0",
+        "available_units": "0",
+        "returned_units": "0",
         "currency_name": "Gold Coins",
     }
     await funded(api, t["tenant_id"], "buyer@x.com", "50")
@@ -38,6 +44,12 @@ async def test_revenue_after_purchases_with_the_default_fee(api: Api) -> None:
         "owed_units": "27",
         "paid_out_units": "0",
         "lifetime_units": "27",
+        "held_usd": "0.00",
+        "available_usd": "2.70",
+        "returned_usd": "0.00",
+        "held_units": "0",
+        "available_units": "27",
+        "returned_units": "0",
         "currency_name": "Gold Coins",
     }
     # Admin credits move no revenue.

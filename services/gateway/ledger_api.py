@@ -255,7 +255,12 @@ def _usd(minor: int) -> str:
     return money.format_usd(minor // money.MINOR_PER_CENT)
 
 
-@public.declare("GET", "/api/revenue", summary="Partner revenue: owed, paid out, lifetime.", answers={200: Revenue})
+@public.declare(
+    "GET",
+    "/api/revenue",
+    summary="Partner revenue: owed, held for payouts, available to pay out, paid out, returned, lifetime.",
+    answers={200: Revenue},
+)
 async def revenue(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     tenant: tenants_pb2.Tenant = request["tenant"]
@@ -267,9 +272,15 @@ async def revenue(request: web.Request) -> web.Response:
             "owed_usd": _usd(r.owed_minor),
             "paid_out_usd": _usd(r.paid_out_minor),
             "lifetime_usd": _usd(r.lifetime_minor),
+            "held_usd": _usd(r.held_minor),
+            "available_usd": _usd(r.available_minor),
+            "returned_usd": _usd(r.returned_minor),
             "owed_units": money.format_units(r.owed_minor),
             "paid_out_units": money.format_units(r.paid_out_minor),
             "lifetime_units": money.format_units(r.lifetime_minor),
+            "held_units": money.format_units(r.held_minor),
+            "available_units": money.format_units(r.available_minor),
+            "returned_units": money.format_units(r.returned_minor),
             "currency_name": tenant.currency_name,
         }
     )

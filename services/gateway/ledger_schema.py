@@ -113,14 +113,22 @@ class Entries(answers.Answer):
 
 
 class Revenue(answers.Answer):
-    """Partner revenue, in USD and in units."""
+    """Partner revenue, in USD and in units: owed (not yet paid out), of which held (by payouts
+    not yet paid or voided) and available (owed - held: what a new payout may take); paid out
+    (less what ACH returns credited back), returned (credited back) and lifetime (earned)."""
 
     owed_usd: str
     paid_out_usd: str
     lifetime_usd: str
+    held_usd: str
+    available_usd: str
+    returned_usd: str
     owed_units: UnitsOut
     paid_out_units: UnitsOut
     lifetime_units: UnitsOut
+    held_units: UnitsOut
+    available_units: UnitsOut
+    returned_units: UnitsOut
     currency_name: str
 
 

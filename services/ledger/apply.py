@@ -7,7 +7,8 @@ Kinds of op:
 
 - "transfer": balanced postings, posted now. With `hold_id` (a clawback that ends a dispute), that
   hold is voided first, in the same transaction, so the currency it froze is never spendable.
-- "hold": postings reserved (the debits pending) until posted, voided or expired.
+- "hold": postings reserved (the debits pending) until posted, voided or expired (never, without
+  `expires_in_ms`: a payout's hold).
 - "freeze": a hold of at most what its postings name, clamped to the debited account's available
   balance as the op is applied (a dispute's freeze: a spend queued just before it cannot race it),
   with no expiry. Nothing available: status "none", nothing written but the idempotency record.
@@ -74,6 +75,12 @@ class Op:
     # answers None or why this op does not fit it. A transfer's release requires its hold.
     requires: tuple[str, str] | None = None
     requires_check: Callable[[dict[str, Any]], str | None] | None = None
+    # A payout's settlement or release: the hold it posts or voids is the transaction of the write
+    # it requires (the engine sets `hold_id` from that write's result; the caller never names it).
+    hold_of_required: bool = False
+    # A payout's return: its postings built from the required write's result (what the settlement
+    # posted); until then `postings` name its accounts with zero amounts.
+    postings_of_required: Callable[[dict[str, Any]], list[tuple[str, int]]] | None = None
     # The request that asked for it, recorded with the transaction.
     request_id: str = dataclasses.field(default_factory=request_id_var.get)
 
@@ -214,8 +221,10 @@ def apply_op(op: Op, b: Batch) -> dict[str, Any]:
     else:
         status = "pending"
         _pend(moves, b, 1)
-        if op.kind == "hold":
+        if op.kind == "hold" and op.expires_in_ms:
             expires_at = b.now + datetime.timedelta(milliseconds=op.expires_in_ms)
+        # A later op of this batch may resolve it (a payout's hold and its release sent at once).
+        b.holds[txn_id] = HoldState(txn_id, op.tenant_id, op.txn_kind, status, postings, expires_at)
     postings_json = json.dumps([{"account": c, "amount": a} for c, a in postings])
     # The request id joins the stored metadata for the audit trail; it is not part of the
     # idempotency hash, so a retry (a new request id) still replays.

@@ -285,21 +285,6 @@ def return_transfer(r: ledger_pb2.ReturnTransferRequest) -> tuple[Op, str]:
     return _releasing(op, tenant_id, hold_key, fits), sender
 
 
-def pay_out(r: ledger_pb2.PayOutRequest) -> tuple[Op, str]:
-    tenant_id = validate.tenant(r.tenant_id)
-    revenue = chart.revenue(tenant_id)
-    amount = validate.amount(r.amount_minor)
-    op = posting_op(
-        tenant_id=tenant_id,
-        idem=r.idempotency,
-        kind="payout",
-        postings=[(revenue, -amount), (chart.WORLD_PAYOUTS, amount)],
-        metadata={"payout_id": validate.reference(r.payout_id, "payout_id")},
-        event=validate.outbox_event(r.event),
-    )
-    return op, revenue
-
-
 def purchase_item(request: ledger_pb2.PurchaseItemRequest) -> Op:
     """An item purchase: the player pays price x quantity, the network keeps its fee (rounded
     down), the partner earns the rest."""

@@ -172,7 +172,7 @@ class Engine:
                 outcomes.append({**(prior[1] or {}), "duplicate": True})
                 continue
             try:
-                self._check_requirement(op, seen)
+                self._meet_requirement(op, seen)
                 result = apply_op(op, b)
             except errors.InvoError as exc:
                 seen[(op.scope, op.key)] = (op.request_hash, None)
@@ -193,7 +193,9 @@ class Engine:
         return outcomes
 
     @staticmethod
-    def _check_requirement(op: Op, seen: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]) -> None:
+    def _meet_requirement(op: Op, seen: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]) -> None:
+        """The write `op` requires was applied (stored, or earlier in this batch) and fits it; a
+        payout's settlement or release then knows its hold, a payout's return its postings."""
         if op.requires is None:
             return
         found = seen.get(op.requires)
@@ -201,25 +203,38 @@ class Engine:
             raise errors.NotFound(
                 "The write this one depends on was never applied.", error_code="PREREQUISITE_NOT_FOUND"
             )
-        problem = op.requires_check(found[1]) if op.requires_check is not None else None
+        required = found[1]
+        problem = op.requires_check(required) if op.requires_check is not None else None
         if problem is not None:
             raise errors.InvalidRequest(problem, error_code="PREREQUISITE_MISMATCH")
+        if op.hold_of_required:
+            op.hold_id = required["transaction_id"]
+        if op.postings_of_required is not None:
+            op.postings = op.postings_of_required(required)
 
     async def _load(
         self, conn: asyncpg.Connection, ops: list[Op], b: Batch
     ) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
         """Stored idempotency results, and the accounts (and holds) the ops touch into `b`. Without
         holds (a purchase, a transfer) that is one round trip; an op that names a hold (posting or
-        voiding it, a clawback releasing a dispute's) takes three, since the hold's postings name
-        the accounts to read."""
+        voiding it, a clawback releasing a dispute's, a payout's release: its hold is the result
+        stored under the payout's hold key) takes three, since the hold's postings name the
+        accounts to read."""
         required = [op.requires for op in ops if op.requires is not None]
         keys = ([op.scope for op in ops] + [r[0] for r in required], [op.key for op in ops] + [r[1] for r in required])
-        if any(op.hold_id for op in ops):
+        if any(op.hold_id or op.hold_of_required for op in ops):
             rows = await conn.fetch(IDEMPOTENCY_SQL, *keys)
+            stored = self._stored(rows)
+            for op in ops:
+                if op.hold_of_required:
+                    # Always from what is stored now: an earlier attempt of this batch may have set
+                    # the id of a hold it made and never committed.
+                    found = stored.get(op.requires) if op.requires else None
+                    op.hold_id = found[1]["transaction_id"] if found and found[1] else ""
             await self._load_holds(conn, ops, b)
             codes, infos = self._codes(ops, b)
             if codes:
-                rows += await conn.fetch(ACCOUNTS_SQL, *account_args(codes, infos))
+                rows = await conn.fetch(ACCOUNTS_SQL, *account_args(codes, infos))
         else:
             codes, infos = self._codes(ops, b)
             rows = await conn.fetch(
@@ -227,7 +242,7 @@ class Engine:
                 *account_args(codes, infos),
                 *keys,
             )
-        stored: dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]] = {}
+            stored = self._stored(rows)
         for r in rows:
             if r["code"] is not None:
                 b.accounts[r["code"]] = AccountState(
@@ -238,9 +253,16 @@ class Engine:
                     r["debits_pending"],
                     r["credits_pending"],
                 )
-            else:
-                stored[(r["scope"], r["key"])] = (bytes(r["request_hash"]), json.loads(r["result"]))
         return stored
+
+    @staticmethod
+    def _stored(rows: list[Any]) -> dict[tuple[str, str], tuple[bytes, dict[str, Any] | None]]:
+        """The stored idempotency results among `rows` (account rows have no scope)."""
+        return {
+            (r["scope"], r["key"]): (bytes(r["request_hash"]), json.loads(r["result"]))
+            for r in rows
+            if r["code"] is None
+        }
 
     async def _load_holds(self, conn: asyncpg.Connection, ops: list[Op], b: Batch) -> None:
         wanted = sorted({op.hold_id for op in ops if op.hold_id})

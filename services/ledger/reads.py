@@ -136,12 +136,31 @@ async def export(pool: asyncpg.Pool, tenant_id: str, chunk_size: int) -> AsyncIt
     yield ledger_pb2.ExportBalancesChunk(last=True, count=count, snapshot_at=_ts(snapshot_at))
 
 
+# The revenue account's totals and what ACH returns credited back to it. Only payouts debit a
+# revenue account (posted: paid out; pending: held; the generic Transfer aside, for tests), so
+# the totals answer all but the returns, summed from their own transactions through a partial
+# index (migration 0004) of `payout_return` transactions only: returns are rare, so the read
+# stays a few index rows, and the write path keeps no extra total on its hot revenue rows.
+REVENUE_SQL = (
+    "SELECT COALESCE(a.credits_posted, 0) AS credits, COALESCE(a.debits_posted, 0) AS debits,"
+    " COALESCE(a.debits_pending, 0) AS held,"
+    " (SELECT COALESCE(sum((p->>'amount')::bigint), 0) FROM transactions t, jsonb_array_elements(t.postings) p"
+    "  WHERE t.tenant_id = $2 AND t.kind = 'payout_return' AND p->>'account' = $1)::bigint AS returned"
+    " FROM (VALUES (1)) AS one LEFT JOIN accounts a ON a.code = $1"
+)
+
+
 async def revenue(pool: asyncpg.Pool, tenant_id: str) -> ledger_pb2.Revenue:
-    row = await pool.fetchrow(
-        "SELECT credits_posted, debits_posted FROM accounts WHERE code = $1", chart.revenue(tenant_id)
+    row = await pool.fetchrow(REVENUE_SQL, chart.revenue(tenant_id), tenant_id)
+    credits, debits, held, returned = row["credits"], row["debits"], row["held"], row["returned"]
+    return ledger_pb2.Revenue(
+        owed_minor=credits - debits,
+        paid_out_minor=debits - returned,
+        lifetime_minor=credits - returned,
+        held_minor=held,
+        available_minor=credits - debits - held,
+        returned_minor=returned,
     )
-    credits, debits = (row["credits_posted"], row["debits_posted"]) if row else (0, 0)
-    return ledger_pb2.Revenue(owed_minor=credits - debits, paid_out_minor=debits, lifetime_minor=credits)
 
 
 async def check(pool: asyncpg.Pool) -> ledger_pb2.CheckResponse:

@@ -16,7 +16,7 @@ from services.common import errors, loops
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
-from services.ledger import chart, domain, reads, validate
+from services.ledger import chart, domain, payouts, reads, validate
 from services.ledger.apply import Op
 from services.ledger.engine import Engine
 
@@ -117,8 +117,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def ReturnTransfer(self, request: ledger_pb2.ReturnTransferRequest, context: Any) -> Any:
         return await self._domain(domain.return_transfer(request))
 
-    async def PayOut(self, request: ledger_pb2.PayOutRequest, context: Any) -> Any:
-        return await self._domain(domain.pay_out(request))
+    async def HoldPayout(self, request: ledger_pb2.HoldPayoutRequest, context: Any) -> Any:
+        return await self._domain(payouts.hold_payout(request))
+
+    async def SettlePayout(self, request: ledger_pb2.PayoutRef, context: Any) -> Any:
+        return await self._domain(payouts.settle_payout(request))
+
+    async def ReleasePayout(self, request: ledger_pb2.PayoutRef, context: Any) -> Any:
+        return await self._domain(payouts.release_payout(request))
+
+    async def ReturnPayout(self, request: ledger_pb2.PayoutRef, context: Any) -> Any:
+        return await self._domain(payouts.return_payout(request))
 
     async def Transfer(self, request: ledger_pb2.TransferRequest, context: Any) -> Any:
         tenant_id = validate.tenant(request.tenant_id)

@@ -31,21 +31,36 @@ async def write_batch(conn: asyncpg.Connection, b: Batch) -> None:
     """Everything the batch writes, in one statement (data-modifying CTEs all run, and the
     foreign keys are checked at its end): one round trip instead of one per table."""
     stmt = _Statement()
-    if b.txn_rows:
+    # A hold resolved in the batch that made it (a payout's hold and release sent at once) is
+    # inserted resolved: the UPDATE below cannot see rows inserted by the same statement.
+    fresh = {row[0]: i for i, row in enumerate(b.txn_rows)}
+    rows, resolved = list(b.txn_rows), [False] * len(b.txn_rows)
+    updates = []
+    for txn_id, status in b.txn_status_updates:
+        i = fresh.get(txn_id)
+        if i is None:
+            updates.append((txn_id, status))
+        else:
+            rows[i], resolved[i] = (*rows[i][:3], status, *rows[i][4:]), True
+    if rows:
         stmt.add(
-            "INSERT INTO transactions (id, tenant_id, kind, status, postings, metadata, expires_at, created_at)"
-            " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, {7}"
+            "INSERT INTO transactions (id, tenant_id, kind, status, postings, metadata, expires_at, created_at,"
+            " resolved_at)"
+            " SELECT t.id, t.tenant_id, t.kind, t.status, t.postings::jsonb, t.metadata::jsonb, t.expires_at, {8},"
+            " CASE WHEN t.resolved THEN {8}::timestamptz END"
             " FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::text[], {4}::text[], {5}::text[],"
-            " {6}::timestamptz[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at)",
-            *[list(c) for c in zip(*b.txn_rows, strict=True)],
+            " {6}::timestamptz[], {7}::boolean[]) AS t(id, tenant_id, kind, status, postings, metadata, expires_at,"
+            " resolved)",
+            *[list(c) for c in zip(*rows, strict=True)],
+            resolved,
             b.now,
         )
-    if b.txn_status_updates:
+    if updates:
         stmt.add(
             "UPDATE transactions t SET status = u.status, resolved_at = {2}"
             " FROM unnest({0}::text[], {1}::text[]) AS u(id, status) WHERE t.id = u.id AND t.status = 'pending'",
-            [u[0] for u in b.txn_status_updates],
-            [u[1] for u in b.txn_status_updates],
+            [u[0] for u in updates],
+            [u[1] for u in updates],
             b.now,
         )
     if b.entry_rows:
