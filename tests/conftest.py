@@ -69,6 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The seed's schedule (30 s .. 24 h) shortened: same number of retries, same logic.
             "INVO_WEBHOOK_RETRY_SCHEDULE_S": "0.2,0.2,0.3,0.3,0.4,0.4",
             "INVO_WEBHOOK_TIMEOUT_S": "2",
+            # The ACH simulator moves a payment order one state on every 0.3 s (processing, sent,
+            # completed, then returned for a 100XX account): a payout settles in about a second.
+            "INVO_ACH_SIM_SETTLE_DELAY_S": "0.3",
         },
     )
     s.start()

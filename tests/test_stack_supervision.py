@@ -105,7 +105,7 @@ def _gateway(stack: Stack, method: str, path: str, body: Any = None) -> int:
 def test_a_killed_service_is_restarted_and_reported(supervised: Stack) -> None:
     stack = supervised
     # Stopped on purpose: the supervisor must leave it stopped while it restarts the ledger.
-    stack.stop_process("payouts")
+    stack.stop_process("ach_sim")
     old_pid = stack.procs["ledger"].pid
 
     os.kill(old_pid, signal.SIGKILL)
@@ -119,8 +119,8 @@ def test_a_killed_service_is_restarted_and_reported(supervised: Stack) -> None:
     assert stack.procs["ledger"].pid != old_pid and stack.procs["ledger"].poll() is None
     assert grpc_serving(stack.env["INVO_LEDGER_ADDR"], 2.0)
     assert _gateway(stack, "GET", "/readyz") == 200
-    assert "payouts" not in stack.procs and not any("payouts" in line for line in report), report
-    stack.start_process("payouts")
+    assert "ach_sim" not in stack.procs and not any("ach_sim" in line for line in report), report
+    stack.start_process("ach_sim")
 
 
 def test_killed_nats_comes_back_on_its_port(supervised: Stack) -> None:

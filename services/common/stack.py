@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from services.common import crypto, devservers, logs
+from services.common import crypto, devservers, logs, simulators
 from services.common.config import SERVICES, Settings
 from services.common.service import migrate_all
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from services.common.stackcli import Supervisor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-PROCESSES = ("processor_sim", *SERVICES, "gateway")
+PROCESSES = (*simulators.LISTEN, *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0  # above every process's own bound (its grace, its steps' bounds, runtime.HARD_STOP_S)
 LOG_TAIL_BYTES_MAX = 64 * 1024
@@ -110,7 +110,9 @@ class Stack:
         self.env: dict[str, str] = {}
         self.gateway_url = ""
         self.demo: dict[str, str] = {}
-        self.use_simulator = True
+        self.simulators: list[str] = list(simulators.LISTEN)  # those that run (services/common/simulators.py)
+        self.use_simulator = True  # the card processor's
+        self.use_ach_simulator = True
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
         # When each process or server was last started (monotonic), for the supervision.
         self.started_at_s: dict[str, float] = {}
@@ -129,10 +131,8 @@ class Stack:
             "pg_password": lambda: secrets.token_urlsafe(18),
             "identity_key": lambda: secrets.token_urlsafe(32),
             "transfer_code_key": lambda: secrets.token_urlsafe(48),
-            "processor_secret_key": lambda: "sk_test_sim_" + secrets.token_urlsafe(18),
-            "processor_webhook_secret": lambda: "whsec_sim_" + secrets.token_urlsafe(24),
-            "processor_publishable_key": lambda: "pk_test_sim_" + secrets.token_urlsafe(18),
             "checkout_keys": lambda: "dev1:" + secrets.token_urlsafe(32),
+            **simulators.SECRETS,
         }
         missing = {name: make() for name, make in wanted.items() if name not in stored}
         if missing:
@@ -212,17 +212,10 @@ class Stack:
         port = wanted if devservers.port_is_free(wanted) else devservers.free_port()
         env["INVO_GATEWAY_PORT"] = str(port)
         env["INVO_GATEWAY_HOST"] = "127.0.0.1"
-        # The card processor: the simulator, unless a real processor is configured.
-        self.use_simulator = not env.get("INVO_PROCESSOR_API_BASE")
-        if self.use_simulator:
-            sim_port = devservers.free_port()
-            env["INVO_PROCESSOR_SIM_LISTEN"] = f"127.0.0.1:{sim_port}"
-            env["INVO_PROCESSOR_API_BASE"] = f"http://127.0.0.1:{sim_port}"
-            env["INVO_PROCESSOR_SECRET_KEY"] = sec["processor_secret_key"]
-            env["INVO_PROCESSOR_WEBHOOK_SECRET"] = sec["processor_webhook_secret"]
-            env["INVO_PROCESSOR_PUBLISHABLE_KEY"] = sec["processor_publishable_key"]
-            env["INVO_PROCESSOR_JS_URL"] = f"http://127.0.0.1:{sim_port}/js/v3/stripe.js"
-            env["INVO_PROCESSOR_SIM_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/webhooks/processor"
+        # The card processor and the ACH provider: their simulators, unless real ones are configured.
+        self.simulators = simulators.configure(env, sec, gateway_port=port)
+        self.use_simulator = "processor_sim" in self.simulators
+        self.use_ach_simulator = "ach_sim" in self.simulators
         env.update(self.extra_env)
         env.pop("INVO_GRPC_LISTEN", None)
         self.env = env
@@ -235,7 +228,7 @@ class Stack:
         self._ensure_demo_tenant()
 
     def process_names(self) -> list[str]:
-        return [n for n in PROCESSES if n != "processor_sim" or self.use_simulator]
+        return [n for n in PROCESSES if n not in simulators.LISTEN or n in self.simulators]
 
     def set_process_env(self, name: str, overrides: Mapping[str, str]) -> None:
         """Replace the overrides for process `name` (an empty mapping removes them). They apply
@@ -293,15 +286,15 @@ class Stack:
         self._wait_ready([name])
 
     def is_ready(self, name: str, *, timeout_s: float) -> bool:
-        """Does process `name` serve: its gRPC health, the gateway's /readyz, the simulator's port."""
+        """Does process `name` serve: its gRPC health, the gateway's /readyz, a simulator's port."""
         if name == "gateway":
             try:
                 status, _ = devservers.http_json("GET", self.gateway_url + "/readyz", timeout_s=timeout_s)
             except (OSError, ValueError, http.client.HTTPException):  # a gateway dying mid-answer, too
                 return False
             return status == 200
-        if name == "processor_sim":
-            return not devservers.port_is_free(int(self.env["INVO_PROCESSOR_SIM_LISTEN"].rpartition(":")[2]))
+        if name in simulators.LISTEN:
+            return not devservers.port_is_free(int(self.env[simulators.LISTEN[name]].rpartition(":")[2]))
         return devservers.grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], timeout_s)
 
     def _wait_ready(self, names: tuple[str, ...] | list[str] = PROCESSES) -> None:
@@ -420,7 +413,7 @@ class Stack:
         for name in SERVICES:
             key = f"INVO_{name.upper()}_ADDR"
             out[key] = self.env[key]
-        out["INVO_PROCESSOR_API_BASE"] = self.env["INVO_PROCESSOR_API_BASE"]
+        out.update(simulators.dev_env(self.env, self.simulators))
         return out
 
     def pids(self) -> list[int]:

@@ -46,9 +46,12 @@ WATCH_INTERVAL_S = 0.5
 READY_PROBE_TIMEOUT_S = 0.5  # one readiness probe inside a watch round: it runs every 0.5 s
 
 
-def _banner(dev: Mapping[str, str], *, logs_dir: pathlib.Path, simulator: bool, secrets_shown: bool) -> str:
+def _banner(
+    dev: Mapping[str, str], *, logs_dir: pathlib.Path, simulator: bool, ach_simulator: bool, secrets_shown: bool
+) -> str:
     """What `make run` / `make up` print, from dev.env's settings. Without `secrets_shown` (the
-    output goes to a file) the SDK key and the admin token are named, not printed."""
+    output goes to a file) the SDK key and the admin token are named, not printed. `simulator` /
+    `ach_simulator`: the card processor / the ACH provider is our simulator."""
     gateway = dev["INVO_GATEWAY_URL"]
     dev_env = logs_dir.parent / "dev.env"
     key = dev["INVO_DEMO_SDK_KEY"] if secrets_shown else f"INVO_DEMO_SDK_KEY in {dev_env}"
@@ -72,6 +75,12 @@ def _banner(dev: Mapping[str, str], *, logs_dir: pathlib.Path, simulator: bool, 
         "gRPC services: " + ", ".join(f"{n} {dev[f'INVO_{n.upper()}_ADDR']}" for n in SERVICES),
         f"Card processor: {dev['INVO_PROCESSOR_API_BASE']}"
         + (" (the simulator; test cards such as pm_card_visa)" if simulator else ""),
+        f"ACH provider:   {dev['INVO_ACH_API_BASE']}"
+        + (
+            " (the Modern Treasury simulator; account 123456789 completes, 111111110 fails, 10001 is returned R01)"
+            if ach_simulator
+            else ""
+        ),
         f"Logs: {logs_dir}/<service>.log",
     ]
     return "\n".join(lines)
@@ -280,7 +289,14 @@ def cmd_run(home: pathlib.Path, *, detached: bool) -> int:
         _write_private(home / "pids.json", json.dumps(stack.pids()))
         dev = stack.dev_env()
         # Detached, stdout is logs/stack.log: the secrets stay in dev.env, which `up` prints.
-        print(_banner(dev, logs_dir=stack.logs, simulator=stack.use_simulator, secrets_shown=not detached), flush=True)
+        banner = _banner(
+            dev,
+            logs_dir=stack.logs,
+            simulator=stack.use_simulator,
+            ach_simulator=stack.use_ach_simulator,
+            secrets_shown=not detached,
+        )
+        print(banner, flush=True)
         # Last, and atomically: `make up` takes dev.env appearing as "the network is ready".
         _write_private(home / "dev.env", "".join(f"{k}={v}\n" for k, v in dev.items()))
         if not detached:
@@ -333,8 +349,13 @@ def cmd_up(home: pathlib.Path) -> int:
         if (home / "dev.env").exists():
             # The banner with the secrets, to the terminal only: from dev.env (0600), not the log.
             dev = _read_env_file(home / "dev.env")
-            simulator = not os.environ.get("INVO_PROCESSOR_API_BASE")  # as Stack decides it
-            print(_banner(dev, logs_dir=home / "logs", simulator=simulator, secrets_shown=True).strip())
+            # As Stack decides it: a simulator unless a real provider is configured.
+            simulator = not os.environ.get("INVO_PROCESSOR_API_BASE")
+            ach_simulator = not os.environ.get("INVO_ACH_API_BASE")
+            banner = _banner(
+                dev, logs_dir=home / "logs", simulator=simulator, ach_simulator=ach_simulator, secrets_shown=True
+            )
+            print(banner.strip())
             print(f"\nRunning in the background; settings in {home / 'dev.env'}; `make down` stops it.")
             return 0
         if proc.poll() is not None:
