@@ -73,6 +73,11 @@ class Keyring:
         if not self._active:
             raise KeyringError("INVO_DATA_KEYS is empty")
 
+    @property
+    def active_kid(self) -> str:
+        """The key that seals (the first listed): what a re-encryption moves everything to."""
+        return self._active
+
     @staticmethod
     def generate_spec(kid: str = "k1") -> str:
         return f"{kid}:{base64.b64encode(secrets.token_bytes(32)).decode()}"

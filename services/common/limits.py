@@ -51,6 +51,12 @@ REASON_LEN_MAX = 500
 LEDGER_AMOUNT_MINOR_MAX = 10**15
 PRICE_MINOR_MAX = LEDGER_AMOUNT_MINOR_MAX // QUANTITY_MAX
 ADJUSTMENT_MINOR_MAX = 10**13
+# Payouts: a typo guard on the amount ($1B), the holder's name as the bank takes it (NACHA: 22
+# characters are sent, a longer name is cut by the provider).
+PAYOUT_USD_CENTS_MAX = 100_000_000_000
+ACCOUNT_HOLDER_LEN_MAX = 100
+PAYOUTS_LIMIT_MAX = 100
+REVIEW_REASON_LEN_MAX = 500
 # A transfer's amount (what the recipient gets; the sender pays 10% on top): a typo guard.
 TRANSFER_AMOUNT_MINOR_MAX = 10**11 - 10  # 999,999,999.9 units
 METADATA_KEYS_MAX = 50

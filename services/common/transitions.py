@@ -96,6 +96,15 @@ class Lifecycle:
         await self._audit(conn, key, current, to_status, source=source, reason=reason)
         return row
 
+    async def note(self, conn: asyncpg.Connection, key: str, status: str, *, source: str, reason: str) -> None:
+        """An audit row for a decision that does not move the row (the first of two approvals):
+        from and to are both its current `status`. Call inside the transaction of the decision."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("Lifecycle.note must run inside a transaction")
+        if status not in self.allowed:
+            raise ValueError(f"{self.table}: unknown status {status!r}")
+        await self._audit(conn, key, status, status, source=source, reason=reason)
+
     async def history(self, conn: asyncpg.Connection | asyncpg.Pool, key: str) -> list[asyncpg.Record]:
         """Every transition of one row, oldest first."""
         return list(

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from invo.v1 import ledger_pb2_grpc, payments_pb2_grpc, tenants_pb2_grpc, transfers_pb2_grpc, webhooks_pb2_grpc
+from invo.v1 import (
+    ledger_pb2_grpc,
+    payments_pb2_grpc,
+    payouts_pb2_grpc,
+    tenants_pb2_grpc,
+    transfers_pb2_grpc,
+    webhooks_pb2_grpc,
+)
 
 from services.common import grpcutil
 from services.common.config import SERVICES, Settings
@@ -21,6 +28,7 @@ class Backends:
         self.payments = payments_pb2_grpc.PaymentsServiceStub(self.channels["payments"])
         self.webhooks = webhooks_pb2_grpc.WebhooksServiceStub(self.channels["webhooks"])
         self.transfers = transfers_pb2_grpc.TransfersServiceStub(self.channels["transfers"])
+        self.payouts = payouts_pb2_grpc.PayoutsServiceStub(self.channels["payouts"])
 
     async def call(self, method: Any, request: Any, *, timeout_s: float | None = None) -> Any:
         return await grpcutil.call(method, request, timeout_s=timeout_s or self.timeout_s)

@@ -11,7 +11,7 @@ from services.common import limits
 from services.gateway import answers, declare, fields
 from services.gateway.answers import Time, UnitsOut
 from services.gateway.fields import Email, Metadata, Request
-from services.gateway.payments_schema import USD_SCHEMA, _usd_cents
+from services.gateway.payments_schema import USD_SCHEMA
 
 URL_LEN_MAX = 2048
 TOKEN_LEN_MAX = 4096
@@ -29,7 +29,7 @@ Url = Annotated[
 
 class CreateSession(Request):
     player_email: Email
-    usd_amount: Annotated[int, fields.Checked(_usd_cents, USD_SCHEMA)]
+    usd_amount: Annotated[int, fields.usd(USD_SCHEMA)]
     success_url: Url
     cancel_url: Url
     metadata: Metadata | None = None

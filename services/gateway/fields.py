@@ -125,6 +125,27 @@ def units(minor_max: int) -> Checked:
     return Checked(check, schema)
 
 
+def usd(schema: dict[str, Any], *, cents_max: int | None = None) -> Checked:
+    """`Annotated[int, usd(SCHEMA)]`: a positive USD amount as cents, at most `cents_max` if given
+    (400 INVALID_AMOUNT otherwise); the owner holds it to its own range, which `schema` documents."""
+
+    def check(value: Any, info: ValidationInfo) -> int:
+        field = _name(info)
+        if value is None:
+            raise refuse("MISSING_PARAMETER", f"{field} is required.")
+        try:
+            cents = money.parse_scaled(value, places=2, field=field)
+        except money.AmountError as exc:
+            raise refuse("INVALID_AMOUNT", str(exc) + ".") from exc
+        if cents <= 0:
+            raise refuse("INVALID_AMOUNT", f"{field} must be positive.")
+        if cents_max is not None and cents > cents_max:
+            raise refuse("INVALID_AMOUNT", f"{field} must be at most {money.format_usd(cents_max)}.")
+        return cents
+
+    return Checked(check, schema)
+
+
 # Percentages within their limit, as basis points. The patterns are the ranges spelled out.
 _PERCENT_PATTERNS = {
     limits.NETWORK_FEE_BPS_MAX: r"^(100(\.0{1,2})?|[1-9]?[0-9](\.[0-9]{1,2})?)$",
@@ -197,6 +218,23 @@ EMAIL_SCHEMA = {
     "description": "Case-insensitive: one wallet per address per tenant.",
 }
 Email = Annotated[str, BeforeValidator(_email), WithJsonSchema(EMAIL_SCHEMA)]
+
+
+def _contact_email(value: Any, info: ValidationInfo) -> str:
+    """An address to write to, not a wallet's: the same rule, refused as INVALID_PARAMETER."""
+    try:
+        return _email(value, info)
+    except PydanticCustomError as exc:
+        if exc.type == CODE_PREFIX + "INVALID_PLAYER_EMAIL":
+            raise refuse("INVALID_PARAMETER", f"{_name(info)} must be a valid email address.") from exc
+        raise
+
+
+ContactEmail = Annotated[
+    str,
+    BeforeValidator(_contact_email),
+    WithJsonSchema({**EMAIL_SCHEMA, "examples": ["finance@yourgame.com"], "description": "Told of every status."}),
+]
 IdempotencyKey = Annotated[
     str,
     Codes(missing="MISSING_IDEMPOTENCY_KEY", invalid="INVALID_IDEMPOTENCY_KEY"),

@@ -62,6 +62,12 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # orders after the sale
     ("GET", "/admin/orders/{order_id}"): READ,
     ("POST", "/admin/orders/{order_id}/refunds"): MONEY,
+    # payouts: reading is anyone's; asking, approving and rejecting move money
+    ("GET", "/admin/payouts"): READ,
+    ("GET", "/admin/payouts/{payout_id}"): READ,
+    ("POST", "/admin/payouts"): MONEY,
+    ("POST", "/admin/payouts/{payout_id}/approve"): MONEY,
+    ("POST", "/admin/payouts/{payout_id}/reject"): MONEY,
     # development only: the SMS outbox shows PINs and claim codes, so not to a viewer
     ("GET", "/admin/dev/sms"): CARE,
     # webhooks

@@ -4,11 +4,10 @@ partner's order-details shows too (`payments_api.py`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo
+from pydantic import Field
 
-from services.common import money
 from services.gateway import answers, fields
 from services.gateway.answers import Time, UnitsOut
 from services.gateway.fields import IdempotencyKey, Request
@@ -23,18 +22,8 @@ REFUND_USD_SCHEMA = {
 REFUND_CENTS_MAX = 100_000
 
 
-def _refund_cents(value: Any, info: ValidationInfo) -> int:
-    try:
-        cents = money.parse_scaled(value, places=2, field="usd_amount")
-    except money.AmountError as exc:
-        raise fields.refuse("INVALID_AMOUNT", str(exc) + ".") from exc
-    if not 0 < cents <= REFUND_CENTS_MAX:
-        raise fields.refuse("INVALID_AMOUNT", "usd_amount must be from 0.01 to 1000.00.")
-    return cents
-
-
 class RefundBody(Request):
-    usd_amount: Annotated[int, fields.Checked(_refund_cents, REFUND_USD_SCHEMA)] | None = None
+    usd_amount: Annotated[int, fields.usd(REFUND_USD_SCHEMA, cents_max=REFUND_CENTS_MAX)] | None = None
     reason: Literal["requested_by_customer", "duplicate", "fraudulent"] = Field(
         default="requested_by_customer", description="Passed to the processor as the refund's reason."
     )

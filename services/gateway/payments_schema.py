@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
-from services.common import limits, money
+from services.common import limits
 from services.gateway import answers, declare, fields
 from services.gateway.answers import Time, UnitsOut
 from services.gateway.fields import Codes, Email, Metadata, Query, Request
@@ -39,21 +39,9 @@ Reference = Annotated[
 ]
 
 
-def _usd_cents(value: Any, info: ValidationInfo) -> int:
-    if value is None:
-        raise fields.refuse("MISSING_PARAMETER", "usd_amount is required.")
-    try:
-        cents = money.parse_scaled(value, places=2, field="usd_amount")
-    except money.AmountError as exc:
-        raise fields.refuse("INVALID_AMOUNT", str(exc) + ".") from exc
-    if cents <= 0:
-        raise fields.refuse("INVALID_AMOUNT", "usd_amount must be positive.")
-    return cents  # the payments service holds it to the purchase range
-
-
 class PurchaseCurrency(Request):
     player_email: Email
-    usd_amount: Annotated[int, fields.Checked(_usd_cents, USD_SCHEMA)]
+    usd_amount: Annotated[int, fields.usd(USD_SCHEMA)]
     payment_method_id: Annotated[
         str, Field(min_length=3, max_length=limits.PAYMENT_METHOD_ID_LEN_MAX, pattern=r"^[A-Za-z0-9_]+$")
     ] = Field(examples=["pm_card_visa"])

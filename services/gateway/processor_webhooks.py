@@ -1,4 +1,4 @@
-"""The `/webhooks` surface: the card processor's events in.
+"""The `/webhooks` surface: the card processor's events in (the ACH provider's: `ach_webhooks.py`).
 
 Its authentication is the processor's signature (Stripe's scheme, checked by the `stripe` SDK),
 verified by this surface's middleware before any handler runs; the handler hands the verified
@@ -48,15 +48,32 @@ async def read_limited(request: web.Request, bytes_max: int) -> bytes:
         chunks.append(chunk)
 
 
+Verifier = Callable[[web.Request], Awaitable[str | None]]
+# Each provider's events by path, with the check of its own signature scheme.
+VERIFIERS: dict[str, Verifier] = {}
+
+
 @web.middleware
-async def processor_signature(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Only a body the processor signed reaches a handler, as `request[VERIFIED_PAYLOAD]`."""
+async def provider_signature(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only a body its provider signed reaches a handler, as `request[VERIFIED_PAYLOAD]`."""
+    verify = VERIFIERS.get(request.path)
+    if verify is None:
+        return await handler(request)  # routing answers 404
+    payload = await verify(request)
+    if payload is not None:
+        request[VERIFIED_PAYLOAD] = payload
+    return await handler(request)
+
+
+async def stripe_signature(request: web.Request) -> str | None:
+    """The card processor's scheme (Stripe's, checked by the `stripe` SDK); None for a method
+    other than POST (routing answers it; nothing is read)."""
     ctx = ctx_of(request)
     secret = ctx.settings.processor_webhook_secret
     if not secret:
         raise errors.Unavailable("Processor webhooks are not configured.", error_code="WEBHOOKS_NOT_CONFIGURED")
     if request.method != "POST":
-        return await handler(request)  # routing answers 404/405; nothing is read
+        return None
     signature = one_header(request, "Stripe-Signature")
     # A header that was not UTF-8 arrives with surrogates, which the SDK cannot encode (a 500).
     if not signature.isascii():
@@ -67,8 +84,10 @@ async def processor_signature(request: web.Request, handler: Handler) -> web.Str
         stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=SIGNATURE_TOLERANCE_S)
     except stripe.SignatureVerificationError as exc:
         raise errors.InvalidRequest("Invalid processor signature.", error_code="INVALID_SIGNATURE") from exc
-    request[VERIFIED_PAYLOAD] = payload
-    return await handler(request)
+    return payload
+
+
+VERIFIERS["/webhooks/processor"] = stripe_signature
 
 
 @routes.adopt(payments_schema.PROCESSOR_EVENTS)

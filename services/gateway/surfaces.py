@@ -21,6 +21,7 @@ from aiohttp import web
 from services.common import errors
 from services.common.logs import operator_id_var
 from services.gateway import (
+    ach_webhooks,
     admin,
     answers,
     auth,
@@ -32,6 +33,7 @@ from services.gateway import (
     operators_api,
     orders_api,
     payments_api,
+    payouts_api,
     processor_webhooks,
     transfers_api,
     webhooks_api,
@@ -41,7 +43,7 @@ from services.gateway.http import json_response
 
 SDK_KEY_HEADER = "X-Game-Secret-Key"
 # The backends the gateway routes to, and so what /readyz waits for.
-ROUTED_SERVICES = ("tenants", "ledger", "payments", "transfers", "webhooks")
+ROUTED_SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 own_tenant = declare.Table(security=declare.SDK_KEY)
@@ -114,6 +116,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         payments_api.public,
         checkout_api.public,
         transfers_api.public,
+        payouts_api.public,
         webhooks_api.public,
     )
     mount(
@@ -123,6 +126,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         admin.routes,
         ledger_api.admin,
         orders_api.admin,
+        payouts_api.admin,
         transfers_api.admin,
         webhooks_api.admin,
         operators_api.routes,
@@ -133,8 +137,9 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
     mount(
         app,
         "/webhooks",
-        _sub(ctx, processor_webhooks.processor_signature),
+        _sub(ctx, processor_webhooks.provider_signature),
         processor_webhooks.routes,
+        ach_webhooks.routes,
     )
 
 

@@ -1,1 +1,1 @@
-"""The payouts service. Its API arrives with its own issue; for now it serves health and reflection."""
+"""The payouts service: partner payouts by ACH (issue 15)."""

@@ -1,4 +1,5 @@
-from services.common.service import main, no_servicers
+from services.common.service import main
+from services.payouts.service import setup
 
 if __name__ == "__main__":
-    main("payouts", no_servicers)
+    main("payouts", setup)
