@@ -217,6 +217,14 @@ def fills(email: str, tenant_id: str, path_params: Mapping[str, str] | None = No
         "recipient_phone": phone(),
         "pin": "000000",
         "claim_code": "0000-0000-0000-0000",
+        # Payouts: a small amount of the world's revenue, a valid ABA routing number, the simulator's
+        # account that completes.
+        "usd_amount": "1.00",
+        "contact_email": "hostile@example.com",
+        "account_holder_name": "Hostile Inc.",
+        "routing_number": "021000021",
+        "account_number": "123456789",
+        "account_type": "checking",
         "player_email": email,
         "player_emails": [email],
         "tenant_id": tenant_id,

@@ -148,6 +148,34 @@ async def _make_world(stack: Stack) -> World:
             },
         )
         assert transfer.status == 201, transfer
+        # Revenue to ask payouts of: a valid payout request (a control) must go through.
+        bought = await api.post(
+            "/api/item-purchases/purchase-item",
+            key=mine["sdk_key"],
+            json={
+                "player_email": email,
+                "item_id": "hostile",
+                "item_name": "Hostile",
+                "price": "500",
+                "idempotency_key": f"hostile-{uuid.uuid4().hex}",
+            },
+        )
+        assert bought.status == 200, bought
+        # A payout waiting for review: cancel, approve and reject reach a real one.
+        payout = await api.post(
+            "/api/payouts",
+            key=mine["sdk_key"],
+            json={
+                "usd_amount": "1.00",
+                "contact_email": "hostile@example.com",
+                "account_holder_name": "Hostile Inc.",
+                "routing_number": "021000021",
+                "account_number": "123456789",
+                "account_type": "checking",
+                "idempotency_key": f"hostile-{uuid.uuid4().hex}",
+            },
+        )
+        assert payout.status == 201, payout
         return World(
             base_url=stack.gateway_url,
             admin_token=stack.env["INVO_ADMIN_TOKEN"],
@@ -163,6 +191,7 @@ async def _make_world(stack: Stack) -> World:
                 "card_id": "pm_card_visa",
                 "name": "checkout.js",
                 "transfer_id": transfer.body["transfer_id"],
+                "payout_id": payout.body["payout_id"],
             },
             checkout_token=session.body["checkout_url"].partition("session=")[2],
         )
@@ -198,6 +227,9 @@ async def snapshot(api: Api, w: World) -> dict[str, Any]:
         "checkout": (await api.get(f"/api/checkout/sessions/{w.path_params['session_id']}", key=key)).body["status"],
         # The paid order: a refused refund refunded nothing.
         "refunds": len((await api.get(f"/admin/orders/{w.path_params['order_id']}", admin=True)).body["refunds"]),
+        # Payouts: a refused request asked for none, and left the waiting one waiting.
+        "payout": (await api.get(f"/api/payouts/{w.path_params['payout_id']}", key=key)).body["status"],
+        "payouts": [p["payout_id"] for p in (await api.get("/api/payouts?limit=100", key=key)).body["data"]],
         # The waiting transfer: a refused call neither verified, resent, cancelled nor counted a try.
         "transfer": {
             k: v

@@ -35,16 +35,19 @@ SAFE_WEBHOOK_URL = "https://127.0.0.1:9/fuzz"
 # 400s that a body fitting the document can still earn: a key already used with another request
 # (the fuzzer reuses short strings), a payment method the processor never issued (no schema knows
 # which tokens exist), a phone number its country's numbering plan does not assign or a country
-# INVO does not text (libphonenumber's metadata, which no pattern carries).
+# INVO does not text (libphonenumber's metadata, which no pattern carries), a routing number whose
+# ABA checksum fails (no pattern carries a checksum), a payout of more than the tenant is owed.
 FORESEEABLE_400 = {
     "IDEMPOTENCY_KEY_REUSED",
     "INVALID_PAYMENT_METHOD",
     "INVALID_PHONE_NUMBER",
     "PHONE_COUNTRY_NOT_ALLOWED",
+    "INVALID_ROUTING_NUMBER",
+    "AMOUNT_EXCEEDS_OWED",
 }
-# The processor's events need Stripe's signature over the body, which no generated case carries:
-# every positive case is a 400 INVALID_SIGNATURE by design.
-UNSIGNABLE = {("POST", "/webhooks/processor")}
+# The providers' events need their signature over the body (Stripe's, Modern Treasury's), which no
+# generated case carries: every positive case is a 400 INVALID_SIGNATURE by design.
+UNSIGNABLE = {("POST", "/webhooks/processor"), ("POST", "/webhooks/ach")}
 # NDJSON is not one JSON document: its lines are checked by tests/test_ledger_export.py instead.
 STREAMED = {("GET", "/api/players/balances/export")}
 
