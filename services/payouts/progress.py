@@ -30,6 +30,13 @@ from services.payouts.store import LIFECYCLE
 log = logging.getLogger("invo.payouts.progress")
 
 
+def _rank(status: str) -> int:
+    """How far along a payment order's state is (unknown: not at all)."""
+    if status in ach.IN_FLIGHT:
+        return {"processing": 2, "sent": 3}.get(status, 1)
+    return {"completed": 4, "returned": 5}.get(status, 5 if status in ach.FAILED else 0)
+
+
 def path_to(order: ach.Order) -> list[str]:
     """The payout statuses an order's state leads through, in order."""
     if order.status in ach.IN_FLIGHT:
@@ -54,12 +61,19 @@ async def advance(
             log.error("payment order %s does not match payout %s: left for an operator", order.order_id, payout_id)
             return row
         now = await conn.fetchval("SELECT now()")
+        # The provider's state is kept only when it is news: a late webhook (finish_processing after
+        # completed) neither moves it back nor postpones the next poll.
+        newer = _rank(order.status) >= _rank(row["provider_status"] or "")
         await conn.execute(
-            "UPDATE payouts SET provider_order_id = $2, provider_status = $3, polled_at = $4 WHERE payout_id = $1",
+            "UPDATE payouts SET provider_order_id = $2,"
+            " provider_status = CASE WHEN $3 THEN $4 ELSE provider_status END,"
+            " polled_at = CASE WHEN $3 OR $6 THEN $5 ELSE polled_at END WHERE payout_id = $1",
             payout_id,
             order.order_id,
+            newer,
             order.status,
             now,
+            source == "sweep",
         )
         current = row["status"]
         for target in path_to(order):

@@ -67,7 +67,10 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutsServiceServicer):
             starting_after=request.starting_after,
             limit=request.limit,
         )
-        return payouts_pb2.ListPayoutsResponse(payouts=[messages.payout_message(r) for r in rows], has_more=has_more)
+        approvals = await self.d.store.approvals_of([r["payout_id"] for r in rows])
+        return payouts_pb2.ListPayoutsResponse(
+            payouts=[messages.payout_message(r, approvals=approvals[r["payout_id"]]) for r in rows], has_more=has_more
+        )
 
     async def CancelPayout(self, request: payouts_pb2.PayoutLookup, context: Any) -> Any:
         row, duplicate = await requests.cancel(

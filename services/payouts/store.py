@@ -109,6 +109,17 @@ class PayoutStore:
             )
         )
 
+    async def approvals_of(self, payout_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
+        """The approvals of a page of payouts, in one query."""
+        out: dict[str, list[asyncpg.Record]] = {pid: [] for pid in payout_ids}
+        for r in await self.pool.fetch(
+            "SELECT payout_id, operator_id, created_at FROM payout_approvals WHERE payout_id = ANY($1::text[])"
+            " ORDER BY created_at",
+            payout_ids,
+        ):
+            out[r["payout_id"]].append(r)
+        return out
+
     async def page(
         self, *, tenant_id: str, any_tenant: bool, status: str, starting_after: str, limit: int
     ) -> tuple[list[asyncpg.Record], bool]:
