@@ -46,6 +46,10 @@ EXTRA_ENV = {
     "INVO_REQUIRES_ACTION_TIMEOUT_S": "30",
     # Two texts a transfer: the full suite's transfers would pass a tenant's 1,000 an hour.
     "INVO_SMS_PER_TENANT_PER_HOUR": "100000",
+    # A payout settles (processing, sent, completed, then returned for a 100XX account) in about two
+    # seconds, not eight; a worker killed mid-call to the ACH provider leaves its lease for 20 s, not 30.
+    "INVO_ACH_SIM_SETTLE_DELAY_S": "0.5",
+    "INVO_ACH_TIMEOUT_S": "5",
 }
 
 
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     over = elapsed_s > BUDGET_S and not args.phase and not args.quick
     print(
         f"\n{result['operations']} operations, {result['acknowledged']} acknowledged, {result['refunds']} of them"
-        f" refunds; processor record: "
+        f" refunds, {result['payouts']} payouts; processor record: "
         f"{result['processor_source']}"
     )
     budget = " (over the 15-minute budget)" if over else ""

@@ -17,6 +17,10 @@
   or returning once the sweep had its time), its hold and its settlement or return each once in
   the ledger, and no transfer transaction that no transfer names (`transfers`,
   `faults.transfer_checks`).
+- Each payout reads as the client was told or further along (none left approved or processing
+  once the sweep had its time), ends as its plan and the simulator's account number say, is at
+  most one payment order at the ACH provider, and each payout tenant's revenue is its earnings
+  less what completed and was not returned less what is held (`payouts`, `faults.payout_checks`).
 - The processor's record and the webhooks are checked in `faults.evidence`.
 
 Each finding is reported once, in the check that first saw it: a phase's row counts what it broke.
@@ -28,7 +32,7 @@ import dataclasses
 import time
 from typing import Any
 
-from faults import checkout, evidence, refunds, transfer_checks, transfers
+from faults import checkout, evidence, payout_checks, refunds, transfer_checks, transfers
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
@@ -60,6 +64,8 @@ class Findings:
     refunds_checked: int = 0
     transfers: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # transfers gone wrong
     transfers_checked: int = 0
+    payouts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # payouts (or revenues) gone wrong
+    payouts_checked: int = 0
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -79,6 +85,7 @@ class Findings:
             + len(self.sessions)
             + len(self.refunds)
             + len(self.transfers)
+            + len(self.payouts)
             + int(self.processor.get("violations", 0))
             + int(self.webhooks.get("violations", 0))
         )
@@ -100,6 +107,7 @@ class Checker:
         self.txn_kinds: dict[tuple[int, str], str] = {}  # (tenant, transaction_id) -> kind, of those
         self.reported: set[str] = set()
         self.evidence = evidence.Evidence(world, receivers, self.stats)
+        self.payout_checks = payout_checks.PayoutChecks(world, stack.env, self.stats)
         self.processor_restarted_at = 0.0  # time.monotonic() of the simulator's last start by a fault
         # What the supervisor (`Stack.watch_once`, when the runner runs it) reported since the last check.
         self.supervisor_lines: list[str] = []
@@ -135,6 +143,8 @@ class Checker:
         f.sessions_checked, f.sessions = await self.sessions(ops, deadline)
         f.refunds_checked, f.refunds = await self.refunded_orders(ops, deadline)
         f.transfers_checked, f.transfers = await self.checked_transfers(ops, deadline)
+        # Before the webhooks: it promises each transition the payouts made.
+        f.payouts_checked, f.payouts = await self.checked_payouts(ops, deadline)
         f.webhooks = await self.evidence.webhooks(webhook_bound_s, self._new)
         f.check_s = round(time.monotonic() - started, 2)
         return f
@@ -238,6 +248,8 @@ class Checker:
         doubled: list[dict[str, Any]] = []
         explained: set[tuple[int, str]] = set()
         for op in self.world.model.acked():
+            if op.payout_id:
+                continue  # a payout's request and review move no wallet (`faults.payout_checks`)
             explained.add((op.tenant, op.transaction_id))
             moved = self.player_txns.get((op.tenant, op.transaction_id), {}).get(op.player)
             if moved != op.delta_minor and self._new("lost", op.key):
@@ -312,6 +324,16 @@ class Checker:
             self.world, ops, self.player_txns, self.txn_kinds, deadline, self.stats
         )
         return checked, [w for w in wrong if self._new("transfer", w["transfer_id"] or w["transaction_id"])]
+
+    async def checked_payouts(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
+        """Every payout these operations touched against the client's story and the ACH provider;
+        and the revenue of each tenant with payouts."""
+        checked, wrong = await self.payout_checks.check(ops, deadline)
+
+        def tag(w: dict[str, Any]) -> str:
+            return str(w["payout_id"]) or f"revenue:{w['tenant']}:{sorted(w['revenue_minor'].items())}"
+
+        return checked, [w for w in wrong if self._new("payout", tag(w))]
 
     async def refunded_orders(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
         """Every order these operations refunded against the model and the processor's refunds."""

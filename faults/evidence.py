@@ -139,7 +139,8 @@ class Evidence:
                 )
             if k in expected:
                 op = expected[k]
-                if new("lag", "|".join(map(str, k))):
+                # A move the ACH provider made later is no measure of this answer's delivery.
+                if (k[1], k[2]) not in op.late_events and new("lag", "|".join(map(str, k))):
                     lags.append(min(r.first_at for r in received) - op.acked_at)
             elif k[1] in MONEY_EVENTS and k not in allowed and new("phantom", "|".join(map(str, k))):
                 phantom.append({"tenant": k[0], "event_type": k[1], "key": k[2]})

@@ -1,7 +1,8 @@
 """The money flows the network has today, each one generator of operations: an operator's credit,
 an item purchase, a currency purchase by card (charged or declined), and one through 3-D Secure
 (the challenge passed or failed, then confirm-payment). Hosted checkout is `faults.checkout`,
-operators' refunds `faults.refunds`, transfers between tenants `faults.transfers`.
+operators' refunds `faults.refunds`, transfers between tenants `faults.transfers`, partner payouts
+`faults.payouts`.
 
 A flow does what a partner's backend does (one request retried with the same key until a definite
 answer, see `faults.client`) and records in the `Model` what the answer promised. A later flow

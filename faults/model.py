@@ -3,7 +3,8 @@
 An acknowledged operation (a 2xx) promises its effect on one wallet (`delta_minor`, under its
 `transaction_id`; an operator's refund of an order is an operation of its own, debiting what the
 pro-rata rule gives; a transfer is its hold, then its claim or its cancel, each an operation on the
-wallet it moves) and the webhook events that announce it; a refused one (a definite 4xx) promises
+wallet it moves; a payout is its request, then its review or cancel, moving no wallet: its effect is on
+the tenant's revenue) and the webhook events that announce it; a refused one (a definite 4xx) promises
 no effect, and sometimes an event (a declined card is announced as `purchase.failed`). The checks
 compare the network's state with these promises; nothing here talks to the network.
 """
@@ -31,6 +32,7 @@ MONEY_EVENTS = frozenset(
         "transfer.completed",
         "transfer.cancelled",
         "transfer.expired",
+        "payout.status_changed",
     }
 )
 
@@ -49,7 +51,8 @@ def minor(units: object) -> int:
 def event_key(event_type: str, data: dict[str, Any]) -> str | None:
     """What names the operation an event announces: its transaction, its order (its refund: an
     order may have several), or (for an operator's adjustment, whose event carries neither) the
-    adjustment's unique reason; a transfer's, its transfer."""
+    adjustment's unique reason; a transfer's, its transfer; a payout's, its payout and the status
+    it moved to (each transition is an event of its own, once)."""
     if event_type == "item.purchased":
         return str(data.get("transaction_id") or "") or None
     if event_type == "purchase.refunded":
@@ -60,6 +63,8 @@ def event_key(event_type: str, data: dict[str, Any]) -> str | None:
         return str(data.get("reason") or "") or None
     if event_type.startswith("transfer."):
         return str(data.get("transfer_id") or "") or None
+    if event_type == "payout.status_changed" and data.get("payout_id") and data.get("to"):
+        return f"{data['payout_id']}:{data['to']}"
     return None
 
 
@@ -98,11 +103,17 @@ class Op:
     refund_id: str = ""
     usd_cents: int = 0  # a refund's USD, as asked (all that remained, when no amount was sent)
     transfer_id: str = ""  # a cross-tenant transfer: the one this operation started, claimed or cancelled
+    payout_id: str = ""  # a partner payout: the one this operation asked for, reviewed or cancelled
+    payout_status: str = ""  # the payout's status as this operation's answer told it
+    payout_end: str = ""  # the end the client drove the payout to ("completed", "returned R01", ...)
     delta_minor: int = 0  # the acknowledged effect on the player's wallet
     events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
     allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
     # Promised to another tenant than the operation's (a transfer's end is told to both sides).
     other_events: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # (tenant, type, key)
+    # Of `events`, those whose moment is not this answer's (a payout's moves by the ACH provider):
+    # promised all the same, but not timed from `acked_at`.
+    late_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     replay: Replay | None = None
     attempts: int = 0
     indefinite: int = 0  # attempts with a 5xx, a timeout or a connection error
@@ -128,6 +139,9 @@ class Op:
             "refund_id": self.refund_id,
             "usd_cents": self.usd_cents,
             "transfer_id": self.transfer_id,
+            "payout_id": self.payout_id,
+            "payout_status": self.payout_status,
+            "payout_end": self.payout_end,
             "delta_minor": self.delta_minor,
             "attempts": self.attempts,
             "indefinite": self.indefinite,
@@ -193,6 +207,14 @@ class Model:
         for op in self.ops:
             if op.transfer_id:
                 out.setdefault(op.transfer_id, []).append(op)
+        return out
+
+    def payouts(self) -> dict[str, list[Op]]:
+        """payout_id -> its operations (the request first, then its review or cancel), in order."""
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
+            if op.payout_id:
+                out.setdefault(op.payout_id, []).append(op)
         return out
 
     def by_session(self) -> dict[str, Op]:

@@ -1,7 +1,8 @@
 """The faults, one per phase: what is done to the network while the load runs, and how it heals.
 
-- `Kill(name)`: SIGKILL one process (a service, the gateway, the processor simulator) and start
-  it again (`Stack.restart`): a crash mid-request, then recovery from what is on record.
+- `Kill(name)`: SIGKILL one process (a service, the gateway, the card processor's or the ACH
+  provider's simulator) and start it again (`Stack.restart`): a crash mid-request, then recovery
+  from what is on record.
 - `KillNats`: SIGKILL nats-server and start it again on its port, its store kept.
 - `FreezePostgres(hold_s)`: SIGSTOP the postmaster and every child (found through /proc) for
   `hold_s`, then SIGCONT: a database that stalls without closing anything.
@@ -244,12 +245,13 @@ def by_name(name: str) -> Fault:
     raise ValueError(f"no fault named {name!r}")
 
 
-# The full suite, in order: each service, the gateway, the simulator, NATS; the database frozen;
+# The full suite, in order: each service, the gateway, the simulators, NATS; the database frozen;
 # then the proxies (last: they restart a service to put it behind the proxy).
 FULL = (
     *(f"kill-{s}" for s in SERVICES),
     "kill-gateway",
     "kill-processor_sim",
+    "kill-ach_sim",
     "kill-nats",
     "freeze-postgres",
     "cut-postgres:ledger",

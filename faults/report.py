@@ -22,6 +22,8 @@ COLUMNS = (
     ("webhook_lag_s", "wh lag s", 8),
     ("violations", "violations", 10),
 )
+# The findings that are lists, shown by their first items.
+LISTED = ("dead", "unresolved", "lost", "doubled", "wallets", "replays", "sessions", "refunds", "transfers", "payouts")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -51,7 +53,7 @@ def violations_text(rows: list[dict[str, Any]], limit: int = 12) -> str:
             parts.append(f"error: {row['error']}")
         if f and not f.get("ledger", {}).get("ok", True):
             parts.append(f"ledger check: {f['ledger']}")
-        for kind in ("dead", "unresolved", "lost", "doubled", "wallets", "replays", "sessions", "refunds", "transfers"):
+        for kind in LISTED:
             if f.get(kind):
                 parts.append(f"{kind} ({len(f[kind])}): {json.dumps(f[kind][:2], default=str)[:400]}")
         for group in ("processor", "webhooks"):

@@ -165,6 +165,7 @@ async def _run(wl: Workload, checker: Checker, settings: Settings, faults: list[
         "operations": len(model.ops),
         "acknowledged": len(model.acked()),
         "refunds": sum(1 for op in model.acked() if op.refund_of),
+        "payouts": len(model.payouts()),  # asked for and acknowledged
         "processor_source": wl.world.processor.source,
         "odd_answers": [op.summary() for op in model.ops if op.note][:50],
     }

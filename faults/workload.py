@@ -19,6 +19,7 @@ from faults.checkout import CheckoutPurchase
 from faults.client import Gateway, Stats
 from faults.flows import CardPurchase, Credit, Flow, ItemPurchase, Tenant, ThreeDSecurePurchase, World
 from faults.model import ACKED, Model, Op
+from faults.payouts import Payout
 from faults.processor import Processor
 from faults.receivers import Receivers
 from faults.refunds import RefundPurchase
@@ -35,7 +36,10 @@ CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1
 # Secure both ways, operators' credits now and then, a few card purchases refunded by an
 # operator (each is two to four operations: the purchase, its refunds, a refusal of one more), and
 # transfers to another tenant, self-transfers and sends, mostly claimed, some cancelled before or
-# after the PIN (each is two or three operations: the hold, its claim or cancel).
+# after the PIN (each is two or three operations: the hold, its claim or cancel); and partner
+# payouts, each earned first, approved and completed most often, some failing at the bank or
+# returned after completing, some rejected by the operator or cancelled by the partner (each is four
+# operations: the earner's credit and item purchase, the request, its review or cancel).
 FLOWS: tuple[tuple[Flow, int], ...] = (
     (ItemPurchase(), 55),
     (CardPurchase("card_purchase", "pm_card_visa"), 20),
@@ -50,6 +54,11 @@ FLOWS: tuple[tuple[Flow, int], ...] = (
     (Transfer("send", SEND, "claim"), 3),
     (Transfer("self_transfer_cancelled", SELF, "cancel"), 1),
     (Transfer("send_cancelled", SEND, "cancel"), 1),
+    (Payout("payout", "completed"), 3),
+    (Payout("payout_failed", "failed"), 1),
+    (Payout("payout_returned", "returned"), 1),
+    (Payout("payout_rejected", "rejected"), 1),
+    (Payout("payout_cancelled", "cancelled"), 1),
 )
 
 

@@ -9,7 +9,7 @@ process that died on its own; and a second delivery of one event is counted as a
 hosted checkout session is held to its orders: a second charge on one session is caught. A
 refunded order is held to the refunds the operator was told: a second processor refund is caught.
 A transfer is held to exactly once: a second settlement to its recipient, and a transfer left
-claiming past the sweep's time, are caught.
+claiming past the sweep's time, are caught. Payouts: test_faults_payouts.py.
 """
 
 from __future__ import annotations
