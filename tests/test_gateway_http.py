@@ -146,7 +146,7 @@ async def test_health_and_readiness(api: Api) -> None:
     ready = await api.get("/readyz")
     assert ready.status == 200 and ready.body["status"] == "ready"
     # Transfers and payouts have no API yet: readiness does not claim them.
-    assert set(ready.body["services"]) == {"tenants", "ledger", "payments", "transfers", "webhooks"}
+    assert set(ready.body["services"]) == {"tenants", "ledger", "payments", "transfers", "payouts", "webhooks"}
 
 
 async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> None:

@@ -90,7 +90,9 @@ async def sim(stack: Stack, action: str, *, get: bool = False, **body: Any) -> A
     """One of the ACH simulator's test controls (`/_sim/<action>`): its JSON answer, which must be a 200."""
     url = f"{stack.env['INVO_ACH_API_BASE']}/_sim/{action}"
     async with aiohttp.ClientSession() as http:
-        async with http.request("GET" if get else "POST", url, json=None if get else body) as resp:
+        # A read takes its arguments as the query (payment_order_id=...), a control as its body.
+        query = {k: str(v) for k, v in body.items()} if get else None
+        async with http.request("GET" if get else "POST", url, params=query, json=None if get else body) as resp:
             answer = await resp.json()
             assert resp.status == 200, (action, resp.status, answer)
             return answer
