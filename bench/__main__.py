@@ -108,6 +108,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "concurrency": args.concurrency,
             "quick": args.quick,
+            "replicas": len(env.get("INVO_GATEWAY_URLS", "").split(",")) if env.get("INVO_GATEWAY_URLS") else 1,
         },
         "scenarios": results,
         "ratios": ratios,
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
     parser.add_argument("--quick", action="store_true", help="2 s per scenario: a smoke run")
     parser.add_argument("--env-file", type=pathlib.Path, help="use a running network described by this dev.env")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="start a network of its own with this many replicas of every service and of the gateway (1 to 8)",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
     if args.quick:
@@ -134,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     args.scenario = args.scenario or list(SCENARIOS)
     if not 1 <= args.concurrency <= 512 or not 0.5 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         parser.error("concurrency 1..512, duration 0.5..600 s and warmup 0..60 s")
+    if not 1 <= args.replicas <= 8:
+        parser.error("replicas 1..8")
 
     stack: Stack | None = None
     env_file = args.env_file or (default_home() / "dev.env")
-    if env_file.exists():
+    # Replicas need a network started for them: a running one has the replicas it was started with.
+    if env_file.exists() and (args.replicas == 1 or args.env_file):
         env = _env_from_file(env_file)
         print(f"using the running network of {env_file}", file=sys.stderr)
     else:
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(
             home,
             env={k: v for k, v in os.environ.items() if k != "INVO_GATEWAY_PORT"}
-            | {"INVO_LOG_LEVEL": "WARNING", "INVO_GATEWAY_PORT": str(free_port())},
+            | {"INVO_LOG_LEVEL": "WARNING", "INVO_GATEWAY_PORT": str(free_port()), "INVO_REPLICAS": str(args.replicas)},
         )
         stack.start()
         env = stack.dev_env()

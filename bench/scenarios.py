@@ -47,7 +47,9 @@ class Bench:
         self.run_id = secrets.token_hex(4)
         self.http: aiohttp.ClientSession | None = None
         # One keep-alive connection per simulated client, for the measured requests.
-        self.conns = [Connection(self.gateway, timeout_s=REQUEST_TIMEOUT_S) for _ in range(concurrency)]
+        # Spread over every gateway replica, as a load balancer in front of them would.
+        urls = (env.get("INVO_GATEWAY_URLS") or self.gateway).split(",")
+        self.conns = [Connection(urls[i % len(urls)], timeout_s=REQUEST_TIMEOUT_S) for i in range(concurrency)]
 
     async def __aenter__(self) -> Bench:
         self.http = aiohttp.ClientSession(

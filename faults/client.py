@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import random
 import time
@@ -82,8 +83,19 @@ def not_yet(status: int, body: Any) -> bool:
 class Gateway:
     """The public gateway (SDK keys) and its admin API (the bootstrap token), as a partner sees them."""
 
-    def __init__(self, base_url: str, *, admin_token: str, request_timeout_s: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        admin_token: str,
+        request_timeout_s: float,
+        rng: random.Random,
+        alternates: tuple[str, ...] = (),
+    ) -> None:
         self.base_url = base_url
+        # Every gateway replica, each attempt to the next (a killed one's attempts fail and are retried
+        # on another), as a load balancer in front of them would spread a partner's requests.
+        self._bases = itertools.cycle((base_url, *alternates))
         self.admin_token = admin_token
         self.request_timeout_s = request_timeout_s
         self.rng = rng
@@ -120,7 +132,7 @@ class Gateway:
         if self.session is None:
             raise RuntimeError("Gateway used outside `async with`")
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        full = url if url.startswith("http") else self.base_url + url
+        full = url if url.startswith("http") else next(self._bases) + url
         async with self.session.request(
             method, full, json=body, params=params, headers=headers, timeout=timeout
         ) as resp:

@@ -96,6 +96,7 @@ class Workload:
             admin_token=stack.env["INVO_ADMIN_TOKEN"],
             request_timeout_s=settings.request_timeout_s,
             rng=self.rng,
+            alternates=tuple(stack.gateway_urls[1:]),
         )
         processor = Processor(
             self.gateway,

@@ -244,6 +244,12 @@ class Settings:
     )
     sms_timeout_s: float = _field("INVO_SMS_TIMEOUT_S", 5.0, "Timeout of one call to the SMS API.")
 
+    replicas: int = _field(
+        "INVO_REPLICAS",
+        1,
+        "Processes of each gRPC service and of the gateway that `make run` and the test stack start (1 to 8);"
+        " each service's address is then the list of its replicas, called round-robin.",
+    )
     ach_api_base: str = _field(
         "INVO_ACH_API_BASE",
         "",

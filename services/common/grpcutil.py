@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -251,8 +252,25 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# Calls are spread over every address a target names (the replicas' list in the local stack, the
+# pods a Kubernetes headless Service resolves to) and skip one that is down: gRPC's client-side
+# round_robin. A replica that dies fails only the calls in flight on it; the caller retries them.
+_BALANCED = [("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))]
+
+
+def target(addr: str) -> str:
+    """A gRPC target for an address setting: `host:port`, a list of them
+    (`127.0.0.1:5001,127.0.0.1:5002`: every replica), or a target with its scheme
+    (`dns:///ledger-headless.invo.svc.cluster.local:50051`)."""
+    if "," in addr and "://" not in addr and not addr.startswith(("ipv4:", "ipv6:", "dns:", "unix:")):
+        return "ipv4:" + ",".join(part.strip() for part in addr.split(",") if part.strip())
+    return addr
+
+
 def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=[DeadlineRequired()])
+    return grpc.aio.insecure_channel(
+        target(addr), options=[*_CHANNEL_OPTIONS, *_BALANCED], interceptors=[DeadlineRequired()]
+    )
 
 
 T = TypeVar("T")
@@ -309,7 +327,8 @@ async def stream(method: Callable[..., Any], request: Any, *, timeout_s: float) 
 
 
 async def check_health(addr: str, *, timeout_s: float) -> bool:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    """Does the service answer: any replica of it serving is enough (round_robin skips the others)."""
+    async with grpc.aio.insecure_channel(target(addr), options=_BALANCED) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)

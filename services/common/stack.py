@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import pathlib
-import secrets
 import signal
 import subprocess
 import sys
@@ -32,8 +31,9 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from services.common import crypto, devservers, logs, simulators
+from services.common import devsecrets, devservers, logs, replicas, simulators
 from services.common.config import SERVICES, Settings
+from services.common.devsecrets import write_private as _write_private
 from services.common.service import migrate_all
 
 if TYPE_CHECKING:
@@ -69,16 +69,6 @@ def default_home() -> pathlib.Path:
     return pathlib.Path(os.environ.get("INVO_HOME") or ROOT / ".invo").resolve()
 
 
-def _write_private(path: pathlib.Path, text: str) -> None:
-    """Write atomically (a reader sees the old file or the whole new one) with mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class Stack:
     def __init__(
         self,
@@ -109,6 +99,9 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env: dict[str, str] = {}
         self.gateway_url = ""
+        self.gateway_urls: list[str] = []  # every gateway replica's, the first one's first
+        self.replica_count = 1
+        self.replica_env: dict[str, dict[str, str]] = {}  # each replica's own listen address or port
         self.demo: dict[str, str] = {}
         self.simulators: list[str] = list(simulators.LISTEN)  # those that run (services/common/simulators.py)
         self.use_simulator = True  # the card processor's
@@ -121,24 +114,7 @@ class Stack:
     # -- secrets and servers -------------------------------------------------------------
 
     def _secrets(self) -> dict[str, str]:
-        """Development secrets, made on first run and kept (0600) so data stays readable."""
-        path = self.home / "secrets.json"
-        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        wanted = {
-            "admin_token": lambda: "invo_admin_" + secrets.token_urlsafe(24),
-            "key_pepper": lambda: secrets.token_urlsafe(32),
-            "data_keys": lambda: crypto.Keyring.generate_spec("dev1"),
-            "pg_password": lambda: secrets.token_urlsafe(18),
-            "identity_key": lambda: secrets.token_urlsafe(32),
-            "transfer_code_key": lambda: secrets.token_urlsafe(48),
-            "checkout_keys": lambda: "dev1:" + secrets.token_urlsafe(32),
-            **simulators.SECRETS,
-        }
-        missing = {name: make() for name, make in wanted.items() if name not in stored}
-        if missing:
-            stored.update(missing)
-            _write_private(path, json.dumps(stored, indent=2))
-        return stored
+        return devsecrets.load_or_make(self.home)
 
     def _database_url(self, pg_password: str) -> str:
         external = self.base_env.get("INVO_DATABASE_URL", "")
@@ -206,12 +182,15 @@ class Stack:
         if self.nats_namespace:
             env["INVO_NATS_STREAM"] = f"INVO_{self.nats_namespace.upper()}"
             env["INVO_NATS_SUBJECT_PREFIX"] = f"invo_{self.nats_namespace.lower()}.events"
-        for name in SERVICES:
-            env[f"INVO_{name.upper()}_ADDR"] = f"127.0.0.1:{devservers.free_port()}"
         wanted = int(env.get("INVO_GATEWAY_PORT") or 8080)
         port = wanted if devservers.port_is_free(wanted) else devservers.free_port()
         env["INVO_GATEWAY_PORT"] = str(port)
         env["INVO_GATEWAY_HOST"] = "127.0.0.1"
+        # Every gRPC service and the gateway as INVO_REPLICAS processes each (services/common/replicas.py).
+        self.replica_count = replicas.count_of(env)
+        self.replica_env, self.gateway_urls = replicas.plan(
+            env, SERVICES, count=self.replica_count, gateway_port=port, free_port=devservers.free_port
+        )
         # The card processor and the ACH provider: their simulators, unless real ones are configured.
         self.simulators = simulators.configure(env, sec, gateway_port=port)
         self.use_simulator = "processor_sim" in self.simulators
@@ -219,7 +198,7 @@ class Stack:
         env.update(self.extra_env)
         env.pop("INVO_GRPC_LISTEN", None)
         self.env = env
-        self.gateway_url = f"http://127.0.0.1:{port}"
+        self.gateway_url = self.gateway_urls[0]
         # Migrate once up front so a bad migration is one clear error, not six dying services.
         asyncio.run(migrate_all(Settings.from_env(env)))
         for name in self.process_names():
@@ -228,12 +207,19 @@ class Stack:
         self._ensure_demo_tenant()
 
     def process_names(self) -> list[str]:
-        return [n for n in PROCESSES if n not in simulators.LISTEN or n in self.simulators]
+        """Every process of this stack, replicas included (`ledger`, `ledger@2`, ...)."""
+        out: list[str] = []
+        for name in PROCESSES:
+            if name in simulators.LISTEN:
+                out += [name] if name in self.simulators else []
+            else:
+                out += replicas.names(name, self.replica_count)
+        return out
 
     def set_process_env(self, name: str, overrides: Mapping[str, str]) -> None:
         """Replace the overrides for process `name` (an empty mapping removes them). They apply
         from its next spawn: `restart(name)` or `start_process(name)` after this call."""
-        if name not in PROCESSES:
+        if replicas.module_of(name) not in PROCESSES:
             raise StackError(f"no process named {name!r}; the processes are {', '.join(PROCESSES)}")
         for key, value in overrides.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -242,7 +228,7 @@ class Stack:
 
     def env_for(self, name: str) -> dict[str, str]:
         """The environment process `name` is spawned with: the shared `env`, then its overrides."""
-        return {**self.env, **self.process_env.get(name, {})}
+        return {**self.env, **self.replica_env.get(name, {}), **self.process_env.get(name, {})}
 
     def _spawn(self, name: str) -> None:
         # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: every service is
@@ -253,7 +239,7 @@ class Stack:
     def _popen(self, name: str) -> subprocess.Popen[bytes]:
         with devservers.open_private_log(self.logs / f"{name}.log") as logf:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", f"services.{replicas.module_of(name)}"],
                 cwd=ROOT,
                 env=self.env_for(name),
                 stdout=logf,
@@ -287,15 +273,16 @@ class Stack:
 
     def is_ready(self, name: str, *, timeout_s: float) -> bool:
         """Does process `name` serve: its gRPC health, the gateway's /readyz, a simulator's port."""
-        if name == "gateway":
+        if replicas.module_of(name) == "gateway":
+            port = self.env_for(name)["INVO_GATEWAY_PORT"]
             try:
-                status, _ = devservers.http_json("GET", self.gateway_url + "/readyz", timeout_s=timeout_s)
+                status, _ = devservers.http_json("GET", f"http://127.0.0.1:{port}/readyz", timeout_s=timeout_s)
             except (OSError, ValueError, http.client.HTTPException):  # a gateway dying mid-answer, too
                 return False
             return status == 200
         if name in simulators.LISTEN:
             return not devservers.port_is_free(int(self.env[simulators.LISTEN[name]].rpartition(":")[2]))
-        return devservers.grpc_serving(self.env[f"INVO_{name.upper()}_ADDR"], timeout_s)
+        return devservers.grpc_serving(self.env_for(name)["INVO_GRPC_LISTEN"], timeout_s)
 
     def _wait_ready(self, names: tuple[str, ...] | list[str] = PROCESSES) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -303,7 +290,7 @@ class Stack:
         while pending:
             self.raise_if_dead()
             name = pending[0]
-            ok = self.is_ready(name, timeout_s=5.0 if name == "gateway" else 2.0)
+            ok = self.is_ready(name, timeout_s=5.0 if replicas.module_of(name) == "gateway" else 2.0)
             if ok:
                 pending.pop(0)
                 continue
@@ -404,6 +391,7 @@ class Stack:
     def dev_env(self) -> dict[str, str]:
         out = {
             "INVO_GATEWAY_URL": self.gateway_url,
+            "INVO_GATEWAY_URLS": ",".join(self.gateway_urls),
             "INVO_ADMIN_TOKEN": self.env["INVO_ADMIN_TOKEN"],
             "INVO_DEMO_SDK_KEY": self.demo.get("sdk_key", ""),
             "INVO_DEMO_TENANT_ID": self.demo.get("tenant_id", ""),
@@ -425,9 +413,10 @@ class Stack:
 
     def stop(self) -> None:
         self._supervisor = None  # a stopped stack has nothing pending
-        # The gateway first so no new work arrives, then the services together, then the servers.
-        if "gateway" in self.procs:
-            devservers.stop_process(self.procs["gateway"], timeout_s=STOP_TIMEOUT_S)
+        # The gateways first so no new work arrives, then the services together, then the servers.
+        for name, proc in self.procs.items():
+            if replicas.module_of(name) == "gateway":
+                devservers.stop_process(proc, timeout_s=STOP_TIMEOUT_S)
         for proc in self.procs.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
