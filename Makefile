@@ -9,10 +9,10 @@ PROTOS := $(wildcard protos/invo/v1/*.proto)
 GEN_STAMP := $(GEN)/.stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos run up down migrate test lint bench faults clean chromium
+.PHONY: help venv protos run up down migrate test lint k8s-check bench faults clean chromium
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml tools/install.py
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,9 @@ lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
 	$(BIN)/ruff check services tests tools bench faults
 	$(BIN)/ruff format --check services tests tools bench faults
 	$(BIN)/mypy
+
+k8s-check: $(STAMP) ## render the k8s/ overlays with kustomize, validate them strictly, check them (tools/k8s_check.py)
+	$(PY) tools/k8s_check.py
 
 bench: $(GEN_STAMP) ## measure the network end to end
 	$(PY) -m bench $(BENCH_ARGS)

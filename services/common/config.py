@@ -39,6 +39,11 @@ class Settings:
     )
     nats_url: str = _field("INVO_NATS_URL", "", "NATS URL. Empty: `make run` starts one.")
     nats_stream: str = _field("INVO_NATS_STREAM", "INVO_EVENTS", "JetStream stream holding every event.")
+    nats_stream_replicas: int = _field(
+        "INVO_NATS_STREAM_REPLICAS",
+        1,
+        "Copies JetStream keeps of the event stream (3 on a three-server production cluster; 1 on one server).",
+    )
     nats_subject_prefix: str = _field(
         "INVO_NATS_SUBJECT_PREFIX", "invo.events", "Events go to `<prefix>.<tenant_id>.<event_type>`."
     )

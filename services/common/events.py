@@ -91,13 +91,16 @@ async def connect_nats(url: str, *, name: str) -> NatsClient:
     )
 
 
-async def ensure_stream(js: JetStreamContext, *, stream: str, subject_prefix: str) -> None:
+async def ensure_stream(js: JetStreamContext, *, stream: str, subject_prefix: str, replicas: int = 1) -> None:
+    """Create the stream, or bring an existing one to this configuration. `replicas` is stated every
+    time: an update that leaves it out makes the server take it as 1, dropping the others' copies."""
     config = StreamConfig(
         name=stream,
         subjects=[f"{subject_prefix}.>"],
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_age=7 * 86400.0,
+        num_replicas=max(1, replicas),
     )
     try:
         await js.stream_info(stream)

@@ -74,7 +74,12 @@ async def _serve(name: str, setup: Setup) -> None:
         nc = await events.connect_nats(settings.nats_url, name=f"invo-{name}")
         svc.on_shutdown(nc.close)
         js = nc.jetstream()
-        await events.ensure_stream(js, stream=settings.nats_stream, subject_prefix=settings.nats_subject_prefix)
+        await events.ensure_stream(
+            js,
+            stream=settings.nats_stream,
+            subject_prefix=settings.nats_subject_prefix,
+            replicas=settings.nats_stream_replicas,
+        )
         relay = events.OutboxRelay(
             pool,
             js,

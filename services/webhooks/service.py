@@ -196,7 +196,12 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     nc = await events.connect_nats(settings.nats_url, name="invo-webhooks")
     svc.on_shutdown(nc.close)
     js = nc.jetstream()
-    await events.ensure_stream(js, stream=settings.nats_stream, subject_prefix=settings.nats_subject_prefix)
+    await events.ensure_stream(
+        js,
+        stream=settings.nats_stream,
+        subject_prefix=settings.nats_subject_prefix,
+        replicas=settings.nats_stream_replicas,
+    )
     svc.background(consumer.run(js), "webhook-consumer")
     svc.background(sender.run(), "webhook-sender")
     svc.background(sender.outcomes.run(), "webhook-outcomes")

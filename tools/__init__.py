@@ -1,0 +1,1 @@
+"""The project's tools (installing, the README's settings table, the Kubernetes check)."""
