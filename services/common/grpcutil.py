@@ -255,7 +255,19 @@ _CHANNEL_OPTIONS = [
 # Calls are spread over every address a target names (the replicas' list in the local stack, the
 # pods a Kubernetes headless Service resolves to) and skip one that is down: gRPC's client-side
 # round_robin. A replica that dies fails only the calls in flight on it; the caller retries them.
-_BALANCED = [("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))]
+# round_robin reconnects to a lost replica at once and then backs off (gRPC's default reaches two
+# minutes): capped at 2 s here, a restarted replica takes calls again within 2 s of serving. A single
+# address keeps gRPC's default (pick_first), which reconnects on the next call.
+_BALANCED = [
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def _options(t: str) -> list[tuple[str, Any]]:
+    return [*_CHANNEL_OPTIONS, *_BALANCED] if t.startswith(("ipv4:", "ipv6:", "dns:")) else list(_CHANNEL_OPTIONS)
 
 
 def target(addr: str) -> str:
@@ -268,9 +280,8 @@ def target(addr: str) -> str:
 
 
 def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target(addr), options=[*_CHANNEL_OPTIONS, *_BALANCED], interceptors=[DeadlineRequired()]
-    )
+    t = target(addr)
+    return grpc.aio.insecure_channel(t, options=_options(t), interceptors=[DeadlineRequired()])
 
 
 T = TypeVar("T")
@@ -328,7 +339,8 @@ async def stream(method: Callable[..., Any], request: Any, *, timeout_s: float) 
 
 async def check_health(addr: str, *, timeout_s: float) -> bool:
     """Does the service answer: any replica of it serving is enough (round_robin skips the others)."""
-    async with grpc.aio.insecure_channel(target(addr), options=_BALANCED) as ch:
+    t = target(addr)
+    async with grpc.aio.insecure_channel(t, options=_options(t)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
