@@ -31,16 +31,16 @@ $(GEN_STAMP): $(STAMP) $(PROTOS)
 protos: $(GEN_STAMP) ## generate the protobuf and gRPC code into gen/
 
 run: $(GEN_STAMP) ## start the whole network in the foreground (Ctrl-C stops it)
-	$(PY) -m services.common.stack run
+	$(PY) -m devstack.stack run
 
 up: $(GEN_STAMP) ## start the whole network in the background, write .invo/dev.env
-	$(PY) -m services.common.stack up
+	$(PY) -m devstack.stack up
 
 down: ## stop what `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m services.common.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.stack down; fi
 
 migrate: $(GEN_STAMP) ## apply every service's migrations to INVO_DATABASE_URL (or the embedded server)
-	$(PY) -m services.common.stack migrate
+	$(PY) -m devstack.stack migrate
 
 # The browser tests drive Debian's Chromium. As root with apt-get it is installed when missing;
 # otherwise `make test` stops at once and says what to install: browser tests are never skipped.
@@ -72,8 +72,8 @@ test: $(GEN_STAMP) chromium $(AXE_JS) ## run every test against real PostgreSQL 
 	INVO_CHROMIUM=$(CHROMIUM) INVO_AXE_JS=$(AXE_JS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
-	$(BIN)/ruff check services tests tools bench faults
-	$(BIN)/ruff format --check services tests tools bench faults
+	$(BIN)/ruff check services devstack tests tools bench faults
+	$(BIN)/ruff format --check services devstack tests tools bench faults
 	$(BIN)/mypy
 
 k8s-check: $(STAMP) ## render the k8s/ overlays with kustomize, validate them strictly, check them (tools/k8s_check.py)

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from bench.client import Connection
 from bench.runner import Run, drive, pct_ms
+from devstack.devservers import free_port
 from services.common import db
-from services.common.devservers import free_port
 from services.ledger import chart
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -22,10 +22,10 @@ import sys
 import tempfile
 import time
 
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from faults import phases, report, runner
 from faults.workload import Settings
-from services.common.devservers import free_port
-from services.common.stack import Stack
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "faults" / "results"

@@ -32,13 +32,13 @@ import dataclasses
 import time
 from typing import Any
 
+from devstack.stack import Stack
 from faults import checkout, evidence, payout_checks, refunds, transfer_checks, transfers
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
 from faults.phases import blocking
 from faults.receivers import Receivers
-from services.common.stack import Stack
 
 ENTRIES_PAGE = 1000
 ENTRIES_PAGES_MAX = 10_000  # ten million entries: beyond any run

@@ -29,9 +29,9 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from devstack import devservers
+from devstack.stack import Stack
 from faults.proxy import TcpProxy
-from services.common import devservers
-from services.common.stack import Stack
 
 T = TypeVar("T")
 SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="faults-spawner")

@@ -13,12 +13,12 @@ import contextlib
 import time
 from typing import Any
 
+from devstack.stack import Stack, StackError
 from faults.checks import Checker, Findings
 from faults.client import Stats
 from faults.model import ABANDONED, ACKED, REFUSED, UNRESOLVED, Op
 from faults.phases import Fault, Times, blocking
 from faults.workload import Settings, Workload
-from services.common.stack import Stack, StackError
 
 SUPERVISE_S = 0.5  # make run's period
 

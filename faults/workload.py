@@ -15,6 +15,8 @@ import secrets
 import time
 from typing import Any
 
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from faults.checkout import CheckoutPurchase
 from faults.client import Gateway, Stats
 from faults.flows import CardPurchase, Credit, Flow, ItemPurchase, Tenant, ThreeDSecurePurchase, World
@@ -24,8 +26,6 @@ from faults.processor import Processor
 from faults.receivers import Receivers
 from faults.refunds import RefundPurchase
 from faults.transfers import SELF, SEND, Transfer
-from services.common.devservers import free_port
-from services.common.stack import Stack
 
 SETUP_CONCURRENCY = 16
 # Caps far above what the run spends: a cap refusal is a correct answer but tells us nothing.

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import stripe
 
+from devstack.stack import Stack
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
 from tests.payments_support import VISA, Events, balance, buy, check_ledger, email, order, sim
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.browser_support import VIEWPORTS, shoot
 from tests.helpers import Api, eventually
 from tests.payments_support import Events

@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, Response, assert_envelope
 
 SESSIONS = "/api/checkout/sessions"

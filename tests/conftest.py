@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from services.common.devservers import free_port
-from services.common.stack import Stack
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from tests.helpers import Api
 
 # -- the event loop fails the test on any exception nobody handled ----------------------------

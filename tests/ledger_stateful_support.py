@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import grpcutil
-from services.common.stack import Stack
 
 TIMEOUT_S = 30.0
 NAMESPACE = "stateful"

@@ -19,8 +19,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from devstack.stack import Stack
 from services.common import db, events
-from services.common.stack import Stack
 
 
 @dataclasses.dataclass

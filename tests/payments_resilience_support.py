@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, Response, eventually
 
 PURCHASE = "/api/currency-purchases/purchase-currency"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, Response, eventually
 from tests.stream_support import Seen, read_events
 

@@ -2,7 +2,7 @@
 ACH simulator's magic numbers, operators, the review calls, waiting on a payout's status, and the
 payout.status_changed events.
 
-The simulator (services/ach_sim) decides an order's fate by its account number, as Modern
+The simulator (devstack/ach_sim) decides an order's fate by its account number, as Modern
 Treasury's sandbox does: `123456789` completes, `111111110` fails after processing, `10001` and
 `10003` complete and are then returned (R01, R03).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, Response, eventually
 from tests.stream_support import Seen, read_events
 

@@ -29,8 +29,9 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from services.common import db, devservers, grpcutil, logs, loops, runtime
-from services.common.stack import Stack
+from devstack import devservers
+from devstack.stack import Stack
+from services.common import db, grpcutil, logs, loops, runtime
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROGRAM_GRACE_S = 0.2  # the test program's gRPC grace: its stops are quick unless made stuck

@@ -9,7 +9,7 @@ from typing import Any
 
 import nats
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import eventually
 
 Seen = dict[int, dict[str, Any]]  # stream sequence -> event

@@ -1,4 +1,4 @@
-"""The ACH simulator (services/ach_sim) as the payouts service meets it: through Modern Treasury's
+"""The ACH simulator (devstack/ach_sim) as the payouts service meets it: through Modern Treasury's
 official SDK, against the session stack's simulator (INVO_ACH_API_BASE, settling every 0.3 s).
 
 Create (201, the whole payment order, only the last four digits of the account), retrieve, list by
@@ -32,8 +32,8 @@ from modern_treasury import (
 )
 from modern_treasury.types import PaymentOrder
 
-from services.common.stack import Stack
-from services.common.stackcli import _banner
+from devstack.stack import Stack
+from devstack.stackcli import _banner
 from tests.helpers import eventually
 
 ROUTING = "021000021"  # a valid ABA routing number (JPMorgan Chase)

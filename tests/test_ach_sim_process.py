@@ -1,4 +1,4 @@
-"""The ACH simulator as a process of our own (`python -m services.ach_sim`, as the stack runs it),
+"""The ACH simulator as a process of our own (`python -m devstack.ach_sim`, as the stack runs it),
 its webhooks posted to a receiver of our own in the test.
 
 Every webhook is verified as the gateway must verify it (hex HMAC-SHA256 of the raw body under
@@ -33,8 +33,8 @@ import pytest
 from aiohttp import web
 from modern_treasury import APITimeoutError, AsyncModernTreasury, InternalServerError, UnprocessableEntityError
 
-from services.common.devservers import free_port
-from services.common.stack import ROOT
+from devstack.devservers import free_port
+from devstack.stack import ROOT
 from tests.helpers import eventually
 from tests.test_ach_sim import (
     COMPLETES,
@@ -122,7 +122,7 @@ class Sim:
         )
         with open(self.tmp / "ach_sim.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.ach_sim"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "devstack.ach_sim"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         async with self.client() as client:
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, eventually
 from tests.payments_support import balance, buy, check_ledger, email, order, sim
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.after_sale_stateful_support import (
     MINOR_PER_CENT,
     REFUND_REASONS,

@@ -7,8 +7,8 @@ import secrets
 import time
 import uuid
 
+from devstack.stack import Stack
 from services.common import limits
-from services.common.stack import Stack
 from services.gateway.ratelimit import AuthFailures
 from tests import hostile_support as hs
 from tests.helpers import Api, assert_envelope, eventually

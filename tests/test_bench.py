@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

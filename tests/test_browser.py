@@ -8,7 +8,7 @@ import pathlib
 
 from playwright.async_api import Browser, BrowserContext
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.browser_support import BROWSER_LOOP, VIEWPORTS, browser, page_context, screenshot_dir, shoot
 
 __all__ = ["browser", "page_context", "screenshot_dir"]  # the fixtures, imported for this module's tests

@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page
 
-from services.common.devservers import free_port
-from services.common.stack import Stack
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from tests import checkout_browser_support as cb
 from tests.browser_support import BROWSER_LOOP, VIEWPORTS, browser, page_context, screenshot_dir
 from tests.helpers import Api, assert_envelope

@@ -10,7 +10,7 @@ import asyncio
 import secrets
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.checkout_support import (
     CANCEL_URL,
     METADATA,

@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.checkout_support import (
     CANCEL_URL,
     METADATA,

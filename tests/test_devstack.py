@@ -1,6 +1,6 @@
 """`make up` / `make down` end to end, the path a new user takes.
 
-Drives the real command line (`python -m services.common.stack up|down`) with a data directory of
+Drives the real command line (`python -m devstack.stack up|down`) with a data directory of
 its own (`INVO_HOME`), so it starts its own PostgreSQL and NATS, and checks what a user sees: the
 banner, `dev.env`, a working gateway, idempotent `up`, a `down` that leaves no process behind, data
 that survives a restart; and `run` in the foreground, which restarts a service that dies, names
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from services.common.devservers import free_port
+from devstack.devservers import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 180.0  # `up` itself gives up after READY_TIMEOUT_S + 60
@@ -61,7 +61,7 @@ def _env(home: pathlib.Path, gateway_port: int) -> dict[str, str]:
 
 def _cli(env: dict[str, str], command: str, *, timeout_s: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.common.stack", command],
+        [sys.executable, "-m", "devstack.stack", command],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -273,7 +273,7 @@ def test_run_restarts_a_dead_service_and_stops_on_a_crash_loop(tmp_path: pathlib
     out_path = tmp_path / "terminal.txt"  # what the developer's terminal shows
     with open(out_path, "wb") as out:
         run = subprocess.Popen(
-            [sys.executable, "-m", "services.common.stack", "run"],
+            [sys.executable, "-m", "devstack.stack", "run"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.after_sale_support import (
     SEED_DISPUTED_CLOSED,
     SEED_DISPUTED_OPENED,

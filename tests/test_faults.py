@@ -23,6 +23,7 @@ import aiohttp
 import asyncpg
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
+from devstack.stack import Stack
 from faults import phases, report, runner
 from faults.checkout import CheckoutPurchase
 from faults.checks import Checker
@@ -35,7 +36,6 @@ from faults.workload import Settings, Workload
 from services.common import grpcutil
 from services.common.config import Settings as InvoSettings
 from services.common.signing import signature_header
-from services.common.stack import Stack
 from tests.helpers import eventually
 
 SHORT = Settings(

@@ -13,6 +13,7 @@ import asyncpg
 import modern_treasury
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
+from devstack.stack import Stack
 from faults import payouts
 from faults.checks import Checker
 from faults.model import ACKED
@@ -20,7 +21,6 @@ from faults.refunds import usd
 from faults.workload import Settings, Workload
 from services.common import grpcutil
 from services.common.config import Settings as InvoSettings
-from services.common.stack import Stack
 
 
 async def test_payouts_to_each_end_are_clean_and_a_double_payment_and_a_payout_left_approved_are_caught(

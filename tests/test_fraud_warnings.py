@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.after_sale_support import (
     SEED_FRAUD_WARNING,
     SEED_REFUNDED,

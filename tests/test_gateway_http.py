@@ -7,8 +7,8 @@ import json
 import re
 import uuid
 
+from devstack.stack import Stack
 from services.common.config import Settings
-from services.common.stack import Stack
 from services.gateway import surfaces
 from services.gateway.app import create_app
 from services.gateway.backends import Backends

@@ -9,9 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, grpcutil
 from services.common.config import SERVICES
-from services.common.stack import Stack
 from tests.helpers import Api
 
 
@@ -82,7 +82,7 @@ async def test_errors_keep_their_codes_across_the_hop(stack: Stack) -> None:
 
 
 async def test_an_unreachable_service_is_unavailable_without_leaking_addresses() -> None:
-    from services.common.devservers import free_port
+    from devstack.devservers import free_port
 
     ch = grpcutil.channel(f"127.0.0.1:{free_port()}")
     try:

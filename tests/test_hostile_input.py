@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from services.gateway import app as _app  # noqa: F401  (registers every route's declaration)
 from services.gateway import document
 from tests import hostile_support as hs

@@ -8,8 +8,8 @@ import secrets
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common import db, errors, idempotency
-from services.common.stack import Stack
 
 
 def test_a_key_is_one_to_255_characters() -> None:

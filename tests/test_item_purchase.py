@@ -10,8 +10,8 @@ from typing import Any
 import nats
 import pytest
 
+from devstack.stack import Stack
 from services.common import money
-from services.common.stack import Stack
 from tests.helpers import Api, assert_envelope, eventually
 
 PURCHASE = "/api/item-purchases/purchase-item"

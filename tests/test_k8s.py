@@ -195,8 +195,15 @@ def _rolls_before_migrations(objects: list[Obj]) -> None:
 
 
 def _migration_entry_gone(objects: list[Obj]) -> None:
-    code = "from services.common.service import migrate_everything"
-    container(objects, "Job", kc.MIGRATE_JOB)["args"] = ["python", "-c", code]
+    container(objects, "Job", kc.MIGRATE_JOB)["args"] = ["migrate-everything"]
+
+
+def _entry_point_overridden(objects: list[Obj]) -> None:
+    container(objects, "Deployment", "webhooks")["command"] = ["python", "-m", "services.webhooks"]
+
+
+def _wrong_service(objects: list[Obj]) -> None:
+    container(objects, "Deployment", "payouts")["args"] = ["payments"]
 
 
 def _nats_async_sync(objects: list[Obj]) -> None:
@@ -250,7 +257,9 @@ MUTATIONS: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
         _check("migrations first"),
         "Deployment/payments: label invo.network/phase=serve must mark",
     ),
-    (_migration_entry_gone, _check("migrations first"), "services.common.service has no migrate_everything"),
+    (_migration_entry_gone, _check("migrations first"), "args are not [migrate]"),
+    (_entry_point_overridden, _check("images"), "Deployment/webhooks: overrides the image's entry point"),
+    (_wrong_service, _check("images"), "Deployment/payouts: args are not [payouts]"),
     (_nats_async_sync, _check("nats"), "nats.conf: JetStream's sync_interval is not always"),
     (_secret_with_data, _overlay_check("no secret values"), "Secret/x: carries data"),
 ]

@@ -9,8 +9,8 @@ import time
 import asyncpg
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, grpcutil
-from services.common.stack import Stack
 from services.ledger import chart
 from services.ledger.engine import LEDGER_WRITE_LOCK
 from tests.helpers import Api, eventually

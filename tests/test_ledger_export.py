@@ -18,9 +18,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common import ids
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests.helpers import Api, assert_envelope
 from tests.ledger_reads_support import BALANCE_KEYS, assert_summary, credit, export, minor_text, purchase
 

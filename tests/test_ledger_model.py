@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, grpcutil, ids, money
-from services.common.stack import Stack
 from services.ledger import chart
 from tests.helpers import Api
 from tests.ledger_stateful_support import TIMEOUT_S, Acct, Hold, Sent, _check_ok, _idem, _posting, _triples

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from invo.v1 import ledger_pb2
 
+from devstack.stack import Stack
 from services.common import errors, ids
 from services.common.config import Settings
-from services.common.stack import Stack
 from services.ledger import chart, reads
 from tests.helpers import Api
 from tests.ledger_stateful_support import call_ledger, ledger

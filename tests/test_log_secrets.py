@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
+from devstack.devservers import free_port
 from services.common import logs
-from services.common.devservers import free_port
 from tests.test_devstack import ROOT, _cleanup, _down, _env, _read_dev_env, _up
 
 SDK_KEY = "ivsdk_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0U1v"

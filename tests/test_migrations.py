@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common import db
 from services.common.service import SPECS
-from services.common.stack import Stack
 
 CREATE_WIDGETS = "CREATE TABLE widgets (id bigint PRIMARY KEY, name text NOT NULL);\n"
 CREATE_GADGETS = "CREATE TABLE gadgets (id bigint PRIMARY KEY, widget_id bigint REFERENCES widgets (id));\n"

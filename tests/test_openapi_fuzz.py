@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 
 # Per operation and mode: 35 operations x 2 modes x 25 take about a minute on the 2-core box.
 EXAMPLES_MAX = 25

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common import crypto
 from services.common.config import Settings
-from services.common.stack import Stack
 from services.gateway import operators, surfaces
 from services.gateway.app import create_app
 from services.gateway.backends import Backends

@@ -21,9 +21,9 @@ import asyncpg
 import pytest
 from invo.v1 import payments_pb2, payments_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, grpcutil
 from services.common.config import Settings
-from services.common.stack import Stack
 from services.payments.inbox import Dispatcher
 from services.payments.registry import Handled, Registry
 from tests.helpers import Api, assert_envelope, eventually

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope
 from tests.payments_support import DECLINED, THREE_DS, balance, buy, check_ledger, email, order_reaches, sim
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, Response, assert_envelope, eventually
 from tests.payments_resilience_support import (
     Sim,

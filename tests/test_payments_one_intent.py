@@ -18,7 +18,7 @@ import signal
 import asyncpg
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope, eventually
 from tests.payments_resilience_support import (
     Sim,

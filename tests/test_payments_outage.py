@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, eventually
 from tests.payments_resilience_support import (
     Sim,

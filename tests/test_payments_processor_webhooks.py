@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope
 from tests.payments_support import (
     CONFIRM,

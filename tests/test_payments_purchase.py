@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope, eventually
 from tests.payments_support import (
     DECLINED,

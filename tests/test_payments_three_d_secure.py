@@ -4,7 +4,7 @@ the order. The card processor is the Stripe simulator."""
 
 from __future__ import annotations
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope
 from tests.payments_support import (
     CONFIRM,

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import payouts_support as ps
 from tests.helpers import Api, Response, assert_envelope, eventually
 from tests.webhooks_support import Receiver, receivers, verify

@@ -24,9 +24,9 @@ import asyncpg
 from invo.v1 import payouts_pb2, payouts_pb2_grpc
 from modern_treasury import AsyncModernTreasury
 
+from devstack.stack import Stack
 from services.common import grpcutil
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests import payouts_support as ps
 from tests.helpers import Api, Response, assert_envelope, eventually
 

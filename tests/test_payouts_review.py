@@ -13,7 +13,7 @@ from typing import Any
 
 from modern_treasury import AsyncModernTreasury
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import payouts_support as ps
 from tests.helpers import Api, Response, assert_envelope
 

@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from devstack.stack import Stack
 from services.common.config import Settings
 from services.common.crypto import Keyring
-from services.common.stack import Stack
 from services.payouts.store import PUBLIC_STATUSES
 from tests import payouts_support as ps
 from tests.helpers import Api, Response, assert_envelope, eventually

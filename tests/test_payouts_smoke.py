@@ -4,7 +4,7 @@ hold posted, every transition announced. The detailed tests are in test_payouts_
 
 from __future__ import annotations
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import payouts_support as ps
 from tests.helpers import Api
 

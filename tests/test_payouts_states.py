@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import payouts_support as ps
 from tests.helpers import Api, assert_envelope
 from tests.test_payouts_flows import (

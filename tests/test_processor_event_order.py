@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from devstack.stack import Stack
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests.after_sale_support import (
     SEED_DISPUTED_CLOSED,
     SEED_DISPUTED_OPENED,

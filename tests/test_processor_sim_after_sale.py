@@ -23,9 +23,9 @@ import pytest
 import stripe
 from aiohttp import web
 
-from services.common.devservers import free_port
-from services.processor_sim.app import Simulator, create_app
-from services.processor_sim.state import Journal
+from devstack.devservers import free_port
+from devstack.processor_sim.app import Simulator, create_app
+from devstack.processor_sim.state import Journal
 
 SK = "sk_test_after_sale"
 PK = "pk_test_after_sale"

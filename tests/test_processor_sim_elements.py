@@ -22,9 +22,9 @@ import stripe
 from aiohttp import web
 from playwright.async_api import Browser, Frame, Page
 
-from services.common.devservers import free_port
-from services.processor_sim.app import Simulator, create_app
-from services.processor_sim.state import Journal
+from devstack.devservers import free_port
+from devstack.processor_sim.app import Simulator, create_app
+from devstack.processor_sim.state import Journal
 from tests.browser_support import BROWSER_LOOP, browser, page_context, screenshot_dir, shoot
 
 __all__ = ["browser", "page_context", "screenshot_dir"]  # the fixtures, imported for this module's tests

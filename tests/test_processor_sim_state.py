@@ -12,8 +12,8 @@ import pathlib
 import stat
 from typing import Any
 
-from services.processor_sim.resources import StripeResources
-from services.processor_sim.state import Journal
+from devstack.processor_sim.resources import StripeResources
+from devstack.processor_sim.state import Journal
 
 
 def simulator(path: pathlib.Path) -> StripeResources:
@@ -84,7 +84,7 @@ def test_expired_idempotency_records_are_dropped_at_start(tmp_path: pathlib.Path
 
 
 def test_a_long_run_compacts_its_journal_as_it_goes(tmp_path: pathlib.Path, monkeypatch: Any) -> None:
-    from services.processor_sim import state as state_module
+    from devstack.processor_sim import state as state_module
 
     monkeypatch.setattr(state_module, "COMPACT_LINES_MIN", 50)
     path = tmp_path / "state.jsonl"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.after_sale_support import (
     SEED_REFUNDED,
     admin_order,

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 import pytest
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
+from devstack import replicas
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from faults import phases, report, runner
 from faults.workload import Settings
-from services.common import grpcutil, replicas
+from services.common import grpcutil
 from services.common.config import SERVICES
-from services.common.devservers import free_port
-from services.common.stack import Stack
 
 LOAD = Settings(
     tenants=2,

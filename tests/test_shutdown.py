@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import Stack
 from services.common import db, grpcutil, runtime
 from services.common.config import Settings
-from services.common.stack import Stack
 from services.webhooks.sender import Sender
 from tests.helpers import eventually
 from tests.shutdown_support import (

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from services.common.devservers import free_port, grpc_serving, http_json
-from services.common.stack import CrashLoop, Stack, StackError
+from devstack.devservers import free_port, grpc_serving, http_json
+from devstack.stack import CrashLoop, Stack, StackError
 
 # -- per-process environment (no network needed) ------------------------------------------------
 

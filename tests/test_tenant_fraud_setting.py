@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import grpcutil
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests.helpers import Api, assert_envelope
 
 FIELD = "auto_refund_fraud_warnings"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api, assert_envelope, eventually
 

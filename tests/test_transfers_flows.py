@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api, Response, assert_envelope
 

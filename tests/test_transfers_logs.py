@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api
 

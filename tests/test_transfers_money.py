@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.after_sale_support import paid, refund, spend
 from tests.helpers import Api, Response, assert_envelope

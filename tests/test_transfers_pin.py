@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api, Response, assert_envelope, eventually
 

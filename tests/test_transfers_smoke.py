@@ -3,7 +3,7 @@ tenants and the ledger check. The detailed tests are in test_transfers_*.py."""
 
 from __future__ import annotations
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api
 

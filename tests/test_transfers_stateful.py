@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from devstack.stack import Stack
 from services.common import money
-from services.common.stack import Stack
 from tests import transfers_support as ts
 from tests.helpers import Api, assert_envelope, eventually
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from devstack.stack import Stack
 from services.common import db
-from services.common.stack import Stack
 from services.webhooks.outcomes import Outcome, OutcomeWriter
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "services" / "webhooks" / "migrations"

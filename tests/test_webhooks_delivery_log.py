@@ -13,8 +13,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 from invo.v1 import webhooks_pb2, webhooks_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, grpcutil
-from services.common.stack import Stack
 from tests.helpers import Api, assert_envelope
 from tests.webhooks_support import Receiver, credit, now_iso, receivers, send_test, settled, show, tenant_for, until
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import nats
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, assert_envelope, eventually
 from tests.webhooks_support import (
     RESTARTER,

@@ -22,8 +22,9 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from services.common import devservers, events, ids
-from services.common.stack import Stack
+from devstack import devservers
+from devstack.stack import Stack
+from services.common import events, ids
 from tests.helpers import Api, eventually
 from tests.webhooks_support import (
     RESTARTER,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from services.common.stack import Stack
+from devstack.stack import Stack
 from tests.helpers import Api, eventually
 from tests.webhooks_support import (
     RESPONSE_BODY_MAX,

@@ -24,8 +24,8 @@ import nats
 import pytest
 from invo.v1 import webhooks_pb2, webhooks_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import errors, events, grpcutil, ids
-from services.common.stack import Stack
 from tests.helpers import Api, eventually
 from tests.shutdown_support import (
     FreezableProxy,

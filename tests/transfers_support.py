@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 from invo.v1 import transfers_pb2, transfers_pb2_grpc
 
+from devstack.stack import Stack
 from services.common import grpcutil
 from services.common.config import Settings
-from services.common.stack import Stack
 from tests.helpers import Api, Response, eventually
 from tests.stream_support import Seen, read_events
 

@@ -23,8 +23,8 @@ import stripe
 from aiohttp import web
 from multidict import CIMultiDict
 
-from services.common.devservers import free_port
-from services.common.stack import Stack
+from devstack.devservers import free_port
+from devstack.stack import Stack
 from tests.helpers import Api, eventually
 
 T = TypeVar("T")

@@ -1,12 +1,20 @@
 """Install the pinned dependencies of pyproject.toml into the running interpreter's venv.
 
-Standard library only: it runs before anything else is installed. It also writes a `.pth`
-file so that the repository root (the `services` package) and `gen/` (the generated protobuf
-code) are importable from the venv without an editable install.
+Standard library only: it runs before anything else is installed.
+
+    python tools/install.py                  development: runtime + build + dev, and a `.pth` file so
+                                             that the repository root (`services`, `devstack`) and
+                                             `gen/` (the generated protobuf code) are importable
+    python tools/install.py --only runtime   the image's final stage (Dockerfile): what production
+                                             imports, wheels only (no compiler in any stage), no .pth
+    python tools/install.py --only build     the image's protobuf stage: grpcio-tools, wheels only
+
+The groups are pyproject.toml's `dependencies` (runtime), and its optional `build` and `dev` tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import subprocess
 import sys
@@ -14,22 +22,37 @@ import sysconfig
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+GROUPS = ("runtime", "build", "dev")
 
 
-def main() -> int:
+def requirements(group: str, pyproject: pathlib.Path = ROOT / "pyproject.toml") -> list[str]:
+    """The pinned requirements of one group of pyproject.toml."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    if group == "runtime":
+        return list(project["dependencies"])
+    return list(project["optional-dependencies"][group])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/install.py")
+    parser.add_argument("--only", choices=GROUPS, help="install one group, from wheels only, without the .pth file")
+    args = parser.parse_args(argv)
     if sys.prefix == sys.base_prefix:
-        print("tools/install.py must run inside the project's .venv", file=sys.stderr)
+        print("tools/install.py must run inside a venv", file=sys.stderr)
         return 2
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+    groups = [args.only] if args.only else list(GROUPS)
+    wanted = [spec for group in groups for spec in requirements(group)]
     for spec in wanted:
         if "==" not in spec:
             print(f"dependency {spec!r} is not pinned with ==", file=sys.stderr)
             return 2
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted]
-    subprocess.run(cmd, check=True, timeout=1800)  # noqa: S603 - fixed argv, no shell
-    site_packages = pathlib.Path(sysconfig.get_paths()["purelib"])
-    (site_packages / "invo-network.pth").write_text(f"{ROOT}\n{ROOT / 'gen'}\n")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if args.only:
+        cmd += ["--no-cache-dir", "--only-binary=:all:"]
+    subprocess.run([*cmd, *wanted], check=True, timeout=1800)  # noqa: S603 - fixed argv, no shell
+    if not args.only:
+        site_packages = pathlib.Path(sysconfig.get_paths()["purelib"])
+        (site_packages / "invo-network.pth").write_text(f"{ROOT}\n{ROOT / 'gen'}\n")
     return 0
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.ach_sim.api import AchApi, Faults
-from services.ach_sim.lifecycle import WebhookFaults
-from services.ach_sim.orders import RETURN_REASONS
+from devstack.ach_sim.api import AchApi, Faults
+from devstack.ach_sim.lifecycle import WebhookFaults
+from devstack.ach_sim.orders import RETURN_REASONS
 
 FAULT_FIELDS = {"fail_next": int, "hold_next": int, "hold_s": float, "slow_next": int, "slow_s": float, "match": str}
 WEBHOOK_FAULT_FIELDS = {"webhook_hold": bool, "webhook_duplicate": bool, "webhook_delay_s": float}

@@ -1,5 +1,5 @@
-"""The development simulators in the stack: the card processor's (`services/processor_sim`, Stripe's
-API, for payments) and the ACH provider's (`services/ach_sim`, Modern Treasury's, for payouts).
+"""The development simulators in the stack: the card processor's (`devstack/processor_sim`, Stripe's
+API, for payments) and the ACH provider's (`devstack/ach_sim`, Modern Treasury's, for payouts).
 
 Each runs unless a real provider's API base is configured (INVO_PROCESSOR_API_BASE,
 INVO_ACH_API_BASE). `configure` gives each one that runs a free port and its development secrets
@@ -13,7 +13,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 
-from services.common import devservers
+from devstack import devservers
 
 # The development secrets the simulators use, by their name in secrets.json.
 SECRETS: dict[str, Callable[[], str]] = {

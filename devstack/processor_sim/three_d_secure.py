@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.processor_sim.resources import StripeError, StripeResources
+from devstack.processor_sim.resources import StripeError, StripeResources
 
 AUTHENTICATION_FAILED = {
     "type": "card_error",

@@ -3,7 +3,7 @@
 `WebhookSender` is the base of the simulator: it holds the webhook settings, the `Faults` the test
 controls set, and what was held back or sent. It wraps each change as a Stripe event (`evt_...`),
 signs it Stripe's way (`Stripe-Signature: t=...,v1=...`, see `sign`) and has it POSTed to the gateway
-(owed until delivered, retried, sent again after a restart: `services.common.simwebhooks`), or holds,
+(owed until delivered, retried, sent again after a restart: `devstack.simwebhooks`), or holds,
 delays or duplicates it as the faults say. Every module's events go through `_emit`, so the webhook
 faults apply to all of them alike.
 """
@@ -18,8 +18,8 @@ import secrets
 import time
 from typing import Any
 
-from services.common.journal import Journal
-from services.common.simwebhooks import WEBHOOK_ATTEMPTS_MAX, WEBHOOK_TIMEOUT_S, Deliveries
+from devstack.journal import Journal
+from devstack.simwebhooks import WEBHOOK_ATTEMPTS_MAX, WEBHOOK_TIMEOUT_S, Deliveries
 
 __all__ = ["API_VERSION", "WEBHOOK_ATTEMPTS_MAX", "WEBHOOK_TIMEOUT_S", "Faults", "WebhookSender", "sign"]
 

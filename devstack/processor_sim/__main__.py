@@ -1,9 +1,9 @@
 import os
 import pathlib
 
+from devstack.processor_sim.app import PUBLISHABLE_KEY_DEFAULT, serve
 from services.common import logs, runtime
 from services.common.config import Settings
-from services.processor_sim.app import PUBLISHABLE_KEY_DEFAULT, serve
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The dev network's command line: `make run`, `make up`, `make down`, `make migrate`.
 
-`python -m services.common.stack run|up|down|migrate` lands here (through `stack.main`). `run`
+`python -m devstack.stack run|up|down|migrate` lands here (through `stack.main`). `run`
 supervises a `Stack` in the foreground (restarting what dies, see `Supervisor`) and prints the
 banner; `up` starts `run --detached` in the background, waits for `.invo/dev.env` and prints the
 banner from it; `down` stops it by the pid files it left; `migrate` applies every service's
@@ -14,7 +14,6 @@ instead of printing them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -27,10 +26,8 @@ import sys
 import time
 from collections.abc import Mapping
 
-from services.common import devservers, logs
-from services.common.config import SERVICES, Settings
-from services.common.service import migrate_all
-from services.common.stack import (
+from devstack import devservers
+from devstack.stack import (
     DEMO_TENANT,
     READY_TIMEOUT_S,
     ROOT,
@@ -41,6 +38,8 @@ from services.common.stack import (
     _write_private,
     default_home,
 )
+from services.common import logs, migrate
+from services.common.config import SERVICES
 
 WATCH_INTERVAL_S = 0.5
 READY_PROBE_TIMEOUT_S = 0.5  # one readiness probe inside a watch round: it runs every 0.5 s
@@ -336,7 +335,7 @@ def cmd_up(home: pathlib.Path) -> int:
     log_path = home / "logs" / "stack.log"
     with devservers.open_private_log(log_path) as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.common.stack", "run", "--detached"],
+            [sys.executable, "-m", "devstack.stack", "run", "--detached"],
             cwd=ROOT,
             stdout=logf,
             stderr=subprocess.STDOUT,
@@ -400,17 +399,16 @@ def cmd_migrate(home: pathlib.Path) -> int:
             devservers.private_dir(stack.logs)
             env["INVO_DATABASE_URL"] = stack._database_url(stack._secrets()["pg_password"])
     try:
-        applied = asyncio.run(migrate_all(Settings.from_env(env)))
+        applied = migrate.run(env)
     finally:
         if stack is not None:
             stack.stop()
-    for name, count in applied.items():
-        print(f"{name}: {count} migration(s) applied")
+    print(migrate.report(applied))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.common.stack")
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="start everything in the foreground")
     run.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)

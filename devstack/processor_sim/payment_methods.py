@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.processor_sim.cards import TEST_CARDS, CardInvalid, check_card
-from services.processor_sim.resources import StripeError, StripeResources, decode_form, invalid
-from services.processor_sim.state import Journal
-from services.processor_sim.webhooks import _new_id, _now
+from devstack.processor_sim.cards import TEST_CARDS, CardInvalid, check_card
+from devstack.processor_sim.resources import StripeError, StripeResources, decode_form, invalid
+from devstack.processor_sim.state import Journal
+from devstack.processor_sim.webhooks import _new_id, _now
 
 PUBLISHABLE_KEY_DEFAULT = "pk_test_sim"
 CORS_MAX_AGE_S = 600

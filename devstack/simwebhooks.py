@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from services.common.journal import Journal
+from devstack.journal import Journal
 
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_ATTEMPTS_MAX = 15

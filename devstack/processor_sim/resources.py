@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS, behaviour
-from services.processor_sim.state import Journal
-from services.processor_sim.webhooks import WebhookSender, _new_id, _now
+from devstack.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS, behaviour
+from devstack.processor_sim.state import Journal
+from devstack.processor_sim.webhooks import WebhookSender, _new_id, _now
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 IDEMPOTENCY_SWEEP_EVERY = 1_000

@@ -8,8 +8,8 @@ Data, logs and generated development secrets live under `.invo/` (or `INVO_HOME`
 user (0700 directories, 0600 files). The tests start the network through this same class, once
 per test session, and never supervise it.
 
-The command line (`python -m services.common.stack run|up|down|migrate`, what the Makefile runs)
-is in `services.common.stackcli`; `main` here hands over to it.
+The command line (`python -m devstack.stack run|up|down|migrate`, what the Makefile runs)
+is in `devstack.stackcli`; `main` here hands over to it.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from services.common import devsecrets, devservers, logs, replicas, simulators
+from devstack import devsecrets, devservers, replicas, simulators
+from devstack.devsecrets import write_private as _write_private
+from services.common import logs
 from services.common.config import SERVICES, Settings
-from services.common.devsecrets import write_private as _write_private
 from services.common.service import migrate_all
 
 if TYPE_CHECKING:
-    from services.common.stackcli import Supervisor
+    from devstack.stackcli import Supervisor
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROCESSES = (*simulators.LISTEN, *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0  # above every process's own bound (its grace, its steps' bounds, runtime.HARD_STOP_S)
@@ -239,7 +240,7 @@ class Stack:
     def _popen(self, name: str) -> subprocess.Popen[bytes]:
         with devservers.open_private_log(self.logs / f"{name}.log") as logf:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", f"services.{replicas.module_of(name)}"],
+                [sys.executable, "-m", _module(name)],
                 cwd=ROOT,
                 env=self.env_for(name),
                 stdout=logf,
@@ -331,7 +332,7 @@ class Stack:
         when one dies too often. Returns the report, one line each. The bookkeeping is
         `stackcli.Supervisor`'s. Not thread-safe with `restart`/`stop_process`: one thread."""
         if self._supervisor is None:
-            from services.common import stackcli  # here, not at the top: stackcli imports this module
+            from devstack import stackcli  # here, not at the top: stackcli imports this module
 
             self._supervisor = stackcli.Supervisor(self)
         return self._supervisor.watch_once()
@@ -430,9 +431,15 @@ class Stack:
             self.postgres.stop()
 
 
+def _module(name: str) -> str:
+    """The module a process runs: a simulator from this package, a service from the runtime one."""
+    module = replicas.module_of(name)
+    return f"devstack.{module}" if module in simulators.LISTEN else f"services.{module}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m services.common.stack run|up|down|migrate`: see `services.common.stackcli`."""
-    from services.common import stackcli  # here, not at the top: stackcli imports this module
+    """`python -m devstack.stack run|up|down|migrate`: see `devstack.stackcli`."""
+    from devstack import stackcli  # here, not at the top: stackcli imports this module
 
     return stackcli.main(argv)
 

@@ -56,14 +56,13 @@ import pathlib
 
 from aiohttp import web
 
-from services.common import runtime
-from services.processor_sim import controls, pages
-from services.processor_sim.after_sale import AfterSaleResources
-from services.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS
-from services.processor_sim.payment_methods import PUBLISHABLE_KEY_DEFAULT, CardResources
-from services.processor_sim.resources import IDEMPOTENCY_TTL_S, StripeError, decode_form, invalid
-from services.processor_sim.state import Journal
-from services.processor_sim.webhooks import (
+from devstack.processor_sim import controls, pages
+from devstack.processor_sim.after_sale import AfterSaleResources
+from devstack.processor_sim.cards import DECLINE_MESSAGES, TEST_CARDS
+from devstack.processor_sim.payment_methods import PUBLISHABLE_KEY_DEFAULT, CardResources
+from devstack.processor_sim.resources import IDEMPOTENCY_TTL_S, StripeError, decode_form, invalid
+from devstack.processor_sim.state import Journal
+from devstack.processor_sim.webhooks import (
     API_VERSION,
     WEBHOOK_ATTEMPTS_MAX,
     WEBHOOK_TIMEOUT_S,
@@ -71,6 +70,7 @@ from services.processor_sim.webhooks import (
     WebhookSender,
     sign,
 )
+from services.common import runtime
 
 __all__ = [
     "API_VERSION",

@@ -10,7 +10,7 @@ outcome), so a restarted simulator carries on where it stopped, late moves at on
 Each move POSTs `{"event": <name>, "data": <the order as of that move>}` to the webhook URL, signed
 as Modern Treasury signs: `X-Signature` = hex HMAC-SHA256 of the raw body under the webhook key
 (the first of INVO_ACH_WEBHOOK_KEYS), `X-Webhook-ID` unique per webhook and the same on every
-retry. Delivery, retries and resending after a restart are `services.common.simwebhooks`'; like
+retry. Delivery, retries and resending after a restart are `devstack.simwebhooks`'; like
 Modern Treasury's, webhooks are sent independently, so a retried one may arrive after a later one.
 """
 
@@ -27,9 +27,9 @@ import time
 import uuid
 from typing import Any
 
-from services.ach_sim.orders import EVENTS, Outcome, enter, next_status
-from services.common.journal import Journal
-from services.common.simwebhooks import Deliveries
+from devstack.ach_sim.orders import EVENTS, Outcome, enter, next_status
+from devstack.journal import Journal
+from devstack.simwebhooks import Deliveries
 
 log = logging.getLogger("invo.ach_sim")
 

@@ -1,7 +1,7 @@
 import os
 import pathlib
 
-from services.ach_sim.app import serve
+from devstack.ach_sim.app import serve
 from services.common import logs, runtime
 from services.common.config import Settings
 

@@ -1,7 +1,7 @@
 """A simulator's memory across restarts, as a real provider's would be: an append-only journal.
 
-Both development simulators (the card processor's, `services/processor_sim`, and the ACH
-provider's, `services/ach_sim`) keep every object they create or change in one: each change is one
+Both development simulators (the card processor's, `devstack/processor_sim`, and the ACH
+provider's, `devstack/ach_sim`) keep every object they create or change in one: each change is one
 JSON line, `{"k": kind, "id": id, "o": object}` (or `"o": null` when it is gone), written before the
 API call that made it answers. A simulator killed at any moment comes back with every object it
 ever acknowledged, and the webhooks it still owed. Without this a restarted simulator would forget

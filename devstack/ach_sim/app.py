@@ -2,7 +2,7 @@
 
 The payouts service talks to it through Modern Treasury's official SDK (`modern-treasury`, its async
 client) with only the base address changed, so production and tests run one code path, as the
-payments service does with `stripe` against `services/processor_sim`. It implements:
+payments service does with `stripe` against `devstack/processor_sim`. It implements:
 
 - Payment orders (api.py): create (an ACH credit to an inline receiving account from the
   configured originating account; 201), retrieve, list (a bare JSON array, `metadata[...]`
@@ -39,11 +39,11 @@ import pathlib
 
 from aiohttp import web
 
-from services.ach_sim import controls
-from services.ach_sim.api import AchApi
-from services.ach_sim.lifecycle import KINDS, signature
+from devstack.ach_sim import controls
+from devstack.ach_sim.api import AchApi
+from devstack.ach_sim.lifecycle import KINDS, signature
+from devstack.journal import Journal
 from services.common import runtime
-from services.common.journal import Journal
 
 __all__ = ["KINDS", "Simulator", "create_app", "serve", "signature"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pathlib
 
-from services.common import journal
+from devstack import journal
 
 KINDS = (
     "customers",

@@ -15,9 +15,9 @@ import dataclasses
 
 from aiohttp import web
 
-from services.processor_sim import after_sale, three_d_secure
-from services.processor_sim.after_sale import AfterSaleResources
-from services.processor_sim.webhooks import Faults
+from devstack.processor_sim import after_sale, three_d_secure
+from devstack.processor_sim.after_sale import AfterSaleResources
+from devstack.processor_sim.webhooks import Faults
 
 
 async def control(sim: AfterSaleResources, request: web.Request) -> web.Response:

@@ -9,7 +9,8 @@ import os
 import pathlib
 import secrets
 
-from services.common import crypto, simulators
+from devstack import simulators
+from services.common import crypto
 
 
 def write_private(path: pathlib.Path, text: str) -> None:

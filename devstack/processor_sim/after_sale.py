@@ -41,9 +41,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.processor_sim.resources import StripeError, StripeResources, invalid
-from services.processor_sim.state import Journal
-from services.processor_sim.webhooks import _new_id, _now
+from devstack.processor_sim.resources import StripeError, StripeResources, invalid
+from devstack.processor_sim.state import Journal
+from devstack.processor_sim.webhooks import _new_id, _now
 
 log = logging.getLogger("invo.processor_sim.after_sale")
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.ach_sim.lifecycle import KINDS, Lifecycle
-from services.ach_sim.orders import ApiError, check_create, invalid, new_order
-from services.common.journal import Journal
+from devstack.ach_sim.lifecycle import KINDS, Lifecycle
+from devstack.ach_sim.orders import ApiError, check_create, invalid, new_order
+from devstack.journal import Journal
 
 log = logging.getLogger("invo.ach_sim")
 

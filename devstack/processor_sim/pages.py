@@ -22,14 +22,14 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.processor_sim import three_d_secure
-from services.processor_sim.payment_methods import (
+from devstack.processor_sim import three_d_secure
+from devstack.processor_sim.payment_methods import (
     CardResources,
     client_secret_matches,
     public_intent,
     wrong_client_secret,
 )
-from services.processor_sim.resources import StripeError, invalid
+from devstack.processor_sim.resources import StripeError, invalid
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
 # A parent page's origin, as a browser writes `location.origin`.
