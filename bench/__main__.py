@@ -28,17 +28,21 @@ import sys
 import tempfile
 from typing import Any
 
-from bench import report
+from bench import report, runner
+from bench.ledger_write import ledger_writes
+from bench.observe import Observer
 from bench.scenarios import Bench
 from bench.transfers import transfers
-from services.common.devservers import free_port
-from services.common.stack import Stack, default_home
+from devstack.devservers import free_port
+from devstack.stack import Stack, default_home
+from services.common.config import Settings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = (
     "item-purchase-spread",
     "item-purchase-hot-tenant",
+    "ledger-write",
     "balance-read",
     "currency-purchase",
     "checkout",
@@ -67,12 +71,16 @@ def _env_from_file(path: pathlib.Path) -> dict[str, str]:
 
 async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
+    prefix = env.get("INVO_DB_SCHEMA_PREFIX", Settings.from_env({}).db_schema_prefix)
+    runner.OBSERVER = Observer(env["INVO_DATABASE_URL"], f"{prefix}ledger")
     async with Bench(env, duration_s=args.duration, concurrency=args.concurrency, warmup_s=args.warmup) as b:
         for name in args.scenario:
             if name == "item-purchase-spread":
                 r = await b.item_purchases(name, hot=False)
             elif name == "item-purchase-hot-tenant":
                 r = await b.item_purchases(name, hot=True)
+            elif name == "ledger-write":
+                r = await ledger_writes(b)
             elif name == "balance-read":
                 r = await b.balance_reads()
             elif name == "currency-purchase":
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(report.table(result["scenarios"]))
+    print()
+    print(report.database_table(result["scenarios"]))
     for name, value in result["ratios"].items():
         print(f"{name:<45} {value}")
     co = result["scenarios"].get("checkout")

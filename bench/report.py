@@ -16,6 +16,26 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def database_table(results: dict[str, dict[str, Any]]) -> str:
+    """What each scenario's measured window cost the database and the machine (bench.observe)."""
+    lines = [
+        f"{'scenario':<26} {'ledger tx/s':>11} {'entries/s':>10} {'commits/s':>10} {'WAL MB/s':>9} {'fsyncs/s':>9}"
+        f" {'cores: pg':>9} {'ledger':>7} {'gateway':>8} {'others':>7} {'bench':>6} {'busy':>5}"
+    ]
+    for name, r in results.items():
+        d = r.get("database")
+        if not d:
+            continue
+        c = d["cpu_cores"]
+        lines.append(
+            f"{name:<26} {d['ledger_transactions_per_s']:>11.1f} {d['ledger_entries_per_s']:>10.1f}"
+            f" {d['db_commits_per_s']:>10.1f} {d['wal_mb_per_s']:>9.2f} {d['wal_fsyncs_per_s']:>9.1f}"
+            f" {c['postgres']:>9.2f} {c['ledger']:>7.2f} {c['gateway']:>8.2f} {c['services'] + c['nats']:>7.2f}"
+            f" {c['bench']:>6.2f} {d['machine_busy'] or 0:>5.0%}"
+        )
+    return "\n".join(lines)
+
+
 def chart(results: dict[str, dict[str, Any]], path: pathlib.Path, title: str) -> None:
     import matplotlib
 

@@ -16,6 +16,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.observe import Observer
+
+# Set by `make bench` (bench.__main__): each measured window is also observed from the database's
+# and the machine's side (bench.observe), into the scenario's `database` field.
+OBSERVER: Observer | None = None
+
 
 class Run:
     """Latencies and errors of one scenario."""
@@ -95,11 +101,20 @@ async def drive(
             bar.n = round(total_s, 1)
             bar.refresh()
 
+    async def observe() -> None:
+        if OBSERVER is not None:
+            await asyncio.sleep(max(0.0, measured_from - time.monotonic()))
+            await OBSERVER.begin()
+
     bar_task = asyncio.ensure_future(progress())
+    observe_task = asyncio.ensure_future(observe())
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     run.elapsed_s = time.monotonic() - max(measured_from, start)
     run.started = measured_from
     await bar_task
+    await observe_task
+    if OBSERVER is not None:
+        run.extra["database"] = await OBSERVER.end()
     return run
 
 

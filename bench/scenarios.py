@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench import runner as load
 from bench.client import Connection
 from bench.runner import Run, drive, pct_ms
 from devstack.devservers import free_port
@@ -204,7 +205,7 @@ class Bench:
 
         run = await drive("checkout", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
         measured = [s for s in steps if s[0] >= run.started]
-        run.extra = {
+        run.extra |= {
             "mint_p50_ms": pct_ms([s[1] for s in measured], 0.50),
             "mint_p99_ms": pct_ms([s[1] for s in measured], 0.99),
             "pay_p50_ms": pct_ms([s[2] for s in measured], 0.50),
@@ -281,6 +282,8 @@ class Bench:
             produced = await drive("webhook-delivery (events)", produce_s, self.concurrency, request)
             expected = len(produced.latencies_s) - produced.errors
             await asyncio.sleep(1.0)  # let the relay and the consumer record the backlog
+            if load.OBSERVER is not None:  # the drain is what is measured: observe it
+                await load.OBSERVER.begin()
             opened = time.monotonic()
             want["events"] = expected
             if len(received) >= expected:
@@ -293,7 +296,9 @@ class Bench:
             run.elapsed_s = max(1e-6, last - opened)
             run.latencies_s = [v - opened for v in received.values()]
             run.errors = max(0, expected - len(received)) + bad["signatures"]
-            run.extra = {
+            if load.OBSERVER is not None:
+                run.extra["database"] = await load.OBSERVER.end()
+            run.extra |= {
                 "deliveries": len(received),
                 "events": expected,
                 "bad_signatures": bad["signatures"],

@@ -314,7 +314,7 @@ class TransferScenario:
         for k, step in enumerate(("initiate", "pin_read", "verify", "claim"), start=1):
             steps[f"{step}_p50_ms"] = pct_ms([s[k] for s in measured], 0.50)
             steps[f"{step}_p99_ms"] = pct_ms([s[k] for s in measured], 0.99)
-        run.extra = {
+        run.extra |= {
             "operation": "one whole transfer: initiate, the PIN read from the SMS outbox, verify, claim",
             **steps,
             "source_tenants": sum(len(slot.chain) for slot in self.slots),

@@ -47,6 +47,7 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     assert set(result["scenarios"]) == {
         "item-purchase-spread",
         "item-purchase-hot-tenant",
+        "ledger-write",
         "balance-read",
         "currency-purchase",
         "checkout",
@@ -58,6 +59,15 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         assert r["requests"] > 0 and r["errors"] == 0, (name, r)
         assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"]
     assert result["scenarios"]["webhook-delivery"]["bad_signatures"] == 0
+    # Every measured window is also seen from the database and the machine (bench.observe).
+    for name, r in result["scenarios"].items():
+        d = r["database"]
+        assert d["db_commits_per_s"] > 0 and d["wal_mb_per_s"] >= 0 and 0 < d["machine_busy"] <= 1, (name, d)
+        assert set(d["cpu_cores"]) == {"postgres", "ledger", "gateway", "services", "nats", "bench"}, (name, d)
+    lw = result["scenarios"]["ledger-write"]
+    assert lw["purchases_failed"] == 0 and abs(lw["purchases_per_s"] - lw["rps"] * lw["ops_per_call"]) < 4, lw
+    assert lw["database"]["ledger_transactions_per_s"] > 0 and lw["database"]["ledger_entries_per_s"] > 0, lw
+    assert lw["database"]["cpu_cores"]["postgres"] > 0 and lw["database"]["cpu_cores"]["ledger"] > 0, lw
     checkout = result["scenarios"]["checkout"]
     assert checkout["sessions_checked"] >= checkout["requests"] and checkout["sessions_not_completed"] == 0, checkout
     assert checkout["pay_p99_ms"] is not None and checkout["mint_p99_ms"] is not None
@@ -76,4 +86,5 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     assert result["ledger_check"]["ok"] is True and result["ledger_check"]["total_balance"] == "0"
     assert list(out.glob("*.png")), "the chart was not written"
     assert "item-purchase-spread" in proc.stdout and "ledger check: ok=True" in proc.stdout
+    assert "ledger tx/s" in proc.stdout and "WAL MB/s" in proc.stdout
     assert "transfer = initiate + PIN read + verify + claim" in proc.stdout
