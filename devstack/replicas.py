@@ -54,4 +54,15 @@ def plan(
     ports = [gateway_port, *(free_port() for _ in range(count - 1))]
     for process, port in zip(names("gateway", count), ports, strict=True):
         overrides[process] = {"INVO_GATEWAY_PORT": str(port)}
+    for process in overrides:  # and each its own /metrics (services/common/metrics.py)
+        overrides[process]["INVO_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
     return overrides, [f"http://127.0.0.1:{port}" for port in ports]
+
+
+def metrics_urls(overrides: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """Each process's /metrics URL (`ledger`, `ledger@2`, `gateway`, ...), from `plan`'s overrides."""
+    return {
+        name: f"http://{env['INVO_METRICS_LISTEN']}/metrics"
+        for name, env in overrides.items()
+        if env.get("INVO_METRICS_LISTEN")
+    }

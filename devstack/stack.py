@@ -402,6 +402,7 @@ class Stack:
         for name in SERVICES:
             key = f"INVO_{name.upper()}_ADDR"
             out[key] = self.env[key]
+        out["INVO_METRICS_URLS"] = ",".join(f"{k}={v}" for k, v in replicas.metrics_urls(self.replica_env).items())
         out.update(simulators.dev_env(self.env, self.simulators))
         return out
 

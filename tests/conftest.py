@@ -63,6 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "INVO_GATEWAY_PORT": str(free_port()),
             "INVO_LOG_LEVEL": "INFO",
             "INVO_AUTH_CACHE_TTL_S": "5",
+            # Gauges counted in the database (holds, payouts, backlog): fresh within a second.
+            "INVO_METRICS_REFRESH_S": "1",
             # Short enough that failure tests do not wait long; the behaviour is the same.
             "INVO_BREAKER_COOLDOWN_S": "1",
             "INVO_PROCESSOR_TIMEOUT_S": "3",

@@ -122,6 +122,44 @@ def test_scaling_migrations_nats_and_the_database(overlay: tuple[str, list[Obj]]
     assert ("ipBlock" in egress[0]) == (name == "production")
 
 
+def test_every_service_serves_metrics_to_the_monitoring_namespace_only(overlay: tuple[str, list[Obj]]) -> None:
+    _, objects = overlay
+    assert kc.CHECKS["metrics"](objects) == []
+    for name in DEPLOYMENTS:
+        template = find(objects, "Deployment", name)["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9090",
+            "prometheus.io/path": "/metrics",
+        }
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        assert ports["metrics"] == 9090 and list(ports.values()).count(9090) == 1
+        plain, _ = k8s_objects.container_env(template["spec"]["containers"][0], objects)
+        assert plain["INVO_METRICS_LISTEN"] == "0.0.0.0:9090"
+    assert "prometheus.io/scrape" not in container(objects, "Job", kc.MIGRATE_JOB)
+    # No pod of the namespace reaches a metrics port; the monitoring namespace alone does, and only it.
+    assert not [c for c in k8s_network.connections(objects) if c[2] == 9090]
+    scrape = find(objects, "NetworkPolicy", "metrics-ingress")["spec"]
+    assert scrape["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"protocol": "TCP", "port": 9090}],
+        }
+    ]
+    # The gateway's public Service never routes to /metrics.
+    assert [p["targetPort"] for p in find(objects, "Service", "gateway")["spec"]["ports"]] == ["http"]
+
+
+def test_the_grafana_dashboard_ships_for_grafanas_sidecar(overlay: tuple[str, list[Obj]]) -> None:
+    """k8s/monitoring/grafana-dashboard.json as a ConfigMap the sidecar loads (its label), under a
+    fixed name (a release's old one is not left beside it); tests/test_grafana_dashboard.py checks
+    the dashboard itself."""
+    _, objects = overlay
+    dashboard = find(objects, "ConfigMap", "invo-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"] == {"invo-network.json": (kc.K8S / "monitoring" / "grafana-dashboard.json").read_text()}
+
+
 # -- the checks catch what they are for ---------------------------------------------------------------
 
 
@@ -218,6 +256,82 @@ def _secret_with_data(objects: list[Obj]) -> None:
     )
 
 
+def _template(objects: list[Obj], kind: str, name: str) -> Obj:
+    found: Obj = find(objects, kind, name)["spec"]["template"]
+    return found
+
+
+def _no_metrics_port(objects: list[Obj]) -> None:
+    c = container(objects, "Deployment", "ledger")
+    c["ports"] = [p for p in c["ports"] if p["name"] != "metrics"]
+
+
+def _no_scrape_annotation(objects: list[Obj]) -> None:
+    del _template(objects, "Deployment", "payments")["metadata"]["annotations"]["prometheus.io/scrape"]
+
+
+def _scrape_annotation_elsewhere(objects: list[Obj]) -> None:
+    _template(objects, "Deployment", "gateway")["metadata"]["annotations"]["prometheus.io/port"] = "8080"
+
+
+def _metrics_on_loopback(objects: list[Obj]) -> None:
+    container(objects, "Deployment", "transfers")["env"].append(
+        {"name": "INVO_METRICS_LISTEN", "value": "127.0.0.1:9090"}
+    )
+
+
+def _metrics_listen_elsewhere(objects: list[Obj]) -> None:
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and "INVO_ENVIRONMENT" in o["data"])
+    config["data"]["INVO_METRICS_LISTEN"] = "0.0.0.0:9091"
+
+
+def _gateway_public_on_metrics_port(objects: list[Obj]) -> None:
+    container(objects, "Deployment", "gateway")["env"].append({"name": "INVO_GATEWAY_PORT", "value": "9090"})
+
+
+def _metrics_policy_gone(objects: list[Obj]) -> None:
+    objects.remove(find(objects, "NetworkPolicy", "metrics-ingress"))
+
+
+def _metrics_from_every_namespace(objects: list[Obj]) -> None:
+    find(objects, "NetworkPolicy", "metrics-ingress")["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]
+
+
+def _metrics_from_the_namespace(objects: list[Obj]) -> None:
+    find(objects, "NetworkPolicy", "metrics-ingress")["spec"]["ingress"][0]["from"].append({"podSelector": {}})
+
+
+def _payments_scrapes(objects: list[Obj]) -> None:
+    """payments may reach the metrics ports: its egress and the metrics ingress both say so."""
+    payments = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "payments"}}}
+    find(objects, "NetworkPolicy", "metrics-ingress")["spec"]["ingress"][0]["from"].append(payments)
+    find(objects, "NetworkPolicy", "payments")["spec"]["egress"].append(
+        {"to": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 9090}]}
+    )
+
+
+def _monitoring_to_grpc(objects: list[Obj]) -> None:
+    ports = find(objects, "NetworkPolicy", "metrics-ingress")["spec"]["ingress"][0]["ports"]
+    ports.append({"protocol": "TCP", "port": 50051})
+
+
+def _monitoring_to_nats(objects: list[Obj]) -> None:
+    selector = find(objects, "NetworkPolicy", "metrics-ingress")["spec"]["podSelector"]
+    selector["matchExpressions"][0]["values"].append("nats")
+
+
+def _metrics_on_public_service(objects: list[Obj]) -> None:
+    find(objects, "Service", "gateway")["spec"]["ports"].append({"name": "m", "port": 9090, "targetPort": "metrics"})
+
+
+def _nats_annotated(objects: list[Obj]) -> None:
+    _template(objects, "StatefulSet", "nats")["metadata"].setdefault("annotations", {})["prometheus.io/scrape"] = "true"
+
+
+def _no_webhooks_deployment(objects: list[Obj]) -> None:
+    objects.remove(find(objects, "Deployment", "webhooks"))
+
+
 Check = Callable[[list[Obj], str], list[str]]
 
 
@@ -262,6 +376,54 @@ MUTATIONS: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
     (_wrong_service, _check("images"), "Deployment/payouts: args are not [payouts]"),
     (_nats_async_sync, _check("nats"), "nats.conf: JetStream's sync_interval is not always"),
     (_secret_with_data, _overlay_check("no secret values"), "Secret/x: carries data"),
+    (_no_metrics_port, _check("metrics"), "Deployment/ledger: no container port metrics on 9090 (TCP)"),
+    (
+        _no_scrape_annotation,
+        _check("metrics"),
+        "Deployment/payments: pod annotation prometheus.io/scrape is None, not 'true'",
+    ),
+    (
+        _scrape_annotation_elsewhere,
+        _check("metrics"),
+        "Deployment/gateway: pod annotation prometheus.io/port is '8080', not '9090'",
+    ),
+    (_metrics_on_loopback, _check("metrics"), "Deployment/transfers: INVO_METRICS_LISTEN is '127.0.0.1:9090'"),
+    (_metrics_listen_elsewhere, _check("metrics"), "Deployment/webhooks: INVO_METRICS_LISTEN is '0.0.0.0:9091'"),
+    (_gateway_public_on_metrics_port, _check("metrics"), "Deployment/gateway: INVO_GATEWAY_PORT is the metrics port"),
+    (
+        _metrics_policy_gone,
+        _check("metrics"),
+        "Deployment/ledger: its metrics port 9090 is open to nobody, not exactly the namespace monitoring",
+    ),
+    (
+        _metrics_from_every_namespace,
+        _check("metrics"),
+        """Deployment/tenants: its metrics port 9090 is open to ['{"namespaceSelector": {}}']""",
+    ),
+    (
+        _metrics_from_every_namespace,
+        _check("network policies"),
+        "NetworkPolicy/metrics-ingress: lets {'namespaceSelector': {}} in",
+    ),
+    (
+        _metrics_from_the_namespace,
+        _check("metrics"),
+        "Deployment/payouts: pods of its namespace may reach its metrics port 9090",
+    ),
+    (
+        _payments_scrapes,
+        _check("network policies"),
+        "NetworkPolicies allow payments -> ledger:9090, which the code does not make",
+    ),
+    (
+        _monitoring_to_grpc,
+        _check("network policies"),
+        "'webhooks'] on TCP/9090, TCP/50051: only the gateway's port",
+    ),
+    (_monitoring_to_nats, _check("network policies"), "'webhooks', 'nats'] on TCP/9090:"),
+    (_metrics_on_public_service, _check("metrics"), "Service/gateway: routes port 9090 to the metrics port"),
+    (_nats_annotated, _check("metrics"), "StatefulSet/nats: annotated for scraping, but serves no /metrics"),
+    (_no_webhooks_deployment, _check("metrics"), "no Deployment webhooks to scrape"),
 ]
 
 

@@ -7,8 +7,9 @@ the platform asks of the objects (`CHECKS`): every workload with probes, request
 non-root read-only security context, a PodDisruptionBudget and a NetworkPolicy of its own; the
 NetworkPolicies allowing exactly the calls the services' code makes; every setting of
 services/common/config.py in the ConfigMap or, for the secrets, a Secret reference (each service
-exactly the secrets its code reads); no secret value anywhere in k8s/. tests/test_k8s.py runs the
-same checks one by one.
+exactly the secrets its code reads); every process's Prometheus /metrics on its own port, annotated
+for scraping and reachable from the monitoring namespace alone (tools/k8s_metrics.py); no secret
+value anywhere in k8s/. tests/test_k8s.py runs the same checks one by one.
 
     python tools/k8s_check.py [overlay ...]     # every overlay by default; exit 1 on a problem
 """
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 from services.__main__ import COMMANDS as ENTRY_COMMANDS
 from services.common.config import SERVICES, ConfigError, Settings
+from tools.k8s_metrics import check_metrics
 from tools.k8s_network import check_network_policies
 from tools.k8s_objects import (
     DEV_ONLY_SETTINGS,
@@ -364,6 +366,7 @@ CHECKS: dict[str, Check] = {
     "scaling": check_scaling,
     "migrations first": check_migrations_first,
     "nats": check_nats,
+    "metrics": check_metrics,
 }
 OVERLAY_CHECKS: dict[str, Callable[[list[Obj], str], list[str]]] = {
     "no secret values": check_no_secret_values,

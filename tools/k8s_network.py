@@ -1,6 +1,7 @@
 """The NetworkPolicy checks of `make k8s-check` (tools/k8s_check.py): the pod-to-pod connections the
-rendered policies allow must be exactly those the services' code makes, only the gateway reachable
-from outside the namespace, and the open internet only for the services that call providers."""
+rendered policies allow must be exactly those the services' code makes, only the gateway's port (from
+the ingress controller) and the metrics port (from the monitoring namespace) reachable from outside
+the namespace, and the open internet only for the services that call providers."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from services.common.config import SERVICES
 from tools.k8s_objects import (
     GRPC_PORT,
     INTERNET_PORTS,
+    METRICS_PORT,
+    MONITORING_NAMESPACE,
     PRIVATE_V4,
     PRIVATE_V6,
+    SCRAPED,
     Obj,
     callees_in_code,
+    namespace_peer,
     nats_clients,
     of_kind,
     selects,
@@ -22,7 +27,7 @@ from tools.k8s_objects import (
 )
 
 
-def _policies_selecting(objects: list[Obj], labels: Mapping[str, str], policy_type: str) -> list[Obj]:
+def policies_selecting(objects: list[Obj], labels: Mapping[str, str], policy_type: str) -> list[Obj]:
     return [
         p
         for p in of_kind(objects, "NetworkPolicy")
@@ -30,12 +35,12 @@ def _policies_selecting(objects: list[Obj], labels: Mapping[str, str], policy_ty
     ]
 
 
-def _port_allowed(rule: Obj, port: int) -> bool:
+def port_allowed(rule: Obj, port: int) -> bool:
     ports = rule.get("ports")
     return not ports or any(p.get("port") in (None, port) and p.get("protocol", "TCP") == "TCP" for p in ports)
 
 
-def _peer_is_pod(peer: Obj, labels: Mapping[str, str]) -> bool:
+def peer_is_pod(peer: Obj, labels: Mapping[str, str]) -> bool:
     """A peer that is a pod of this namespace with these labels (no namespaceSelector, no ipBlock)."""
     return "podSelector" in peer and "namespaceSelector" not in peer and selects(peer["podSelector"], labels)
 
@@ -47,17 +52,17 @@ def connections(objects: list[Obj]) -> set[tuple[str, str, int]]:
     allowed = set()
     ws = workloads(objects)
     for src in ws:
-        egress = _policies_selecting(objects, src.labels, "Egress")
+        egress = policies_selecting(objects, src.labels, "Egress")
         for dst in ws:
-            ingress = _policies_selecting(objects, dst.labels, "Ingress")
+            ingress = policies_selecting(objects, dst.labels, "Ingress")
             for port in dst.ports:
                 out = not egress or any(
-                    _port_allowed(rule, port) and any(_peer_is_pod(peer, dst.labels) for peer in rule.get("to", []))
+                    port_allowed(rule, port) and any(peer_is_pod(peer, dst.labels) for peer in rule.get("to", []))
                     for p in egress
                     for rule in p["spec"].get("egress", [])
                 )
                 into = not ingress or any(
-                    _port_allowed(rule, port) and any(_peer_is_pod(peer, src.labels) for peer in rule.get("from", []))
+                    port_allowed(rule, port) and any(peer_is_pod(peer, src.labels) for peer in rule.get("from", []))
                     for p in ingress
                     for rule in p["spec"].get("ingress", [])
                 )
@@ -81,7 +86,8 @@ def expected_connections(objects: list[Obj]) -> set[tuple[str, str, int]]:
 def check_network_policies(objects: list[Obj]) -> list[str]:
     """Default deny; a policy of its own (a non-empty podSelector) for every workload; between the
     namespace's pods exactly the connections the code makes; from outside the namespace only the
-    ingress controller's namespace to the gateway's port; out of the cluster only DNS, the
+    ingress controller's namespace to the gateway's port, and the monitoring namespace to the
+    metrics port of the gateway's and the services' pods; out of the cluster only DNS, the
     database's address (when it is outside) and, for the services that call the world, the public
     internet without the private, shared and link-local ranges."""
     found = []
@@ -117,12 +123,23 @@ def check_network_policies(objects: list[Obj]) -> list[str]:
                 if "podSelector" in peer and "namespaceSelector" not in peer:
                     continue
                 pods = [w.name for w in workloads(objects) if selects(p["spec"]["podSelector"], w.labels)]
-                if (
-                    pods != ["gateway"]
-                    or "namespaceSelector" not in peer
-                    or rule.get("ports") != [{"protocol": "TCP", "port": 8080}]
-                ):
-                    found.append(f"{at}: lets {peer} in to {pods}: only the gateway's port is open to outside")
+                public = (
+                    pods == ["gateway"]
+                    and "namespaceSelector" in peer
+                    and rule.get("ports") == [{"protocol": "TCP", "port": 8080}]
+                )
+                scrape = (
+                    bool(pods)
+                    and set(pods) <= SCRAPED
+                    and peer == namespace_peer(MONITORING_NAMESPACE)
+                    and rule.get("ports") == [{"protocol": "TCP", "port": METRICS_PORT}]
+                )
+                if not (public or scrape):
+                    ports = [f"{q.get('protocol', 'TCP')}/{q.get('port', '*')}" for q in rule.get("ports", [])]
+                    found.append(
+                        f"{at}: lets {peer} in to {pods} on {', '.join(ports) or 'every port'}: only the gateway's "
+                        f"port is open to outside, and the metrics port {METRICS_PORT} to {MONITORING_NAMESPACE}"
+                    )
         for rule in p["spec"].get("egress", []):
             if not rule.get("to"):
                 found.append(f"{at}: an egress rule to anywhere")

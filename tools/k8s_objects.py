@@ -38,6 +38,17 @@ PHASE_LABEL = "invo.network/phase"  # `serve`: applied only once the migration J
 IMAGE = "ghcr.io/invo-network/invo"
 SECRET_NAME = "invo-secrets"  # noqa: S105 - the Secret's name, no value
 GRPC_PORT = 50051
+# Prometheus' /metrics of every INVO Deployment's pod (services/common/metrics.py): its own port,
+# named, annotated for scraping, and reachable only from the monitoring namespace.
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
+MONITORING_NAMESPACE = "monitoring"
+SCRAPED = frozenset({"gateway", *SERVICES})  # the processes that serve it (not the migration Job)
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
 
 # Settings that are secrets: never in a ConfigMap, always a reference to the Secret.
 SECRET_SETTINGS = frozenset(
@@ -202,6 +213,11 @@ def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bo
         if op == "DoesNotExist" and key in labels:
             return False
     return True
+
+
+def namespace_peer(name: str) -> Obj:
+    """A NetworkPolicy peer: every pod of the namespace `name` (its kubernetes.io/metadata.name)."""
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
 
 def config_maps(objects: Iterable[Obj]) -> dict[str, dict[str, str]]:

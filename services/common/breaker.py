@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from services.common import errors
+from services.common import errors, metrics
 
 log = logging.getLogger("invo.breaker")
 
@@ -44,6 +44,8 @@ class CircuitBreaker:
         self.failures = 0
         self.open_until: float | None = None
         self.probing = False
+        # Read at each scrape: exact whatever the clock did since the last transition.
+        metrics.BREAKER_OPEN.labels(name).set_function(lambda: 1.0 if self.state == "open" else 0.0)
 
     @property
     def state(self) -> str:

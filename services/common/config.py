@@ -95,6 +95,14 @@ class Settings:
         "INVO_OUTBOX_RETENTION_S", 7 * 86400, "Published events are pruned from the outbox after this."
     )
     log_level: str = _field("INVO_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    metrics_listen: str = _field(
+        "INVO_METRICS_LISTEN",
+        "",
+        "host:port of this process's Prometheus `/metrics` server (k8s: 0.0.0.0:9090); empty: none.",
+    )
+    metrics_refresh_s: float = _field(
+        "INVO_METRICS_REFRESH_S", 15.0, "How often gauges counted in the database (holds, payouts, backlog) refresh."
+    )
     processor_api_base: str = _field(
         "INVO_PROCESSOR_API_BASE", "", "Card processor REST base; empty: Stripe's. `make run` sets the simulator's."
     )
@@ -326,6 +334,10 @@ class Settings:
             raise ConfigError("INVO_SMS_PROVIDER must be outbox or twilio")
         if self.environment == "production" and self.sms_provider == "outbox":
             raise ConfigError("INVO_SMS_PROVIDER=outbox is for development: production texts through an SMS API")
+        if self.metrics_refresh_s < 1:
+            raise ConfigError("INVO_METRICS_REFRESH_S must be at least 1")
+        if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():
+            raise ConfigError("INVO_METRICS_LISTEN must be host:port")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

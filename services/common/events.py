@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from services.common import ids, loops
+from services.common import ids, loops, metrics
 
 log = logging.getLogger("invo.events")
 
@@ -146,7 +146,8 @@ class OutboxRelay:
         async with self.pool.acquire() as conn, conn.transaction():
             # SKIP LOCKED lets two replicas share the work without publishing a row twice.
             rows = await conn.fetch(
-                "SELECT seq, event_id, tenant_id, event_type, body FROM outbox"
+                "SELECT seq, event_id, tenant_id, event_type, body,"
+                " extract(epoch FROM clock_timestamp() - created_at)::float8 AS age_s FROM outbox"
                 " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch_max,
             )
@@ -156,7 +157,9 @@ class OutboxRelay:
                     "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
                     [r["seq"] for r in rows],
                 )
-            return len(rows)
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
+        metrics.OUTBOX_LAG.set(max(0.0, rows[0]["age_s"]) if rows else 0.0)
+        return len(rows)
 
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
         """Every row, pipelined: all are sent (in `seq` order, on one connection) before any

@@ -30,7 +30,7 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import errors, runtime
+from services.common import errors, metrics, runtime
 from services.common.logs import (
     OPERATOR_ID_METADATA,
     REQUEST_ID_METADATA,
@@ -136,7 +136,16 @@ async def _guard(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _log_rpc(method: str, outcome: str, started: float) -> None:
+def _outcome(exc: Exception) -> str:
+    """A failed call's code, for its log line and its metric."""
+    if isinstance(exc, errors.InvoError):
+        return exc.error_code
+    return "UNAVAILABLE" if dependency_away(exc) else "INTERNAL"
+
+
+def _log_rpc(method: str, outcome: str, started: float, *, code: str | None = None) -> None:
+    # "/invo.v1.LedgerService/PurchaseItems" -> "LedgerService/PurchaseItems": bounded, readable.
+    metrics.observe_rpc(method.rpartition(".")[2], code or outcome, time.monotonic() - started)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "%s %s",
@@ -181,10 +190,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     outcome = "ABORTED"
                     raise
                 except Exception as exc:
-                    if isinstance(exc, errors.InvoError):
-                        outcome = exc.error_code
-                    else:
-                        outcome = "UNAVAILABLE" if dependency_away(exc) else "INTERNAL"
+                    outcome = _outcome(exc)
                     await _guard(context, method, exc)
                 finally:
                     _log_rpc(method, outcome, started)
@@ -204,6 +210,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 token = request_id_var.set(_request_id_from(context))
                 operator_token = operator_id_var.set(_operator_id_from(context))
                 started = time.monotonic()
+                outcome = "OK"
                 try:
                     if context.time_remaining() is None:
                         raise errors.InvalidRequest(
@@ -212,11 +219,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     async for item in inner_us(request, context):
                         yield item
                 except grpc.aio.AbortError:
+                    outcome = "ABORTED"
                     raise
                 except Exception as exc:
+                    outcome = _outcome(exc)
                     await _guard(context, method, exc)
                 finally:
-                    _log_rpc(method, "STREAM_END", started)
+                    _log_rpc(method, "STREAM_END", started, code=outcome)
                     request_id_var.reset(token)
                     operator_id_var.reset(operator_token)
 

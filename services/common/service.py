@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from services.common import db, events, logs, runtime
+from services.common import db, events, logs, metrics, runtime
 from services.common.config import SERVICES, Settings
 from services.common.grpcutil import GrpcService
 
@@ -90,6 +90,9 @@ async def _serve(name: str, setup: Setup) -> None:
         )
         svc.background(relay.run(), "outbox-relay")
     await setup(svc, settings, pool)
+    stop_metrics = await metrics.serve(settings.metrics_listen)
+    if stop_metrics is not None:
+        svc.on_shutdown(stop_metrics)
     runtime.freeze_startup_heap()
     await svc.run()
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from services.common import errors, logs, runtime
+from services.common import errors, logs, metrics, runtime
 from services.common.config import Settings
 from services.common.logs import REQUEST_ID_HEADER, accept_request_id, request_id_var
 from services.gateway import declare, document, surfaces
@@ -52,6 +52,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             log.exception("unhandled error")
             resp = error_response(errors.Internal("An internal error occurred."))
         resp.headers[REQUEST_ID_HEADER] = rid
+        elapsed_s = time.monotonic() - started
+        metrics.observe_http(_route_of(request), request.method, resp.status, elapsed_s)
         log.info(
             "%s %s %s",
             request.method,
@@ -59,13 +61,21 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             resp.status,
             extra=logs.fields(
                 status=resp.status,
-                latency_ms=round((time.monotonic() - started) * 1000, 2),
+                latency_ms=round(elapsed_s * 1000, 2),
                 tenant_id=request.get("tenant_id", ""),
             ),
         )
         return resp
     finally:
         request_id_var.reset(token)
+
+
+def _route_of(request: web.Request) -> str:
+    """The declared route's template (`/api/orders/{order_id}`), or `unmatched`: a metric label
+    must not take whatever path a client sends."""
+    resource = getattr(request.match_info.route, "resource", None)
+    canonical = getattr(resource, "canonical", None)
+    return canonical if isinstance(canonical, str) and resource is not None else metrics.UNMATCHED
 
 
 def url_problem(raw_path: str) -> str | None:
@@ -148,6 +158,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, backlog=1024)
     await site.start()
+    stop_metrics = await metrics.serve(settings.metrics_listen)
     runtime.freeze_startup_heap()
     log.info("gateway listening on http://%s:%s", settings.gateway_host, settings.gateway_port)
     stop = asyncio.Event()
@@ -160,6 +171,8 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
         await app[CTX].close()
         await backends.close()
+        if stop_metrics is not None:
+            await stop_metrics()
 
 
 def main() -> None:

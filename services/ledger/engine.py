@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors, grpcutil, idempotency
+from services.common import errors, grpcutil, idempotency, metrics
 from services.ledger import chart
 from services.ledger.apply import AccountState, HoldState, Op, apply_op
 from services.ledger.reads_sql import ACCOUNTS_CTE, ACCOUNTS_SQL, IDEMPOTENCY_SELECT, IDEMPOTENCY_SQL, account_args
@@ -68,6 +68,7 @@ class Engine:
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             writing = asyncio.Event()
+            metrics.LEDGER_BATCH_OPS.observe(len(batch))
             task = asyncio.ensure_future(self._run_batch(batch, writing))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
-from services.common import errors, loops
+from services.common import errors, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
@@ -280,6 +280,14 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     # Supervised: a database outage fails rounds, never the loop (and with it the service).
     svc.background(
         loops.supervised("hold-expiry", servicer.expiry_round, interval_s=EXPIRY_INTERVAL_S, log=log), "hold-expiry"
+    )
+
+    async def count_holds() -> None:  # the partial index of pending transactions: a few rows
+        rows = await pool.fetch("SELECT kind, count(*) AS n FROM transactions WHERE status = 'pending' GROUP BY kind")
+        metrics.set_counts(metrics.LEDGER_PENDING_HOLDS, {r["kind"]: r["n"] for r in rows})
+
+    svc.background(
+        metrics.refresh_forever("holds", count_holds, interval_s=settings.metrics_refresh_s), "metrics-holds"
     )
     svc.add(
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,

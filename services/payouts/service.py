@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import ledger_pb2_grpc, payouts_pb2, payouts_pb2_grpc
 
-from services.common import errors, grpcutil, loops
+from services.common import errors, grpcutil, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import Keyring
 from services.common.grpcutil import GrpcService
@@ -136,6 +136,14 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     svc.background(
         loops.supervised("payout-sweep", sweep_round, interval_s=settings.payout_sweep_interval_s, log=log),
         "payout-sweep",
+    )
+
+    async def count_payouts() -> None:  # payouts_by_status (status, payout_id): an index-only count
+        rows = await pool.fetch("SELECT status, count(*) AS n FROM payouts GROUP BY status")
+        metrics.set_counts(metrics.PAYOUTS, {r["status"]: r["n"] for r in rows}, known=PUBLIC_STATUSES)
+
+    svc.background(
+        metrics.refresh_forever("payouts", count_payouts, interval_s=settings.metrics_refresh_s), "metrics-payouts"
     )
     svc.add(
         payouts_pb2_grpc.add_PayoutsServiceServicer_to_server,

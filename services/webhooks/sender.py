@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 from invo.v1 import tenants_pb2
 
-from services.common import errors, grpcutil, loops
+from services.common import errors, grpcutil, loops, metrics
 from services.common.config import Settings
 from services.common.signing import signature_header
 from services.webhooks.addresses import PublicOnlyResolver, RefusedAddress, check_public, literal_address
@@ -110,7 +110,8 @@ class Sender:
             "   WHERE d.delivery_id = ANY(ARRAY(SELECT delivery_id FROM due))"
             "   AND e.event_id = d.event_id AND d.status = 'pending'"
             "   AND (d.lease_until IS NULL OR d.lease_until < now())"
-            "   RETURNING d.delivery_id, d.event_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, e.body)"
+            "   RETURNING d.delivery_id, d.event_id, d.tenant_id, d.url, d.attempts, d.cycle_attempts, d.created_at,"
+            "   e.body)"
             # One row at least, so the walk's position comes back even when nothing was claimed.
             " SELECT claimed.*, (SELECT max(url) FROM visited) AS visited_to,"
             " (SELECT count(*) FROM visited) AS visited"
@@ -224,11 +225,15 @@ class Sender:
         cycle = row["cycle_attempts"] + 1
         if ok:
             status, next_at = "delivered", None
+            metrics.WEBHOOK_LATENCY.observe(
+                max(0.0, (datetime.datetime.now(datetime.UTC) - row["created_at"]).total_seconds())
+            )
         elif cycle > len(self.schedule_s):
             status, next_at = "failed", None
         else:
             status = "pending"
             next_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.schedule_s[cycle - 1])
+        metrics.WEBHOOK_DELIVERIES.labels("retrying" if status == "pending" else status).inc()
         await self.outcomes.write(
             Outcome(
                 delivery_id=row["delivery_id"],

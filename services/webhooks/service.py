@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import tenants_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 
-from services.common import errors, events, grpcutil, ids, logs
+from services.common import errors, events, grpcutil, ids, logs, metrics
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.webhooks.consumer import Consumer
@@ -205,6 +205,13 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     svc.background(consumer.run(js), "webhook-consumer")
     svc.background(sender.run(), "webhook-sender")
     svc.background(sender.outcomes.run(), "webhook-outcomes")
+
+    async def count_backlog() -> None:  # deliveries_due, the partial index of pending rows
+        metrics.WEBHOOK_BACKLOG.set(await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending'"))
+
+    svc.background(
+        metrics.refresh_forever("backlog", count_backlog, interval_s=settings.metrics_refresh_s), "metrics-backlog"
+    )
     svc.add(
         webhooks_pb2_grpc.add_WebhooksServiceServicer_to_server,
         Webhooks(pool, tenants, consumer, wake),
