@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -28,6 +30,32 @@ def _strict_loop() -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda _loop, context: _loop_errors.append(context))
     return loop
+
+
+_OWN_TEMPROOT = "INVO_TEST_TEMPROOT"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every session gets a temporary root of its own. pytest makes `<tmp>/pytest-of-<user>` private
+    (0700) when a session starts; the test stacks' PostgreSQL runs as another user and reaches its
+    data directory through it, so a second pytest run on the same machine (a developer's, beside
+    `make test`) cut the first one's database off mid-run. Removed when the session ends, unless
+    INVO_KEEP_TEST_TMP is set (the browser tests' screenshots are in it)."""
+    if os.environ.get("PYTEST_DEBUG_TEMPROOT") or config.option.basetemp is not None:
+        return
+    root = tempfile.mkdtemp(prefix="invo-pytest-")
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = os.environ[_OWN_TEMPROOT] = root
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = os.environ.pop(_OWN_TEMPROOT, "")
+    if not root:
+        return
+    os.environ.pop("PYTEST_DEBUG_TEMPROOT", None)
+    if os.environ.get("INVO_KEEP_TEST_TMP"):
+        print(f"\ntest files kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
