@@ -72,8 +72,8 @@ test: $(GEN_STAMP) chromium $(AXE_JS) ## run every test against real PostgreSQL 
 	INVO_CHROMIUM=$(CHROMIUM) INVO_AXE_JS=$(AXE_JS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(GEN_STAMP) ## ruff and mypy (generated code excluded)
-	$(BIN)/ruff check services devstack tests tools bench faults
-	$(BIN)/ruff format --check services devstack tests tools bench faults
+	$(BIN)/ruff check services devstack invoctl tests tools bench faults
+	$(BIN)/ruff format --check services devstack invoctl tests tools bench faults
 	$(BIN)/mypy
 
 k8s-check: $(STAMP) ## render the k8s/ overlays with kustomize, validate them strictly, check them (tools/k8s_check.py)

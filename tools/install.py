@@ -2,14 +2,15 @@
 
 Standard library only: it runs before anything else is installed.
 
-    python tools/install.py                  development: runtime + build + dev, and a `.pth` file so
+    python tools/install.py                  development: every group, and a `.pth` file so
                                              that the repository root (`services`, `devstack`) and
                                              `gen/` (the generated protobuf code) are importable
     python tools/install.py --only runtime   the image's final stage (Dockerfile): what production
                                              imports, wheels only (no compiler in any stage), no .pth
     python tools/install.py --only build     the image's protobuf stage: grpcio-tools, wheels only
 
-The groups are pyproject.toml's `dependencies` (runtime), and its optional `build` and `dev` tables.
+The groups are pyproject.toml's `dependencies` (runtime), and its optional `build`, `cli` (invoctl,
+the operators' command line) and `dev` tables.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sysconfig
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-GROUPS = ("runtime", "build", "dev")
+GROUPS = ("runtime", "build", "cli", "dev")
 
 
 def requirements(group: str, pyproject: pathlib.Path = ROOT / "pyproject.toml") -> list[str]:
