@@ -57,6 +57,7 @@ INTERNAL_ERROR_CODES = {
     "FORBIDDEN",
     "HOLD_EXPIRED",
     "HOLD_NOT_FOUND",
+    "ACTION_NOT_FOUND",  # the gateway's own FinishAction, never answered to a client
     "HOLD_NOT_PENDING",
     "INTERNAL_ERROR",
     "INVALID_TENANT_ID",

@@ -10,8 +10,8 @@ from invo.v1 import tenants_pb2
 from pydantic import Field
 
 from services.common import errors, limits
-from services.gateway import answers, declare, operators, tenants_api
-from services.gateway.context import GatewayContext, ctx_of
+from services.gateway import answers, declare, tenants_api
+from services.gateway.context import ctx_of
 from services.gateway.fields import Empty, Request
 from services.gateway.http import json_response
 
@@ -181,11 +181,3 @@ async def revoke_key(request: web.Request, body: Empty) -> web.Response:
     )
     ctx.keys.forget_tenant(tenant_id)
     return json_response(tenants_api.key_json(key))
-
-
-async def check_admin(ctx: GatewayContext, request: web.Request) -> operators.Operator:
-    """The request's operator (the bootstrap token or a named operator's credential), allowed by its
-    role to call the matched route: 401 or 403 otherwise (`services/gateway/operators.py`)."""
-    operator = await operators.authenticate(ctx, request)
-    operators.authorize(request, operator)
-    return operator

@@ -80,6 +80,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/operators"): MANAGE,
     ("GET", "/admin/operators"): MANAGE,
     ("POST", "/admin/operators/{operator_id}/revoke"): MANAGE,
+    # the operator action log: what was done, by whom (ids only), never a body
+    ("GET", "/admin/operator-actions"): READ,
 }
 
 

@@ -29,6 +29,7 @@ from services.gateway import (
     checkout_page,
     declare,
     ledger_api,
+    operator_actions,
     operators,
     operators_api,
     orders_api,
@@ -81,11 +82,14 @@ async def sdk_key_auth(request: web.Request, handler: Handler) -> web.StreamResp
 async def operator_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The operators' API: a named operator (or the bootstrap token) whose role allows the route;
     never an SDK key. The operator's id goes with every call the handler makes (`operator_id_var`)."""
-    operator = await admin.check_admin(ctx_of(request), request)
+    operator = await operators.authenticate(ctx_of(request), request)
     request["operator_id"] = operator.operator_id
     request["operator_role"] = operator.role
     token = operator_id_var.set(operator.operator_id)
     try:
+        if operator_actions.is_action(request):  # recorded, its role refusal too (operator_actions.py)
+            return await operator_actions.recorded(request, handler, operator)
+        operators.authorize(request, operator)
         return await handler(request)
     finally:
         operator_id_var.reset(token)
@@ -130,6 +134,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         transfers_api.admin,
         webhooks_api.admin,
         operators_api.routes,
+        operator_actions.routes,
     )
     checkout = _sub(ctx, checkout_page.private_answers)
     checkout_page.setup(checkout)

@@ -20,6 +20,7 @@ from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
 from services.common import crypto, errors, grpcutil, ids, players
 from services.common.logs import operator_id_var
+from services.tenants import actions
 
 log = logging.getLogger("invo.tenants.operators")
 
@@ -178,3 +179,13 @@ class OperatorsServicer(tenants_pb2_grpc.OperatorsServiceServicer):
             raise _not_found()
         log.info("operator revoked", extra={"fields": {"revoked_operator_id": request.operator_id}})
         return operator_message(row)
+
+    # The operator action log (services/tenants/actions.py).
+    async def StartAction(self, request: tenants_pb2.StartActionRequest, context: Any) -> Any:
+        return await actions.start(self.pool, request)
+
+    async def FinishAction(self, request: tenants_pb2.FinishActionRequest, context: Any) -> Any:
+        return await actions.finish(self.pool, request)
+
+    async def ListActions(self, request: tenants_pb2.ListActionsRequest, context: Any) -> Any:
+        return await actions.list_actions(self.pool, request)
