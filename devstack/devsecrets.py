@@ -35,6 +35,7 @@ def load_or_make(home: pathlib.Path) -> dict[str, str]:
         "identity_key": lambda: secrets.token_urlsafe(32),
         "transfer_code_key": lambda: secrets.token_urlsafe(48),
         "checkout_keys": lambda: "dev1:" + secrets.token_urlsafe(32),
+        "console_keys": lambda: crypto.Keyring.generate_spec("dev1"),
         **simulators.SECRETS,
     }
     missing = {name: make() for name, make in wanted.items() if name not in stored}

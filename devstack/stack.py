@@ -178,6 +178,7 @@ class Stack:
         env.setdefault("INVO_IDENTITY_KEY", sec["identity_key"])
         env.setdefault("INVO_TRANSFER_CODE_KEY", sec["transfer_code_key"])
         env.setdefault("INVO_CHECKOUT_KEYS", sec["checkout_keys"])
+        env.setdefault("INVO_CONSOLE_KEYS", sec["console_keys"])
         env["INVO_DATABASE_URL"] = self._database_url(sec["pg_password"])
         env["INVO_NATS_URL"] = self._nats_url()
         if self.nats_namespace:

@@ -63,6 +63,8 @@ def _banner(
         f"  demo tenant    {dev['INVO_DEMO_TENANT_ID']} (sandbox, {DEMO_TENANT['currency_name']!r})",
         f"  demo SDK key   {key}",
         f"  admin token    {token}",
+        f"  console        {gateway}/console/   (sign in with the admin token or an operator's credential)",
+        "  operators' CLI .venv/bin/python -m invoctl --help   (INVO_URL, INVO_OPERATOR_KEY)",
         "",
         "Try:",
         f'  curl -H "X-Game-Secret-Key: {curl_key}" {gateway}/api/tenant',

@@ -180,6 +180,7 @@ async def test_every_command_reaches_its_route_through_the_admin_api(
     await ctl("webhooks", "deliveries", "redeliver", dead[0]["delivery_id"], "--yes")
     await ctl("webhooks", "redeliver-failed", "--since", since, "--tenant-id", tid, "--yes")
     await ctl("dev", "sms", "--limit", "1")
+    assert await ctl.json("me") == {"operator_id": "op_bootstrap", "role": "admin"}
     log = await ctl.json("operator-actions", "--tenant-id", tid, "--limit", "3")
     assert [a["route"] for a in log["data"]][:1] == ["/admin/webhooks/redeliver-failed"]
 

@@ -99,7 +99,12 @@ def test_every_setting_is_in_the_configmap_or_a_secret_reference(overlay: tuple[
         d["metadata"]["name"]: {e["name"] for e in container(objects, "Deployment", d["metadata"]["name"])["env"]}
         for d in kc.of_kind(objects, "Deployment")
     }
-    assert refs["gateway"] == {"INVO_ADMIN_TOKEN", "INVO_PROCESSOR_WEBHOOK_SECRET", "INVO_ACH_WEBHOOK_KEYS"}
+    assert refs["gateway"] == {
+        "INVO_ADMIN_TOKEN",
+        "INVO_CONSOLE_KEYS",
+        "INVO_PROCESSOR_WEBHOOK_SECRET",
+        "INVO_ACH_WEBHOOK_KEYS",
+    }
     assert "INVO_PROCESSOR_SECRET_KEY" in refs["payments"] and "INVO_PROCESSOR_SECRET_KEY" not in refs["ledger"]
     assert set().union(*refs.values()) == kc.SECRET_SETTINGS
 

@@ -138,6 +138,15 @@ class Settings:
         "",
         "Keys signing checkout session tokens: `kid:secret[,kid:secret...]`, the first signs, all verify.",
     )
+    console_keys: str = _field(
+        "INVO_CONSOLE_KEYS",
+        "",
+        "AES-256-GCM keys sealing the operators' console session cookie: `kid:base64key[,...]`, the first"
+        " seals, every one opens. Empty: the console (/console) is off.",
+    )
+    console_session_s: int = _field(
+        "INVO_CONSOLE_SESSION_S", 8 * 3600, "How long a console sign-in lasts (while the credential stays valid)."
+    )
     checkout_session_ttl_s: int = _field(
         "INVO_CHECKOUT_SESSION_TTL_S", 900, "Life of a hosted checkout session and its token (the seed's 15 minutes)."
     )
@@ -334,6 +343,8 @@ class Settings:
             raise ConfigError("INVO_SMS_PROVIDER must be outbox or twilio")
         if self.environment == "production" and self.sms_provider == "outbox":
             raise ConfigError("INVO_SMS_PROVIDER=outbox is for development: production texts through an SMS API")
+        if not 60 <= self.console_session_s <= 7 * 86400:
+            raise ConfigError("INVO_CONSOLE_SESSION_S must be from 60 (a minute) to 604800 (a week)")
         if self.metrics_refresh_s < 1:
             raise ConfigError("INVO_METRICS_REFRESH_S must be at least 1")
         if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():

@@ -80,6 +80,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/operators"): MANAGE,
     ("GET", "/admin/operators"): MANAGE,
     ("POST", "/admin/operators/{operator_id}/revoke"): MANAGE,
+    # who am I (the console asks at sign-in)
+    ("GET", "/admin/me"): READ,
     # the operator action log: what was done, by whom (ids only), never a body
     ("GET", "/admin/operator-actions"): READ,
 }
@@ -139,6 +141,20 @@ def cache_of(request: web.Request) -> OperatorCache:
     return request.app[OPERATOR_CACHE]
 
 
+# The console calls the admin API over loopback on behalf of a browser: failed sign-ins count against
+# the browser's address, which it names in this header. Honoured from loopback only (the gateway's
+# own pod); any other peer counts as itself, so a client cannot choose the bucket it spends.
+CONSOLE_CLIENT_HEADER = "X-Invo-Console-Client"
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def client_address(request: web.Request) -> str | None:
+    forwarded = request.headers.get(CONSOLE_CLIENT_HEADER, "")
+    if request.remote in LOOPBACK and 0 < len(forwarded) <= 64:
+        return forwarded
+    return request.remote
+
+
 async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
     """The operator a request's bearer credential belongs to; an SDK key never is one."""
     header = auth.one_header(request, "Authorization")
@@ -152,7 +168,7 @@ async def authenticate(ctx: GatewayContext, request: web.Request) -> Operator:
     # issue: refused before anything hashes or compares it.
     if not auth.well_formed(token, len_max=TOKEN_LEN_MAX):
         raise errors.Unauthenticated("Invalid admin token.", error_code="INVALID_ADMIN_TOKEN")
-    guard, address = ctx.auth_failures, request.remote
+    guard, address = ctx.auth_failures, client_address(request)
     # Named operators keep working once the bootstrap token is retired (INVO_ADMIN_TOKEN empty).
     if token.startswith(CREDENTIAL_PREFIX) and len(token) <= CREDENTIAL_LEN_MAX:
         return await cache_of(request).resolve(token, guard=guard, address=address)

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
-from services.gateway import declare, fields, operators, operators_schema, tenants_api
+from services.gateway import answers, declare, fields, operators, operators_schema, tenants_api
 from services.gateway.context import ctx_of
 from services.gateway.http import json_response
 from services.gateway.operators_schema import CreateOperator, OperatorsQuery
@@ -75,3 +75,15 @@ async def revoke_operator(request: web.Request, body: fields.Empty) -> web.Respo
     # At once on this gateway; other replicas within INVO_AUTH_CACHE_TTL_S.
     operators.cache_of(request).forget(operator_id)
     return json_response(operator_json(revoked))
+
+
+class Me(answers.Answer):
+    """The operator whose credential made the call, and what its role may do."""
+
+    operator_id: str
+    role: str
+
+
+@routes.declare("GET", "/admin/me", summary="The calling operator: its id and role.", answers={200: Me})
+async def me(request: web.Request) -> web.Response:
+    return json_response({"operator_id": request["operator_id"], "role": request["operator_role"]})

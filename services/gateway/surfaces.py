@@ -27,6 +27,7 @@ from services.gateway import (
     auth,
     checkout_api,
     checkout_page,
+    console,
     declare,
     ledger_api,
     operator_actions,
@@ -136,6 +137,9 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         operators_api.routes,
         operator_actions.routes,
     )
+    console_app = _sub(ctx, console.console_middleware)
+    console.setup(console_app, ctx.settings.console_keys)
+    mount(app, "/console", console_app, console.routes)
     checkout = _sub(ctx, checkout_page.private_answers)
     checkout_page.setup(checkout)
     mount(app, "/checkout", checkout, checkout_page.public, checkout_page.page_api)
