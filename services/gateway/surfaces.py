@@ -28,6 +28,7 @@ from services.gateway import (
     checkout_api,
     checkout_page,
     console,
+    console_pages,
     declare,
     ledger_api,
     operator_actions,
@@ -139,7 +140,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
     )
     console_app = _sub(ctx, console.console_middleware)
     console.setup(console_app, ctx.settings.console_keys)
-    mount(app, "/console", console_app, console.routes)
+    mount(app, "/console", console_app, console.routes, console_pages.routes)
     checkout = _sub(ctx, checkout_page.private_answers)
     checkout_page.setup(checkout)
     mount(app, "/checkout", checkout, checkout_page.public, checkout_page.page_api)

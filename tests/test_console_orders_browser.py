@@ -1,0 +1,129 @@
+"""The console's order and webhook pages in headless Chromium, through the real network: an order's
+timeline and a partial refund by a finance operator (a second submit of the same confirmation is
+a replay, not a second refund), a viewer shown no refund, a support operator reading a failed
+delivery's attempts and sending it again, then every failed one. axe-core and screenshots as the
+other console pages."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from playwright.async_api import BrowserContext
+
+from devstack.stack import Stack
+from tests import payments_support as pay
+from tests.after_sale_support import paid
+from tests.browser_support import BROWSER_LOOP, browser, page_context, screenshot_dir
+from tests.helpers import eventually
+from tests.test_console_browser import client, sign_in, step
+from tests.test_operators import new_operator
+from tests.webhooks_support import Receiver, send_test, tenant_for
+
+__all__ = ["browser", "page_context", "screenshot_dir"]  # the fixtures, imported for this module's tests
+pytestmark = BROWSER_LOOP
+
+
+async def test_a_finance_operator_refunds_part_of_an_order_once_from_its_timeline(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    async with client(stack) as api:
+        t = await api.create_tenant()
+        player, bought = await paid(api, t)
+        oid = bought["order_id"]
+        finance = await new_operator(api, "finance")
+        page = await page_context.new_page()
+        await sign_in(page, stack, finance["credential"])
+        await page.goto(f"{stack.gateway_url}/console/orders")
+        await page.fill("#order_id", oid)
+        await page.click("form.inline button")
+        await page.wait_for_url(f"**/console/orders/{oid}")
+        assert await page.get_by_test_id("order-status").inner_text() == "completed"
+        assert "→ completed" in await page.get_by_test_id("timeline").inner_text()
+        await step(page, screenshot_dir, "order")
+
+        await page.click("text=Refund…")
+        await page.fill("#usd_amount", "4.00")
+        await step(page, screenshot_dir, "refund-confirm")
+        form = {
+            name: await page.locator(f"main input[name={name}]").input_value()
+            for name in ("csrf", "idempotency_key", "usd_amount")
+        }
+        await page.click("button.danger")
+        await page.wait_for_url(f"**/console/orders/{oid}?notice=refunded")
+        assert (await page.get_by_test_id("refunded").inner_text()).startswith("$4.00")
+        assert "refund succeeded" in await page.get_by_test_id("timeline").inner_text()
+        # The same confirmation submitted again (a double click, a resent form): its key replays it.
+        again = await page.request.post(
+            f"{stack.gateway_url}/console/orders/{oid}/refund", form={**form, "reason": "requested_by_customer"}
+        )
+        assert again.ok and again.url.endswith(f"/console/orders/{oid}?notice=refunded")
+        await page.reload()
+        assert (await page.get_by_test_id("refunded").inner_text()).startswith("$4.00")
+        assert await pay.balance(api, t, player) == "60"  # 100 bought, 40 taken back once
+        logged = (await api.get(f"/admin/operator-actions?operator_id={finance['operator_id']}", admin=True)).body
+        assert [(a["route"], a["status"]) for a in logged["data"]][:2] == [
+            ("/admin/orders/{order_id}/refunds", 200),
+            ("/admin/orders/{order_id}/refunds", 201),
+        ]
+        viewer = await new_operator(api, "viewer")
+        await page_context.clear_cookies()
+        await sign_in(page, stack, viewer["credential"])
+        await page.goto(f"{stack.gateway_url}/console/orders/{oid}")
+        assert await page.locator("text=Refund…").count() == 0
+
+
+async def test_a_support_operator_reads_a_failed_delivery_and_sends_it_again(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    rx = Receiver(failing=True)  # on this module's loop, as the browser is
+    await rx.start()
+    try:
+        await _redeliveries(stack, page_context, screenshot_dir, rx)
+    finally:
+        await rx.close()
+
+
+async def _redeliveries(stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path, rx: Receiver) -> None:
+    async with client(stack) as api:
+        t = await tenant_for(api, rx)
+        await send_test(api, t["sdk_key"])  # one event: one delivery, which fails
+
+        async def failed() -> list[dict[str, Any]] | None:
+            page_ = await api.get(f"/admin/webhooks/deliveries?tenant_id={t['tenant_id']}&status=failed", admin=True)
+            return page_.body["data"] or None
+
+        found = await eventually(failed, timeout_s=30)
+        assert found is not None and len(found) == 1
+        dead = found[0]
+        support = await new_operator(api, "support")
+        page = await page_context.new_page()
+        await sign_in(page, stack, support["credential"])
+        await page.goto(f"{stack.gateway_url}/console/webhooks?tenant_id={t['tenant_id']}&status=failed")
+        assert dead["delivery_id"] in await page.get_by_test_id("deliveries").inner_text()
+        await step(page, screenshot_dir, "deliveries")
+        await page.click(f"text={dead['delivery_id']}")
+        attempts = await page.get_by_test_id("attempts").inner_text()
+        assert "500" in attempts and "receiver is down" in attempts
+        await step(page, screenshot_dir, "delivery")
+
+        rx.failing = False
+        await page.click("text=Redeliver…")
+        await page.click("button.danger")
+        await page.wait_for_url(f"**/console/webhooks/{dead['delivery_id']}?notice=redelivered")
+
+        async def delivered() -> bool:
+            one = await api.get(f"/admin/webhooks/deliveries/{dead['delivery_id']}", admin=True)
+            return one.body["status"] == "delivered"
+
+        await eventually(delivered, timeout_s=20)
+        # Every failed one since a time: none is left for this tenant, and the page says how many went.
+        await page.goto(f"{stack.gateway_url}/console/webhooks-redeliver-failed?tenant_id={t['tenant_id']}")
+        await page.fill("#since", "2020-01-01T00:00:00Z")
+        await page.click("button.danger")
+        await page.wait_for_url("**/console/webhooks?status=failed&n=0**")
+        logged = (await api.get(f"/admin/operator-actions?operator_id={support['operator_id']}", admin=True)).body
+        assert [a["route"] for a in logged["data"]] == [
+            "/admin/webhooks/redeliver-failed",
+            "/admin/webhooks/deliveries/{delivery_id}/redeliver",
+        ]
