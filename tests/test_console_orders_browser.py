@@ -6,6 +6,7 @@ other console pages."""
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 from typing import Any
 
@@ -19,6 +20,11 @@ from tests.helpers import eventually
 from tests.test_console_browser import client, sign_in, step
 from tests.test_operators import new_operator
 from tests.webhooks_support import Receiver, send_test, tenant_for
+
+
+def utc_today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
 
 __all__ = ["browser", "page_context", "screenshot_dir"]  # the fixtures, imported for this module's tests
 pytestmark = BROWSER_LOOP
@@ -71,6 +77,18 @@ async def test_a_finance_operator_refunds_part_of_an_order_once_from_its_timelin
         await sign_in(page, stack, viewer["credential"])
         await page.goto(f"{stack.gateway_url}/console/orders/{oid}")
         assert await page.locator("text=Refund…").count() == 0
+        # The tenant's statement of today, as the partner reads it.
+        await page.goto(f"{stack.gateway_url}/console/tenants/{t['tenant_id']}")
+        await page.click("text=Today's statement")
+        assert await page.get_by_test_id("statement-state").inner_text() == "day not over"
+        partner = (await api.get(f"/api/statements/{utc_today()}", key=t["sdk_key"])).body
+        movements = await page.get_by_test_id("movements").inner_text()
+        for m in partner["movements"]:
+            assert f"{m['account']}\t{m['kind']}\t{m['count']}\t{m['amount']}" in movements
+        players = partner["balances"]["players"]
+        balances = await page.get_by_test_id("balances").inner_text()
+        assert f"players\t{players['opening']}\t{players['closing']}" in balances
+        await step(page, screenshot_dir, "statement")
 
 
 async def test_a_support_operator_reads_a_failed_delivery_and_sends_it_again(

@@ -6,6 +6,7 @@ private."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import pathlib
@@ -181,6 +182,9 @@ async def test_every_command_reaches_its_route_through_the_admin_api(
     await ctl("webhooks", "redeliver-failed", "--since", since, "--tenant-id", tid, "--yes")
     await ctl("dev", "sms", "--limit", "1")
     assert await ctl.json("me") == {"operator_id": "op_bootstrap", "role": "admin"}
+    day = datetime.datetime.now(datetime.UTC).date().isoformat()
+    stated = await ctl.json("tenants", "statements", "show", tid, day)
+    assert stated["day"] == day and stated["balances"]["players"]["closing"] == "45"
     log = await ctl.json("operator-actions", "--tenant-id", tid, "--limit", "3")
     assert [a["route"] for a in log["data"]][:1] == ["/admin/webhooks/redeliver-failed"]
 

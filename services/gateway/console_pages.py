@@ -1,9 +1,11 @@
-"""The console's order and webhook pages (console.py has the sign-in, the overview, tenants, payouts
-and the action log): an order's timeline with its refund action, and webhook deliveries with every
-attempt, one redelivered or every failed one since a time (the API bounds both)."""
+"""The console's order, webhook and statement pages (console.py has the sign-in, the overview,
+tenants, payouts and the action log): an order's timeline with its refund action, webhook
+deliveries with every attempt, one redelivered or every failed one since a time (the API bounds
+both), and a tenant's daily statement."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import web
 from services.gateway.console import TENANT_RE, api, page, refused, see_other
 
 ORDER_RE = re.compile(r"^ord_[0-9A-Z]{26}$")
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DELIVERY_RE = re.compile(r"^whd_[0-9A-Z]{26}$")
 REASONS = ("requested_by_customer", "duplicate", "fraudulent")
 DELIVERY_FILTERS = ("tenant_id", "event_type", "status", "since", "until", "cursor")
@@ -184,3 +187,18 @@ async def redeliver_failed(request: web.Request) -> web.StreamResponse:
         return refused(request, status, answer)
     back = f"&tenant_id={body['tenant_id']}" if "tenant_id" in body else ""
     return see_other(f"/console/webhooks?status=failed&n={int(answer['redelivered'])}{back}")
+
+
+@routes.get("/console/tenants/{tenant_id}/statement")
+async def statement(request: web.Request) -> web.Response:
+    """The tenant's daily statement, the same document the partner fetches (today's by default)."""
+    tenant_id = request.match_info["tenant_id"]
+    day = request.query.get("day", "") or datetime.datetime.now(datetime.UTC).date().isoformat()
+    if not TENANT_RE.fullmatch(tenant_id) or not DAY_RE.fullmatch(day):
+        return page(
+            request, "error.html", status=400, code="INVALID_PARAMETER", message="A tenant id and a YYYY-MM-DD day."
+        )
+    status, s = await api(request).call("GET", f"/admin/tenants/{tenant_id}/statements/{day}")
+    if status != 200:
+        return refused(request, status, s)
+    return page(request, "statement.html", s=s)

@@ -63,6 +63,8 @@ class Answer:
     models: tuple[type[BaseModel], ...] = ()
     schema: dict[str, Any] | None = None
     media_type: str = "application/json"
+    # Other representations of the same answer (a CSV of a statement): media type -> its schema.
+    also: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 AnswerSpec = type[BaseModel] | Answer

@@ -86,7 +86,8 @@ def _operation(decl: declare.Declaration, refs: dict[Any, Any]) -> dict[str, Any
         op["description"] = decl.description
     op["security"] = [{decl.security: []}] if decl.security in declare.SECURITY_SCHEMES else []
     params = [
-        {"name": p, "in": "path", "required": True, "schema": dict(fields.PATH_ID_SCHEMA)} for p in decl.path_params
+        {"name": p, "in": "path", "required": True, "schema": dict(fields.PATH_SCHEMAS.get(p, fields.PATH_ID_SCHEMA))}
+        for p in decl.path_params
     ]
     if decl.query is not None:
         params += _query_params(decl.query)
@@ -109,7 +110,8 @@ def _operation(decl: declare.Declaration, refs: dict[Any, Any]) -> dict[str, Any
             schema = found[0] if len(found) == 1 else {"anyOf": found}
         if status in errors:  # the same status is also an error envelope (409 pending or under review)
             schema = {"anyOf": [schema, error_ref]}
-        responses[str(status)] = {"description": a.description, "content": {a.media_type: {"schema": schema}}}
+        content = {a.media_type: {"schema": schema}} | {media: {"schema": other} for media, other in a.also.items()}
+        responses[str(status)] = {"description": a.description, "content": content}
     for status in sorted(errors - set(decl.answers)):
         responses[str(status)] = {
             "description": ERROR_TEXT.get(status, "An error."),

@@ -251,6 +251,15 @@ TenantRef = Annotated[
     str, Field(min_length=1, max_length=limits.ID_LEN_MAX, json_schema_extra={"pattern": limits.TENANT_ID_PATTERN})
 ]
 PATH_ID_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"}
+# Path parameters that are not ids, by name.
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "day": {
+        "type": "string",
+        "format": "date",
+        "pattern": r"^\d{4}-\d{2}-\d{2}$",
+        "description": "A UTC day, YYYY-MM-DD, not after today.",
+    },
+}
 
 
 # -- metadata -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from services.gateway import (
     payments_api,
     payouts_api,
     processor_webhooks,
+    statements_api,
     transfers_api,
     webhooks_api,
 )
@@ -124,6 +125,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         transfers_api.public,
         payouts_api.public,
         webhooks_api.public,
+        statements_api.public,
     )
     mount(
         app,
@@ -137,6 +139,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         webhooks_api.admin,
         operators_api.routes,
         operator_actions.routes,
+        statements_api.admin,
     )
     console_app = _sub(ctx, console.console_middleware)
     console.setup(console_app, ctx.settings.console_keys)

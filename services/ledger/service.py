@@ -16,7 +16,7 @@ from services.common import errors, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
-from services.ledger import chart, domain, payouts, reads, validate
+from services.ledger import chart, domain, payouts, reads, statements, validate
 from services.ledger.apply import Op
 from services.ledger.engine import Engine
 
@@ -267,6 +267,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def GetRevenue(self, request: ledger_pb2.GetRevenueRequest, context: Any) -> Any:
         return await reads.revenue(self.pool, validate.tenant(request.tenant_id))
+
+    async def GetStatement(self, request: ledger_pb2.GetStatementRequest, context: Any) -> Any:
+        return await statements.statement(self.pool, request)
 
     async def Check(self, request: ledger_pb2.CheckRequest, context: Any) -> Any:
         return await reads.check(self.pool)
