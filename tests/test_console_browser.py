@@ -55,6 +55,9 @@ async def test_an_admin_signs_in_and_suspends_and_resumes_a_tenant_through_confi
         await sign_in(page, stack, admin["credential"])
         assert await page.get_by_test_id("operator").inner_text() == f"{admin['operator_id']} · admin"
         assert "Balanced" in await page.get_by_test_id("ledger-ok").inner_text()
+        legend = await page.get_by_test_id("legend").inner_text()
+        assert "Item purchases: " in legend and "Payouts asked: " in legend
+        assert await page.locator("[data-testid=volumes] rect").count() >= 1
         await step(page, screenshot_dir, "overview")
 
         await page.fill("#tenant_id", t["tenant_id"])

@@ -185,6 +185,7 @@ async def test_every_command_reaches_its_route_through_the_admin_api(
     day = datetime.datetime.now(datetime.UTC).date().isoformat()
     stated = await ctl.json("tenants", "statements", "show", tid, day)
     assert stated["day"] == day and stated["balances"]["players"]["closing"] == "45"
+    assert len((await ctl.json("volumes", "--hours", "3"))["hours"]) == 3
     log = await ctl.json("operator-actions", "--tenant-id", tid, "--limit", "3")
     assert [a["route"] for a in log["data"]][:1] == ["/admin/webhooks/redeliver-failed"]
 

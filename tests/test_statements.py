@@ -132,3 +132,34 @@ async def test_operators_read_any_tenants_statement_and_tenants_only_their_own(a
     }
     missing = await api.get(f"/admin/tenants/tn_{'0' * 26}/statements/{day}", admin=True)
     assert missing.status == 404
+
+
+async def test_volumes_count_every_transaction_per_hour_and_kind(api: Api) -> None:
+    async def totals() -> dict[str, int]:
+        resp = await api.get("/admin/volumes?hours=48", admin=True)
+        assert resp.status == 200, resp
+        assert len(resp.body["hours"]) == 48 and resp.body["hours"][0]["hour"] == resp.body["since"]
+        out: dict[str, int] = defaultdict(int)
+        for h in resp.body["hours"]:
+            for kind, n in h["counts"].items():
+                out[kind] += n
+        return out
+
+    before = await totals()
+    t = await api.create_tenant()
+    player = f"vol-{uuid.uuid4().hex[:6]}@example.com"
+    assert (await api.credit(t["tenant_id"], player, "10")).status == 200
+    for _ in range(3):
+        body = {
+            "player_email": player,
+            "item_id": "x",
+            "item_name": "X",
+            "price": "1",
+            "idempotency_key": uuid.uuid4().hex,
+        }
+        assert (await api.post(PURCHASE, key=t["sdk_key"], json=body)).status == 200
+    after = await totals()
+    assert after["item_purchase"] - before.get("item_purchase", 0) == 3
+    assert after["adjustment_credit"] - before.get("adjustment_credit", 0) == 1
+    for bad in ("0", "169", "x"):
+        assert_envelope(await api.get(f"/admin/volumes?hours={bad}", admin=True), 400, "INVALID_PARAMETER")

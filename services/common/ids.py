@@ -19,3 +19,14 @@ def ulid() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{ulid()}"
+
+
+def floor(prefix: str, at_ms: int) -> str:
+    """The smallest id `new_id(prefix)` can make at `at_ms` (Unix milliseconds) or later: ids are
+    time-ordered text, so `id >= floor(...)` is an index range over everything made since."""
+    value = at_ms << 80
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"

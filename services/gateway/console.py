@@ -23,6 +23,7 @@ from aiohttp import web
 
 from services.common import crypto, limits
 from services.gateway import operators
+from services.gateway.console_chart import chart
 from services.gateway.console_session import AdminApi, Session, clear_cookie, client, new_session, set_cookie
 from services.gateway.context import ctx_of
 
@@ -166,7 +167,8 @@ async def overview(request: web.Request) -> web.Response:
     status, check = await api(request).call("GET", "/admin/ledger/check")
     if status != 200:
         return refused(request, status, check)
-    return page(request, "overview.html", check=check)
+    status, volumes = await api(request).call("GET", "/admin/volumes", query={"hours": "48"})
+    return page(request, "overview.html", check=check, chart=chart(volumes) if status == 200 else None)
 
 
 @routes.get("/console/tenants")

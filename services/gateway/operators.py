@@ -60,6 +60,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/admin/players/debit"): MONEY,
     ("GET", "/admin/ledger/check"): READ,
     ("GET", "/admin/tenants/{tenant_id}/statements/{day}"): READ,
+    ("GET", "/admin/volumes"): READ,
     # orders after the sale
     ("GET", "/admin/orders/{order_id}"): READ,
     ("POST", "/admin/orders/{order_id}/refunds"): MONEY,

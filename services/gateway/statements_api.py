@@ -11,10 +11,11 @@ under the tenant's webhook signing secrets), so it can be kept as evidence.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from invo.v1 import ledger_pb2, tenants_pb2
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from services.common import money, signing
 from services.gateway import answers, declare, fields
 from services.gateway.context import ctx_of
+from services.gateway.http import json_response
 from services.gateway.tenants_api import iso
 
 public = declare.Table(security=declare.SDK_KEY)
@@ -137,3 +139,46 @@ async def admin_statement(request: web.Request, query: StatementQuery) -> web.Re
     )
     body, kind = await _statement(request, tenant, query.format)
     return web.Response(body=body, content_type=kind, charset="utf-8")
+
+
+class VolumesQuery(fields.Query):
+    hours: Annotated[int, fields.query_int(1, 168)] | None = Field(default=None, description="1 to 168; 48 by default.")
+
+
+class Hour(BaseModel):
+    hour: str = Field(description="The hour's start, UTC.")
+    counts: dict[str, int] = Field(description="Transactions by kind (item_purchase, clawback_refund, ...).")
+
+
+class Volumes(answers.Answer):
+    """The network's transactions per hour and kind, every hour of the window (empty ones too)."""
+
+    since: str
+    hours: list[Hour]
+
+
+@admin.declare(
+    "GET",
+    "/admin/volumes",
+    summary="The network's transactions per hour and kind over the last hours (48 by default).",
+    query=VolumesQuery,
+    answers={200: Volumes},
+)
+async def volumes(request: web.Request, query: VolumesQuery) -> web.Response:
+    ctx = ctx_of(request)
+    hours = query.hours or 48
+    v: ledger_pb2.Volumes = await ctx.backends.call(
+        ctx.backends.ledger.GetVolumes, ledger_pb2.GetVolumesRequest(hours=hours)
+    )
+    since = v.since.ToDatetime(tzinfo=datetime.UTC)
+    by_hour: dict[datetime.datetime, dict[str, int]] = {since + datetime.timedelta(hours=h): {} for h in range(hours)}
+    for b in v.buckets:
+        by_hour.setdefault(b.hour.ToDatetime(tzinfo=datetime.UTC), {})[b.kind] = b.count
+    return json_response(
+        {
+            "since": iso(v.since),
+            "hours": [
+                {"hour": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "counts": counts} for at, counts in sorted(by_hour.items())
+            ],
+        }
+    )

@@ -271,6 +271,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetStatement(self, request: ledger_pb2.GetStatementRequest, context: Any) -> Any:
         return await statements.statement(self.pool, request)
 
+    async def GetVolumes(self, request: ledger_pb2.GetVolumesRequest, context: Any) -> Any:
+        return await statements.volumes(self.pool, request)
+
     async def Check(self, request: ledger_pb2.CheckRequest, context: Any) -> Any:
         return await reads.check(self.pool)
 
