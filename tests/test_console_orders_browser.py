@@ -14,6 +14,7 @@ from playwright.async_api import BrowserContext
 
 from devstack.stack import Stack
 from tests import payments_support as pay
+from tests import transfers_support as ts
 from tests.after_sale_support import paid
 from tests.browser_support import BROWSER_LOOP, browser, page_context, screenshot_dir
 from tests.helpers import eventually
@@ -145,3 +146,32 @@ async def _redeliveries(stack: Stack, page_context: BrowserContext, screenshot_d
             "/admin/webhooks/redeliver-failed",
             "/admin/webhooks/deliveries/{delivery_id}/redeliver",
         ]
+
+
+async def test_a_support_operator_cancels_a_claimable_transfer_for_its_source(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    async with client(stack) as api:
+        src, dst = await ts.tenants(api)
+        sender = ts.email()
+        await ts.fund(api, src, sender, "20")
+        tid, _, _ = await ts.self_transfer_to_claimable(api, src, dst, sender, "10")
+        support = await new_operator(api, "support")
+        page = await page_context.new_page()
+        await sign_in(page, stack, support["credential"])
+        await page.goto(f"{stack.gateway_url}/console/tenants/{src['tenant_id']}")
+        await page.click("text=Transfers")
+        assert tid in await page.get_by_test_id("transfers").inner_text()
+        await step(page, screenshot_dir, "transfers")
+        await page.click(f"text={tid}")
+        assert await page.get_by_test_id("transfer-status").inner_text() == "claimable"
+        await page.click("text=Cancel…")
+        await page.click("button.danger")
+        await page.wait_for_url(f"**/transfers/{tid}?notice=cancelled")
+        assert await page.get_by_test_id("transfer-status").inner_text() == "cancelled"
+        assert "cancelled" in await page.get_by_test_id("history").inner_text()
+        await step(page, screenshot_dir, "transfer-cancelled")
+        assert await ts.balance(api, src, sender) == "20"
+        # The destination's view of it has no cancel: only the source may give it up.
+        await page.goto(f"{stack.gateway_url}/console/tenants/{dst['tenant_id']}/transfers/{tid}")
+        assert await page.locator("text=Cancel…").count() == 0

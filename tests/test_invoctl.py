@@ -22,6 +22,7 @@ from invoctl import commands
 from invoctl.__main__ import cli
 from services.gateway import operators
 from tests import payouts_support as ps
+from tests import transfers_support as ts
 from tests.after_sale_support import paid
 from tests.helpers import Api, eventually
 from tests.test_metrics import scrape
@@ -186,6 +187,16 @@ async def test_every_command_reaches_its_route_through_the_admin_api(
     stated = await ctl.json("tenants", "statements", "show", tid, day)
     assert stated["day"] == day and stated["balances"]["players"]["closing"] == "45"
     assert len((await ctl.json("volumes", "--hours", "3"))["hours"]) == 3
+    # A transfer, read and cancelled on its source tenant's behalf.
+    src, dst = await ts.tenants(api)
+    sender = ts.email()
+    await ts.fund(api, src, sender, "20")
+    trf, _, _ = await ts.self_transfer_to_claimable(api, src, dst, sender, "10")
+    assert [t["transfer_id"] for t in (await ctl.json("tenants", "transfers", "list", src["tenant_id"]))["data"]] == [
+        trf
+    ]
+    assert (await ctl.json("tenants", "transfers", "show", src["tenant_id"], trf))["status"] == "claimable"
+    assert (await ctl.json("tenants", "transfers", "cancel", src["tenant_id"], trf, "--yes"))["status"] == "cancelled"
     log = await ctl.json("operator-actions", "--tenant-id", tid, "--limit", "3")
     assert [a["route"] for a in log["data"]][:1] == ["/admin/webhooks/redeliver-failed"]
 

@@ -202,3 +202,66 @@ async def statement(request: web.Request) -> web.Response:
     if status != 200:
         return refused(request, status, s)
     return page(request, "statement.html", s=s)
+
+
+TRANSFER_RE = re.compile(r"^trf_[0-9A-Z]{26}$")
+CANCELLABLE = ("pending_verification", "claimable")
+
+
+@routes.get("/console/tenants/{tenant_id}/transfers")
+async def transfers(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant_id"]
+    if not TENANT_RE.fullmatch(tenant_id):
+        return page(request, "error.html", status=404, code="TENANT_NOT_FOUND", message="No such tenant.")
+    shown = request.query.get("status", "")
+    query = {"status": shown, "starting_after": request.query.get("starting_after", ""), "limit": "50"}
+    status, found = await api(request).call("GET", f"/admin/tenants/{tenant_id}/transfers", query=query)
+    if status != 200:
+        return refused(request, status, found)
+    return page(
+        request, "transfers.html", tenant_id=tenant_id, transfers=found["data"], more=found["has_more"], shown=shown
+    )
+
+
+@routes.get("/console/tenants/{tenant_id}/transfers/{transfer_id}")
+async def transfer(request: web.Request) -> web.Response:
+    tenant_id, transfer_id = request.match_info["tenant_id"], request.match_info["transfer_id"]
+    if not TENANT_RE.fullmatch(tenant_id) or not TRANSFER_RE.fullmatch(transfer_id):
+        return page(request, "error.html", status=404, code="TRANSFER_NOT_FOUND", message="No such transfer.")
+    status, tr = await api(request).call("GET", f"/admin/tenants/{tenant_id}/transfers/{transfer_id}")
+    if status != 200:
+        return refused(request, status, tr)
+    notice = "Cancelled: the amount and the fee are back with the sender." if request.query.get("notice") else None
+    cancellable = tr["status"] in CANCELLABLE and tr["source_tenant_id"] == tenant_id
+    return page(request, "transfer.html", tenant_id=tenant_id, tr=tr, cancellable=cancellable, notice=notice)
+
+
+@routes.get("/console/tenants/{tenant_id}/transfers/{transfer_id}/cancel")
+async def confirm_cancel(request: web.Request) -> web.Response:
+    tenant_id, transfer_id = request.match_info["tenant_id"], request.match_info["transfer_id"]
+    if not TENANT_RE.fullmatch(tenant_id) or not TRANSFER_RE.fullmatch(transfer_id):
+        return page(request, "error.html", status=404, code="TRANSFER_NOT_FOUND", message="No such transfer.")
+    back = f"/console/tenants/{tenant_id}/transfers/{transfer_id}"
+    return page(
+        request,
+        "confirm.html",
+        title=f"Cancel transfer {transfer_id}?",
+        detail="On behalf of its source tenant: the amount and the fee go back to the sender, and its claim"
+        " code stops working.",
+        action=f"{back}/cancel",
+        fields={},
+        button="Cancel the transfer",
+        back=back,
+    )
+
+
+@routes.post("/console/tenants/{tenant_id}/transfers/{transfer_id}/cancel")
+async def cancel_transfer(request: web.Request) -> web.StreamResponse:
+    tenant_id, transfer_id = request.match_info["tenant_id"], request.match_info["transfer_id"]
+    if not TENANT_RE.fullmatch(tenant_id) or not TRANSFER_RE.fullmatch(transfer_id):
+        return page(request, "error.html", status=404, code="TRANSFER_NOT_FOUND", message="No such transfer.")
+    path = f"/admin/tenants/{tenant_id}/transfers/{transfer_id}/cancel"
+    status, answer = await api(request).call("POST", path)
+    if status != 200:
+        return refused(request, status, answer)
+    return see_other(f"/console/tenants/{tenant_id}/transfers/{transfer_id}?notice=cancelled")

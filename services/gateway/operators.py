@@ -61,6 +61,10 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/ledger/check"): READ,
     ("GET", "/admin/tenants/{tenant_id}/statements/{day}"): READ,
     ("GET", "/admin/volumes"): READ,
+    # transfers, as their tenants read them; cancelling one not yet claimed is the source's care
+    ("GET", "/admin/tenants/{tenant_id}/transfers"): READ,
+    ("GET", "/admin/tenants/{tenant_id}/transfers/{transfer_id}"): READ,
+    ("POST", "/admin/tenants/{tenant_id}/transfers/{transfer_id}/cancel"): CARE,
     # orders after the sale
     ("GET", "/admin/orders/{order_id}"): READ,
     ("POST", "/admin/orders/{order_id}/refunds"): MONEY,

@@ -39,6 +39,7 @@ from services.gateway import (
     payouts_api,
     processor_webhooks,
     statements_api,
+    transfers_admin,
     transfers_api,
     webhooks_api,
 )
@@ -140,6 +141,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         operators_api.routes,
         operator_actions.routes,
         statements_api.admin,
+        transfers_admin.admin,
     )
     console_app = _sub(ctx, console.console_middleware)
     console.setup(console_app, ctx.settings.console_keys)
