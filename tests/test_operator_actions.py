@@ -101,11 +101,10 @@ async def test_no_body_is_ever_kept(api: Api, stack: Stack) -> None:
 async def test_an_action_that_cannot_be_recorded_does_not_run(api: Api, stack: Stack) -> None:
     t = await api.create_tenant()
     player = f"norec-{uuid.uuid4().hex[:6]}@example.com"
+    key = uuid.uuid4().hex
     await asyncio.to_thread(stack.stop_process, "tenants")
     try:
-        resp = await api.post(
-            "/admin/players/credit", admin=True, json=adjust(t["tenant_id"], player, "10", uuid.uuid4().hex)
-        )
+        resp = await api.post("/admin/players/credit", admin=True, json=adjust(t["tenant_id"], player, "10", key))
         assert_envelope(resp, 503, "SERVICE_UNAVAILABLE")
     finally:
         await asyncio.to_thread(stack.start_process, "tenants")
@@ -117,3 +116,12 @@ async def test_an_action_that_cannot_be_recorded_does_not_run(api: Api, stack: S
 
     got = await eventually(balance, timeout_s=15)
     assert got.body["balance"] == "0", got
+
+    # Back: the same action, recorded this time, runs once.
+    async def credited() -> bool:
+        again = await api.post("/admin/players/credit", admin=True, json=adjust(t["tenant_id"], player, "10", key))
+        assert again.status in (200, 503), again
+        return again.status == 200
+
+    await eventually(credited, timeout_s=30)
+    assert (await api.get(f"/api/players/balance?player_email={player}", key=t["sdk_key"])).body["balance"] == "10"
