@@ -175,3 +175,25 @@ async def test_a_support_operator_cancels_a_claimable_transfer_for_its_source(
         # The destination's view of it has no cancel: only the source may give it up.
         await page.goto(f"{stack.gateway_url}/console/tenants/{dst['tenant_id']}/transfers/{tid}")
         assert await page.locator("text=Cancel…").count() == 0
+
+
+async def test_a_viewer_finds_a_player_and_follows_an_order(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    async with client(stack) as api:
+        t = await api.create_tenant()
+        player, bought = await paid(api, t)
+        viewer = await new_operator(api, "viewer")
+        page = await page_context.new_page()
+        await sign_in(page, stack, viewer["credential"])
+        await page.goto(f"{stack.gateway_url}/console/tenants/{t['tenant_id']}")
+        await page.fill("#player_email", player)
+        await page.click("text=Find a player >> xpath=.. >> button")
+        await page.wait_for_url(f"**/console/tenants/{t['tenant_id']}/player?player_email=*")
+        wallet = await page.get_by_test_id("wallet").inner_text()
+        assert "Balance\n100\nHeld\n0\nAvailable\n100" in wallet
+        assert "currency_purchase" in await page.get_by_test_id("entries").inner_text()
+        await step(page, screenshot_dir, "player")
+        await page.click(f"text={bought['order_id']}")
+        await page.wait_for_url(f"**/console/orders/{bought['order_id']}")
+        assert await page.get_by_test_id("order-status").inner_text() == "completed"

@@ -265,3 +265,17 @@ async def cancel_transfer(request: web.Request) -> web.StreamResponse:
     if status != 200:
         return refused(request, status, answer)
     return see_other(f"/console/tenants/{tenant_id}/transfers/{transfer_id}?notice=cancelled")
+
+
+@routes.get("/console/tenants/{tenant_id}/player")
+async def player(request: web.Request) -> web.Response:
+    tenant_id = request.match_info["tenant_id"]
+    email = request.query.get("player_email", "").strip()
+    if not TENANT_RE.fullmatch(tenant_id) or not email:
+        return page(
+            request, "error.html", status=400, code="INVALID_PARAMETER", message="A tenant and a player's email."
+        )
+    status, p = await api(request).call("GET", f"/admin/tenants/{tenant_id}/player", query={"player_email": email})
+    if status != 200:
+        return refused(request, status, p)
+    return page(request, "player.html", p=p)

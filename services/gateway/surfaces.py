@@ -37,6 +37,7 @@ from services.gateway import (
     orders_api,
     payments_api,
     payouts_api,
+    players_admin,
     processor_webhooks,
     statements_api,
     transfers_admin,
@@ -142,6 +143,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         operator_actions.routes,
         statements_api.admin,
         transfers_admin.admin,
+        players_admin.admin,
     )
     console_app = _sub(ctx, console.console_middleware)
     console.setup(console_app, ctx.settings.console_keys)

@@ -65,16 +65,32 @@ _ENTRY_COLUMNS = "e.id, e.txn_id, e.tenant_id, a.code, e.amount, e.balance_after
 
 
 async def entries(pool: asyncpg.Pool, request: ledger_pb2.ListEntriesRequest) -> ledger_pb2.ListEntriesResponse:
-    """Every entry tagged with the tenant, in id order (ids commit in order: a cursor never skips)."""
+    """Every entry tagged with the tenant, in id order (ids commit in order: a cursor never skips);
+    or one account's, named by its code or, for a player's wallet, by the player's email; or that
+    account's latest, newest first."""
     tenant_id = validate.tenant(request.tenant_id)
     limit = validate.limit(request.limit, default=100, most=validate.ENTRIES_LIMIT_MAX)
     joins = " FROM entries e JOIN accounts a ON a.id = e.account_id JOIN transactions t ON t.id = e.txn_id"
-    if request.account:
-        chart.parse(request.account)
+    account = request.account
+    if request.player_email:
+        if account:
+            raise errors.InvalidRequest("account or player_email, not both")
+        account = chart.player(tenant_id, request.player_email)
+    if request.newest_first:
+        if not account:
+            raise errors.InvalidRequest("newest_first reads one account: name it")
+        rows = await pool.fetch(
+            f"SELECT {_ENTRY_COLUMNS}{joins} WHERE a.code = $1 AND e.tenant_id = $2 ORDER BY e.id DESC LIMIT $3",
+            account,
+            tenant_id,
+            limit + 1,
+        )
+    elif account:
+        chart.parse(account)
         rows = await pool.fetch(
             f"SELECT {_ENTRY_COLUMNS}{joins}"
             " WHERE a.code = $1 AND e.tenant_id = $2 AND e.id > $3 ORDER BY e.id LIMIT $4",
-            request.account,
+            account,
             tenant_id,
             request.after_entry_id,
             limit + 1,

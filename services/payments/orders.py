@@ -89,6 +89,18 @@ class OrderStore:
         db: Any = conn or self.pool
         return await db.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE order_id = $1 AND {_VISIBLE}", order_id)
 
+    async def of_player(self, tenant_id: str, email: str, limit: int) -> list[asyncpg.Record]:
+        """A player's latest orders in a tenant, newest first (orders_player_recent)."""
+        return list(
+            await self.pool.fetch(
+                f"SELECT {COLUMNS} FROM orders WHERE tenant_id = $1 AND player_email = $2 AND {_VISIBLE}"
+                " ORDER BY created_at DESC LIMIT $3",
+                tenant_id,
+                email,
+                limit,
+            )
+        )
+
     async def get(self, order_id: str) -> asyncpg.Record:
         row = await self.find(order_id)
         if row is None:

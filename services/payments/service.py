@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, tenants_pb2_grpc
 
-from services.common import errors, grpcutil
+from services.common import errors, grpcutil, players
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.players import normalize_email
@@ -256,6 +256,14 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def GetOrder(self, request: payments_pb2.GetOrderRequest, context: Any) -> Any:
         row = await self.purchases.order(None if request.any_tenant else request.tenant_id, request.order_id)
         return await self.after.full_order(row["order_id"])
+
+    async def ListPlayerOrders(self, request: payments_pb2.ListPlayerOrdersRequest, context: Any) -> Any:
+        limit = request.limit or 20
+        if not 1 <= limit <= 100:
+            raise errors.InvalidRequest("limit must be from 1 to 100", error_code="INVALID_PARAMETER")
+        email = players.normalize_email(request.player_email)
+        rows = await self.purchases.store.of_player(request.tenant_id, email, limit)
+        return payments_pb2.ListPlayerOrdersResponse(orders=[order_message(r) for r in rows])
 
     async def RefundOrder(self, request: payments_pb2.RefundOrderRequest, context: Any) -> Any:
         row = await self.purchases.order(None, request.order_id)  # an operator's: any tenant's order

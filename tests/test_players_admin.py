@@ -1,0 +1,49 @@
+"""Operators' view of one player in a tenant: the wallet with holds and debt, the latest entries
+newest first, the latest orders; the same wallet the tenant's own API reads."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from tests import transfers_support as ts
+from tests.after_sale_support import paid, refund
+from tests.helpers import Api, assert_envelope
+from tests.test_operators import as_op, new_operator
+
+
+def path(tenant_id: str, email: str) -> str:
+    return f"/admin/tenants/{tenant_id}/player?{urllib.parse.urlencode({'player_email': email})}"
+
+
+async def test_an_operator_reads_a_players_wallet_entries_and_orders(api: Api) -> None:
+    src, dst = await ts.tenants(api)
+    player, bought = await paid(api, src)  # 100 bought for $10.00
+    await ts.initiate_transfer(api, src, dst, player, "10", ts.phone())  # 11 held by the transfer
+    viewer = await new_operator(api, "viewer")
+    got = await as_op(api, viewer, "GET", path(src["tenant_id"], player.upper()))  # emails are case-insensitive
+    assert got.status == 200, got
+    p = got.body
+    assert (p["player_email"], p["balance"], p["held"], p["available"], p["in_debt"]) == (
+        player,
+        "89",
+        "0",
+        "89",
+        False,
+    )
+    assert [e["kind"] for e in p["entries"]] == ["transfer_hold", "currency_purchase"]  # newest first
+    assert [e["balance_after"] for e in p["entries"]] == ["89", "100"]
+    assert [(o["order_id"], o["usd_amount"], o["currency_amount"]) for o in p["orders"]] == [
+        (bought["order_id"], "10.00", "100")
+    ]
+    # A refund of everything after spending leaves a debt.
+    assert (await refund(api, bought["order_id"])).status == 201
+    after = (await api.get(path(src["tenant_id"], player), admin=True)).body
+    assert after["in_debt"] is True and after["balance"] == "-11" and after["entries"][0]["kind"] == "clawback_refund"
+    own = await api.get(f"/api/players/balance?player_email={player}", key=src["sdk_key"])
+    assert own.body["balance"] == after["balance"]
+    nobody = (await api.get(path(dst["tenant_id"], "nobody@example.com"), admin=True)).body
+    assert (nobody["balance"], nobody["entries"], nobody["orders"]) == ("0", [], [])
+    bad = await api.get(path(src["tenant_id"], "not-an-email"), admin=True)
+    assert bad.status == 400
+    missing = await api.get(path(f"tn_{'0' * 26}", player), admin=True)
+    assert_envelope(missing, 404, "TENANT_NOT_FOUND")
