@@ -197,3 +197,25 @@ async def test_a_viewer_finds_a_player_and_follows_an_order(
         await page.click(f"text={bought['order_id']}")
         await page.wait_for_url(f"**/console/orders/{bought['order_id']}")
         assert await page.get_by_test_id("order-status").inner_text() == "completed"
+
+
+async def test_the_disputes_page_lists_an_open_dispute_with_its_order(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    async with client(stack) as api:
+        t = await api.create_tenant()
+        _, bought = await paid(api, t)
+        pi = (await pay.order(api, t, bought["order_id"]))["payment_intent_id"]
+        await pay.sim(api, stack, "dispute", {"payment_intent": pi})
+        support = await new_operator(api, "support")
+        page = await page_context.new_page()
+        await sign_in(page, stack, support["credential"])
+
+        async def shown() -> bool:
+            await page.goto(f"{stack.gateway_url}/console/disputes?tenant_id={t['tenant_id']}")
+            return bought["order_id"] in await page.get_by_test_id("after-sale").inner_text()
+
+        await eventually(shown, timeout_s=20)
+        await step(page, screenshot_dir, "disputes")
+        await page.click(f"text={bought['order_id']}")
+        assert "dispute" in await page.get_by_test_id("timeline").inner_text()

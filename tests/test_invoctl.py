@@ -188,6 +188,7 @@ async def test_every_command_reaches_its_route_through_the_admin_api(
     assert stated["day"] == day and stated["balances"]["players"]["closing"] == "45"
     assert len((await ctl.json("volumes", "--hours", "3"))["hours"]) == 3
     assert (await ctl.json("tenants", "player", tid, "--player-email", player))["balance"] == "45"
+    assert (await ctl.json("disputes", "--tenant-id", tid, "--open-only", "true"))["data"] == []
     # A transfer, read and cancelled on its source tenant's behalf.
     src, dst = await ts.tenants(api)
     sender = ts.email()

@@ -4,10 +4,13 @@ newest first, the latest orders; the same wallet the tenant's own API reads."""
 from __future__ import annotations
 
 import urllib.parse
+from typing import Any
 
+from devstack.stack import Stack
 from tests import transfers_support as ts
 from tests.after_sale_support import paid, refund
-from tests.helpers import Api, assert_envelope
+from tests.helpers import Api, assert_envelope, eventually
+from tests.payments_support import order, sim
 from tests.test_operators import as_op, new_operator
 
 
@@ -47,3 +50,41 @@ async def test_an_operator_reads_a_players_wallet_entries_and_orders(api: Api) -
     assert bad.status == 400
     missing = await api.get(path(f"tn_{'0' * 26}", player), admin=True)
     assert_envelope(missing, 404, "TENANT_NOT_FOUND")
+
+
+async def test_operators_list_open_disputes_and_recent_fraud_warnings(api: Api, stack: Stack) -> None:
+    t = await api.create_tenant()
+    _, disputed = await paid(api, t)
+    _, warned = await paid(api, t)
+    pi = (await order(api, t, disputed["order_id"]))["payment_intent_id"]
+    await sim(api, stack, "dispute", {"payment_intent": pi})
+    await sim(api, stack, "efw", {"payment_intent": (await order(api, t, warned["order_id"]))["payment_intent_id"]})
+
+    async def listed(open_only: str) -> list[dict[str, Any]] | None:
+        resp = await api.get(f"/admin/disputes?tenant_id={t['tenant_id']}&open_only={open_only}", admin=True)
+        assert resp.status == 200, resp
+        return resp.body["data"] or None
+
+    found = await eventually(lambda: _both(listed), timeout_s=20)
+    assert found is not None
+    everything: list[dict[str, Any]] = found
+    assert [(i["kind"], i["order_id"]) for i in everything] == [
+        ("fraud_warning", warned["order_id"]),
+        ("dispute", disputed["order_id"]),
+    ]
+    dispute = everything[1]
+    assert dispute["usd_amount"] == "10.00" and dispute["outcome"] is None
+    open_now = await listed("true")
+    assert open_now is not None and [i["id"] for i in open_now] == [dispute["id"]]
+    await sim(api, stack, "dispute", {"payment_intent": pi, "close": "won"})
+
+    async def closed() -> bool:
+        return await listed("true") is None
+
+    await eventually(closed, timeout_s=20)
+    assert_envelope(await api.get("/admin/disputes?open_only=maybe", admin=True), 400, "INVALID_PARAMETER")
+
+
+async def _both(listed: Any) -> list[dict[str, Any]] | None:
+    items = await listed("false")
+    return items if items is not None and len(items) == 2 else None

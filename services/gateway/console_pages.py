@@ -279,3 +279,16 @@ async def player(request: web.Request) -> web.Response:
     if status != 200:
         return refused(request, status, p)
     return page(request, "player.html", p=p)
+
+
+@routes.get("/console/disputes")
+async def disputes(request: web.Request) -> web.Response:
+    open_only = request.query.get("open_only", "true")
+    tenant_id = request.query.get("tenant_id", "").strip()
+    query = {"open_only": "false" if open_only == "false" else "true", "limit": "100"}
+    if TENANT_RE.fullmatch(tenant_id):
+        query["tenant_id"] = tenant_id
+    status, found = await api(request).call("GET", "/admin/disputes", query=query)
+    if status != 200:
+        return refused(request, status, found)
+    return page(request, "disputes.html", items=found["data"], open_only=query["open_only"] == "true")

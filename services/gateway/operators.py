@@ -62,6 +62,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/admin/tenants/{tenant_id}/statements/{day}"): READ,
     ("GET", "/admin/volumes"): READ,
     ("GET", "/admin/tenants/{tenant_id}/player"): READ,
+    ("GET", "/admin/disputes"): READ,
     # transfers, as their tenants read them; cancelling one not yet claimed is the source's care
     ("GET", "/admin/tenants/{tenant_id}/transfers"): READ,
     ("GET", "/admin/tenants/{tenant_id}/transfers/{transfer_id}"): READ,

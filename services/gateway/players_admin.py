@@ -1,16 +1,16 @@
-"""Operators' view of one player in one tenant: the wallet (balance, what holds keep, what is
-available, any debt), its latest ledger entries and its latest currency orders. Reads only: a
-credit or a debit is `POST /admin/players/credit|debit`."""
+"""Operators' views for support: one player in one tenant (the wallet: balance, what holds keep,
+what is available, any debt; its latest ledger entries and currency orders), and the disputes and
+early fraud warnings across tenants. Reads only: the actions are the routes they link to."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from invo.v1 import ledger_pb2, payments_pb2, tenants_pb2
 from pydantic import BaseModel, Field
 
-from services.common import money
+from services.common import limits, money
 from services.gateway import answers, declare, fields
 from services.gateway.context import ctx_of
 from services.gateway.http import json_response
@@ -115,3 +115,60 @@ async def player(request: web.Request, query: PlayerQuery) -> web.Response:
         ],
     }
     return json_response(body)
+
+
+class AfterSaleQuery(fields.Query):
+    tenant_id: Annotated[str, Field(pattern=limits.TENANT_ID_PATTERN)] | None = None
+    open_only: Literal["true", "false"] = Field(default="false", description="true: only disputes not yet closed.")
+    limit: Annotated[int, fields.query_int(1, 200)] | None = None
+
+
+class AfterSaleItem(BaseModel):
+    kind: str = Field(description="dispute or fraud_warning")
+    id: str
+    order_id: str
+    tenant_id: str
+    status: str = Field(description="A dispute's processor status; a warning's recommendation.")
+    detail: str = Field(description="A dispute's reason; a warning's fraud type.")
+    usd_amount: str | None
+    outcome: str | None
+    created_at: str
+
+
+class AfterSale(answers.Answer):
+    """Disputes (and, unless open_only, early fraud warnings), newest first."""
+
+    data: list[AfterSaleItem]
+
+
+@admin.declare(
+    "GET",
+    "/admin/disputes",
+    summary="Disputes and early fraud warnings, newest first: the open disputes, or every recent one.",
+    query=AfterSaleQuery,
+    answers={200: AfterSale},
+)
+async def after_sale(request: web.Request, query: AfterSaleQuery) -> web.Response:
+    ctx = ctx_of(request)
+    req = payments_pb2.ListAfterSaleRequest(tenant_id=query.tenant_id or "", open_only=query.open_only == "true")
+    if query.limit is not None:
+        req.limit = query.limit
+    resp: payments_pb2.ListAfterSaleResponse = await ctx.backends.call(ctx.backends.payments.ListAfterSale, req)
+    return json_response(
+        {
+            "data": [
+                {
+                    "kind": i.kind,
+                    "id": i.id,
+                    "order_id": i.order_id,
+                    "tenant_id": i.tenant_id,
+                    "status": i.status,
+                    "detail": i.detail,
+                    "usd_amount": money.format_usd(i.usd_cents) if i.kind == "dispute" else None,
+                    "outcome": i.outcome or None,
+                    "created_at": iso(i.created_at),
+                }
+                for i in resp.items
+            ]
+        }
+    )

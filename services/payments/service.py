@@ -25,7 +25,7 @@ from services.common import errors, grpcutil, players
 from services.common.config import Settings
 from services.common.grpcutil import GrpcService
 from services.common.players import normalize_email
-from services.payments import limits
+from services.payments import after_sale_lists, limits
 from services.payments.after_sale import AfterSaleHandlers
 from services.payments.after_sale_messages import dispute_message, refund_message, warning_message
 from services.payments.checkout import Checkout, Session, View
@@ -264,6 +264,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         email = players.normalize_email(request.player_email)
         rows = await self.purchases.store.of_player(request.tenant_id, email, limit)
         return payments_pb2.ListPlayerOrdersResponse(orders=[order_message(r) for r in rows])
+
+    async def ListAfterSale(self, request: payments_pb2.ListAfterSaleRequest, context: Any) -> Any:
+        return await after_sale_lists.list_after_sale(self.purchases.pool, request)
 
     async def RefundOrder(self, request: payments_pb2.RefundOrderRequest, context: Any) -> Any:
         row = await self.purchases.order(None, request.order_id)  # an operator's: any tenant's order
