@@ -1,7 +1,7 @@
 """The console's order, webhook and statement pages (console.py has the sign-in, the overview,
 tenants, payouts and the action log): an order's timeline with its refund action, webhook
-deliveries with every attempt, one redelivered or every failed one since a time (the API bounds
-both), and a tenant's daily statement."""
+deliveries with every attempt, one redelivered or every failed one since a time (the sender paces
+them per endpoint), and a tenant's daily statement."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ async def confirm_redeliver_failed(request: web.Request) -> web.Response:
         request,
         "confirm.html",
         title=f"Send {whose} failed deliveries again?",
-        detail="Every delivery that failed since the time below is sent again (the API bounds how many at once).",
+        detail="Every delivery that failed since the time below is sent again, at the sender's pace per endpoint.",
         action="/console/webhooks-redeliver-failed",
         fields={"tenant_id": tenant_id if TENANT_RE.fullmatch(tenant_id) else ""},
         since=since,
