@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from invoctl import client, commands, output
+from invoctl import bulk, client, commands, output
 from invoctl.config import Config, ConfigError, load
 
 PAGES_MAX = 10_000  # `--all` stops there whatever the gateway says
@@ -76,7 +76,14 @@ def _every_page(
     return {"data": items, "has_more": False}
 
 
+def _fail(exc: client.ApiError) -> None:
+    obj = click.get_current_context().find_root().obj
+    click.echo(output.render(exc.body, as_json=True) if obj["json"] else f"error: {exc}", err=True)
+    sys.exit(1)
+
+
 commands.build(cli, run)
+bulk.add(cli, _config, _fail)
 
 
 def main() -> None:

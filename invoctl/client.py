@@ -43,6 +43,20 @@ def call(config: Config, method: str, path: str, *, query: dict[str, Any] | None
         raise ApiError(exc.code, _decode(exc.read(ANSWER_MAX_BYTES))) from None
 
 
+def call_raw(config: Config, method: str, path: str, *, query: dict[str, Any] | None = None) -> bytes:
+    """The answer's bytes as they came (a statement's CSV), or ApiError."""
+    url = config.url + path
+    if query:
+        url += "?" + urllib.parse.urlencode({k: _text(v) for k, v in query.items() if v is not None})
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - the operator's own URL
+    request.add_header("Authorization", f"Bearer {config.credential}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:  # noqa: S310
+            return bytes(resp.read(ANSWER_MAX_BYTES))
+    except urllib.error.HTTPError as exc:
+        raise ApiError(exc.code, _decode(exc.read(ANSWER_MAX_BYTES))) from None
+
+
 def _text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 

@@ -26,7 +26,7 @@ from tests import transfers_support as ts
 from tests.after_sale_support import paid
 from tests.helpers import Api, eventually
 from tests.test_metrics import scrape
-from tests.webhooks_support import Receiver, receivers
+from tests.webhooks_support import Receiver, receivers, tenant_for
 
 __all__ = ["receivers"]  # the fixture, imported for this module's tests
 
@@ -257,3 +257,63 @@ def test_a_config_file_with_a_credential_must_be_private(tmp_path: pathlib.Path)
     assert private.exit_code == 3 and "http://127.0.0.1:9" in private.stderr  # the file's URL, tried
     none = click.testing.CliRunner(env={"INVO_OPERATOR_KEY": None, "INVOCTL_CONFIG": os.devnull + "x"})
     assert none.invoke(cli, ["ledger", "check"]).exit_code == 2
+
+
+async def test_bulk_replay_and_statement_export_show_progress_and_are_bounded(
+    api: Api, stack: Stack, receivers: Callable[..., Awaitable[Receiver]], tmp_path: pathlib.Path
+) -> None:
+    ctl = Ctl(stack, stack.env["INVO_ADMIN_TOKEN"])
+    rx = await receivers(failing=True)
+    t = await tenant_for(api, rx)
+    for _ in range(3):
+        assert (await api.post("/api/webhooks/test", key=t["sdk_key"])).status == 201
+
+    async def all_failed() -> bool:
+        page = await api.get(f"/admin/webhooks/deliveries?tenant_id={t['tenant_id']}&status=failed", admin=True)
+        return len(page.body["data"]) == 3
+
+    await eventually(all_failed, timeout_s=30)
+    rx.failing = False
+    since = "2020-01-01T00:00:00Z"
+    capped = await ctl(
+        "webhooks", "replay-failed", "--tenant-id", t["tenant_id"], "--since", since, "--max", "2", "--yes"
+    )
+    assert json.loads(capped.stdout) == {"redelivered": 2, "matched": 2} and "redelivering" in capped.stderr
+    rest = await ctl("webhooks", "replay-failed", "--tenant-id", t["tenant_id"], "--since", since, "--yes")
+    assert json.loads(rest.stdout)["redelivered"] in (0, 1)  # the third, unless already picked up by the first
+    # Each redelivery is an action of its own in the log (they name no tenant: the delivery does).
+    logged = (await api.get("/admin/operator-actions?operator_id=op_bootstrap&limit=5", admin=True)).body["data"]
+    redelivered = [a for a in logged if a["route"] == "/admin/webhooks/deliveries/{delivery_id}/redeliver"]
+    assert len(redelivered) >= 2 and all(a["status"] == 200 for a in redelivered)
+
+    today = datetime.datetime.now(datetime.UTC).date()
+    first = (today - datetime.timedelta(days=2)).isoformat()
+    done = await ctl(
+        "tenants",
+        "statements",
+        "export",
+        t["tenant_id"],
+        "--from",
+        first,
+        "--to",
+        today.isoformat(),
+        "--out",
+        str(tmp_path),
+    )
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 3 and files[-1] == f"{t['tenant_id']}-{today.isoformat()}.csv" and "statements" in done.stderr
+    assert (tmp_path / files[-1]).read_text().startswith("section,account,kind,count,amount\n")
+    too_long = await ctl(
+        "tenants",
+        "statements",
+        "export",
+        t["tenant_id"],
+        "--from",
+        "2020-01-01",
+        "--to",
+        today.isoformat(),
+        "--out",
+        str(tmp_path),
+        ok=False,
+    )
+    assert too_long.exit_code == 2
