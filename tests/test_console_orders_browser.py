@@ -219,3 +219,29 @@ async def test_the_disputes_page_lists_an_open_dispute_with_its_order(
         await step(page, screenshot_dir, "disputes")
         await page.click(f"text={bought['order_id']}")
         assert "dispute" in await page.get_by_test_id("timeline").inner_text()
+
+
+async def test_an_orders_timeline_shows_its_webhook_deliveries(
+    stack: Stack, page_context: BrowserContext, screenshot_dir: pathlib.Path
+) -> None:
+    rx = Receiver()  # on this module's loop, as the browser is
+    await rx.start()
+    try:
+        async with client(stack) as api:
+            t = await tenant_for(api, rx)
+            _, bought = await paid(api, t)
+            viewer = await new_operator(api, "viewer")
+            page = await page_context.new_page()
+            await sign_in(page, stack, viewer["credential"])
+
+            async def shown() -> bool:
+                await page.goto(f"{stack.gateway_url}/console/orders/{bought['order_id']}")
+                return "webhook " in await page.get_by_test_id("timeline").inner_text()
+
+            await eventually(shown, timeout_s=20)
+            await step(page, screenshot_dir, "order-webhooks")
+            await page.get_by_test_id("timeline").locator("a", has_text="webhook").first.click()
+            await page.wait_for_url("**/console/webhooks/whd_*")
+            assert "200" in await page.get_by_test_id("attempts").inner_text()
+    finally:
+        await rx.close()

@@ -63,8 +63,22 @@ async def order(request: web.Request) -> web.Response:
     status, o = await api(request).call("GET", f"/admin/orders/{order_id}")
     if status != 200:
         return refused(request, status, o)
+    timeline = _timeline(o)
+    query = {"tenant_id": o["tenant_id"], "order_id": order_id, "limit": "50"}
+    status, hooks = await api(request).call("GET", "/admin/webhooks/deliveries", query=query)
+    if status == 200:  # the deliveries of the order's events, each linked to its attempts
+        timeline += [
+            {
+                "at": d["created_at"],
+                "what": f"webhook {d['event_type']}",
+                "detail": f"{d['status']} after {d['attempts']} attempt(s)",
+                "link": f"/console/webhooks/{d['delivery_id']}",
+            }
+            for d in hooks["data"]
+        ]
+        timeline.sort(key=lambda row: row["at"])
     notice = "The refund is recorded." if request.query.get("notice") == "refunded" else None
-    return page(request, "order.html", o=o, timeline=_timeline(o), notice=notice)
+    return page(request, "order.html", o=o, timeline=timeline, notice=notice)
 
 
 @routes.get("/console/orders/{order_id}/refund")

@@ -46,6 +46,9 @@ class AdminDeliveriesQuery(DeliveriesQuery):
     tenant_id: Annotated[str, Field(max_length=limits.ID_LEN_MAX)] = Field(
         default="", description="One tenant's deliveries; every tenant's without it."
     )
+    order_id: Annotated[str, Field(pattern=r"^(ord_[0-9A-Z]{26})?$")] = Field(
+        default="", description="Only the deliveries of this order's events."
+    )
 
 
 class RedeliverFailed(Request):
@@ -101,6 +104,7 @@ async def _list(request: web.Request, tenant_id: str, q: DeliveriesQuery, *, all
         status=q.status,
         after_delivery_id=q.cursor,
         limit=q.limit,
+        order_id=getattr(q, "order_id", ""),
     )
     if q.since is not None:
         req.since.CopyFrom(fields.timestamp(q.since))

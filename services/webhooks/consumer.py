@@ -38,6 +38,19 @@ ACK_PENDING_MAX = 10_000
 CONSUME_BACKOFF_MAX_S = 5.0
 
 Item = tuple[str, str, str, str]  # event_id, tenant_id, event_type, body
+ORDER_ID_MAX = 64
+
+
+def order_of(body: str) -> str | None:
+    """The order an event is about (`data.order_id`), or None. Most events name none, and are not
+    parsed for it."""
+    if '"order_id"' not in body:
+        return None
+    try:
+        value = json.loads(body).get("data", {}).get("order_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= ORDER_ID_MAX else None
 
 
 class Consumer:
@@ -59,8 +72,9 @@ class Consumer:
             return 0
         # One statement, so one round trip and one commit (foreign keys are checked at its end).
         new = await self.pool.fetchval(
-            "WITH e AS (INSERT INTO events (event_id, tenant_id, event_type, body)"
-            "   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING),"
+            "WITH e AS (INSERT INTO events (event_id, tenant_id, event_type, body, order_id)"
+            "   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::text[])"
+            "   ON CONFLICT DO NOTHING),"
             " d AS (INSERT INTO deliveries (delivery_id, event_id, tenant_id, event_type, url, status, next_attempt_at)"
             "   SELECT w.*, 'pending', now() FROM unnest($5::text[], $1::text[], $2::text[], $3::text[], $6::text[])"
             "   AS w ON CONFLICT (event_id, url) DO NOTHING RETURNING 1)"
@@ -71,6 +85,7 @@ class Consumer:
             [i[3] for i in wanted],
             [ids.new_id("whd") for _ in wanted],
             [urls[i[1]] for i in wanted],
+            [order_of(i[3]) for i in wanted],
         )
         self.wake.set()
         return int(new)

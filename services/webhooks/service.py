@@ -117,6 +117,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             " WHERE ($8 OR tenant_id = $1) AND ($2 = '' OR event_type = $2) AND ($3 = '' OR status = $3)"
             " AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)"
             " AND ($6 = '' OR delivery_id < $6)"
+            " AND ($9 = '' OR event_id IN (SELECT event_id FROM events WHERE order_id = $9))"
             " ORDER BY delivery_id DESC LIMIT $7",
             tenant_id,
             request.event_type,
@@ -126,6 +127,7 @@ class Webhooks(webhooks_pb2_grpc.WebhooksServiceServicer):
             request.after_delivery_id,
             limit + 1,
             request.all_tenants,
+            request.order_id,
         )
         return webhooks_pb2.ListDeliveriesResponse(
             deliveries=[await self._message(r) for r in rows[:limit]], has_more=len(rows) > limit
