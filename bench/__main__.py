@@ -31,6 +31,7 @@ from typing import Any
 from bench import report, runner
 from bench.ledger_write import ledger_writes
 from bench.observe import Observer
+from bench.pgbench_peer import pgbench_peer
 from bench.scenarios import Bench
 from bench.transfers import transfers
 from devstack.devservers import free_port
@@ -48,7 +49,8 @@ SCENARIOS = (
     "checkout",
     "transfer",
     "webhook-delivery",
-    "raw-sql-baseline",
+    "naive-per-request-sql",
+    "pgbench-peer",
 )
 TARGETS = {
     "purchase_ratio_min": 0.5,
@@ -91,15 +93,21 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 r = await transfers(b)
             elif name == "webhook-delivery":
                 r = await b.webhook_deliveries()
+            elif name == "pgbench-peer":
+                r = await pgbench_peer(b)
             else:
                 r = await b.raw_sql_baseline()
             results[name] = r.summary(args.concurrency)
         check = await b.ledger_check()
     ratios: dict[str, float | None] = {}
-    base = results.get("raw-sql-baseline", {}).get("rps")
+    peer = results.get("pgbench-peer", {}).get("rps")
+    for name in results:  # every scenario against what PostgreSQL does per purchase from C
+        if peer and name != "pgbench-peer":
+            ratios[f"{name}/pgbench-peer"] = round(results[name]["rps"] / peer, 3)
+    base = results.get("naive-per-request-sql", {}).get("rps")
     for name in ("item-purchase-spread", "item-purchase-hot-tenant"):
         if name in results and base:
-            ratios[f"{name}/raw-sql-baseline"] = round(results[name]["rps"] / base, 3)
+            ratios[f"{name}/naive-per-request-sql"] = round(results[name]["rps"] / base, 3)
     if (
         "item-purchase-spread" in results
         and "item-purchase-hot-tenant" in results

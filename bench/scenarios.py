@@ -310,8 +310,9 @@ class Bench:
             await runner.cleanup()
 
     async def raw_sql_baseline(self) -> Run:
-        """The writes of one item purchase, one transaction per purchase, from asyncpg: the same
-        tables (the ledger's own migrations in a scratch schema), rows locked in id order."""
+        """`naive-per-request-sql` (once `raw-sql-baseline`): the writes of one item purchase, one
+        transaction per purchase, from asyncpg, every one locking the single `network:fees` row, so
+        that they queue on it: what a ledger without batching would do, not what PostgreSQL can."""
         schema = f"bench_raw_{self.run_id}"
         url = self.env["INVO_DATABASE_URL"]
         migrations = db.service_migrations("ledger", ROOT / "services" / "ledger" / "migrations", outbox=True)
@@ -390,7 +391,9 @@ class Bench:
                     )
                 return True
 
-            return await drive("raw-sql-baseline", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s)
+            return await drive(
+                "naive-per-request-sql", self.duration_s, self.concurrency, request, warmup_s=self.warmup_s
+            )
         finally:
             await pool.close()
             await db.drop_schema(url, schema)

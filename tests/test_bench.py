@@ -53,7 +53,8 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         "checkout",
         "transfer",
         "webhook-delivery",
-        "raw-sql-baseline",
+        "naive-per-request-sql",
+        "pgbench-peer",
     }
     for name, r in result["scenarios"].items():
         assert r["requests"] > 0 and r["errors"] == 0, (name, r)
@@ -78,11 +79,15 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     assert transfer["balances_checked"] > transfer["transfers_checked"] and transfer["balances_wrong"] == 0, transfer
     assert transfer["failures"] == {}, transfer
     assert all(transfer[f"{step}_p99_ms"] is not None for step in ("initiate", "pin_read", "verify", "claim"))
-    assert set(result["ratios"]) == {
-        "item-purchase-spread/raw-sql-baseline",
-        "item-purchase-hot-tenant/raw-sql-baseline",
+    others = set(result["scenarios"]) - {"pgbench-peer"}
+    assert set(result["ratios"]) == {f"{name}/pgbench-peer" for name in others} | {
+        "item-purchase-spread/naive-per-request-sql",
+        "item-purchase-hot-tenant/naive-per-request-sql",
         "hot/spread",
     }
+    peer = result["scenarios"]["pgbench-peer"]
+    assert peer["tps_reported"] > 0 and peer["requests"] > 0 and peer["p99_ms"] is not None, peer
+    assert "pgbench-peer" in proc.stdout and "/pgbench-peer" in proc.stdout
     assert result["ledger_check"]["ok"] is True and result["ledger_check"]["total_balance"] == "0"
     assert list(out.glob("*.png")), "the chart was not written"
     assert "item-purchase-spread" in proc.stdout and "ledger check: ok=True" in proc.stdout
