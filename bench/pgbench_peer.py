@@ -57,9 +57,9 @@ async def pgbench_peer(b: Bench) -> Run:
                 assert max(r["id"] for r in ids) == first + n - 1, "account ids must be consecutive"
                 return int(first) - 1
 
-            player_base = await block("player", f"player:peer:{b.run_id}:", players, 10**12)
-            revenue_base = await block("revenue", f"revenue:peer:{b.run_id}:", TENANTS, 0)
-            fee_base = await block("network", f"fees:peer:{b.run_id}:", TENANTS, 0)
+            player_base = await block("player", f"peer-wallet-{b.run_id}-", players, 10**12)
+            revenue_base = await block("revenue", f"peer-revenue-{b.run_id}-", TENANTS, 0)
+            fee_base = await block("network", f"peer-fees-{b.run_id}-", TENANTS, 0)
     finally:
         await pool.close()
     try:
