@@ -8,11 +8,10 @@ yet claimed, only as its source: 403 otherwise)."""
 from __future__ import annotations
 
 from aiohttp import web
-from invo.v1 import tenants_pb2, transfers_pb2
+from invo.v1 import tenants_pb2
 
 from services.gateway import declare, transfers_api
 from services.gateway.context import ctx_of
-from services.gateway.http import json_response
 from services.gateway.transfers_schema import TransferAnswer, TransferDetail, TransferList, TransferQuery
 
 admin = declare.Table(security=declare.OPERATOR)
@@ -34,19 +33,7 @@ async def _tenant(request: web.Request) -> tenants_pb2.Tenant:
     answers={200: TransferList},
 )
 async def list_transfers(request: web.Request, query: TransferQuery) -> web.Response:
-    ctx = ctx_of(request)
-    tenant = await _tenant(request)
-    resp: transfers_pb2.ListTransfersResponse = await ctx.backends.call(
-        ctx.backends.transfers.ListTransfers,
-        transfers_pb2.ListTransfersRequest(
-            tenant_id=tenant.tenant_id,
-            status=query.status or "",
-            role=query.role or "",
-            starting_after=query.starting_after or "",
-            limit=query.limit,
-        ),
-    )
-    return json_response({"data": [transfers_api.transfer_json(t) for t in resp.transfers], "has_more": resp.has_more})
+    return await transfers_api.list_as(request, (await _tenant(request)).tenant_id, query)
 
 
 @admin.declare(
@@ -57,13 +44,7 @@ async def list_transfers(request: web.Request, query: TransferQuery) -> web.Resp
     errors=(404,),
 )
 async def get_transfer(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    tenant = await _tenant(request)
-    answer: transfers_pb2.TransferAnswer = await ctx.backends.call(
-        ctx.backends.transfers.GetTransfer,
-        transfers_pb2.TransferRef(tenant=tenant, transfer_id=request.match_info["transfer_id"]),
-    )
-    return json_response(transfers_api.transfer_json(answer.transfer, history=True))
+    return await transfers_api.show_as(request, await _tenant(request))
 
 
 @admin.declare(
@@ -74,11 +55,4 @@ async def get_transfer(request: web.Request) -> web.Response:
     errors=(403, 404, 409, 410),
 )
 async def cancel(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    tenant = await _tenant(request)
-    answer: transfers_pb2.TransferAnswer = await ctx.backends.call(
-        ctx.backends.transfers.Cancel,
-        transfers_pb2.TransferRef(tenant=tenant, transfer_id=request.match_info["transfer_id"]),
-        timeout_s=2 * ctx.settings.rpc_timeout_s,
-    )
-    return json_response({**transfers_api.transfer_json(answer.transfer), "duplicate": answer.duplicate})
+    return await transfers_api.cancel_as(request, await _tenant(request))

@@ -292,10 +292,15 @@ async def claim_currency(request: web.Request, body: Claim) -> web.Response:
     errors=(403, 404, 409, 410),
 )
 async def cancel(request: web.Request) -> web.Response:
+    return await cancel_as(request, request["tenant"])
+
+
+async def cancel_as(request: web.Request, tenant: tenants_pb2.Tenant) -> web.Response:
+    """Cancel the path's transfer as `tenant` (the caller's own, or an operator's choice)."""
     ctx = ctx_of(request)
     answer = await ctx.backends.call(
         ctx.backends.transfers.Cancel,
-        transfers_pb2.TransferRef(tenant=request["tenant"], transfer_id=request.match_info["transfer_id"]),
+        transfers_pb2.TransferRef(tenant=tenant, transfer_id=request.match_info["transfer_id"]),
         timeout_s=2 * ctx.settings.rpc_timeout_s,
     )
     return _answer(answer)
@@ -309,10 +314,15 @@ async def cancel(request: web.Request) -> web.Response:
     errors=(404,),
 )
 async def get_transfer(request: web.Request) -> web.Response:
+    return await show_as(request, request["tenant"])
+
+
+async def show_as(request: web.Request, tenant: tenants_pb2.Tenant) -> web.Response:
+    """The path's transfer with its history, as `tenant` reads it."""
     ctx = ctx_of(request)
     answer: transfers_pb2.TransferAnswer = await ctx.backends.call(
         ctx.backends.transfers.GetTransfer,
-        transfers_pb2.TransferRef(tenant=request["tenant"], transfer_id=request.match_info["transfer_id"]),
+        transfers_pb2.TransferRef(tenant=tenant, transfer_id=request.match_info["transfer_id"]),
     )
     return json_response(transfer_json(answer.transfer, history=True))
 
@@ -325,11 +335,16 @@ async def get_transfer(request: web.Request) -> web.Response:
     answers={200: TransferList},
 )
 async def list_transfers(request: web.Request, query: TransferQuery) -> web.Response:
+    return await list_as(request, request["tenant_id"], query)
+
+
+async def list_as(request: web.Request, tenant_id: str, query: TransferQuery) -> web.Response:
+    """The transfers `tenant_id` sent or received, newest first."""
     ctx = ctx_of(request)
     resp: transfers_pb2.ListTransfersResponse = await ctx.backends.call(
         ctx.backends.transfers.ListTransfers,
         transfers_pb2.ListTransfersRequest(
-            tenant_id=request["tenant_id"],
+            tenant_id=tenant_id,
             status=query.status or "",
             role=query.role or "",
             starting_after=query.starting_after or "",
