@@ -270,9 +270,13 @@ async def test_the_same_refund_sent_twice_then_ten_times_at_once_is_one_refund(a
     assert await balance(api, t, player) == "120"
 
     # Ten different refunds of $2 racing for the $4 that remains: two are made, eight refused.
+    # A loser that arrives after both winners finished finds the order refunded (409), one that arrives
+    # while they run finds nothing left (400): which one each meets is down to arrival order.
     raced = await asyncio.gather(*(refund(api, oid, "2.00") for _ in range(10)))
-    assert sorted(a.status for a in raced) == [201, 201] + [400] * 8, raced
-    assert {a.body["error_code"] for a in raced if a.status == 400} == {"REFUND_EXCEEDS_REMAINING"}
+    assert sorted(a.status for a in raced)[:2] == [201, 201] and len(raced) == 10, raced
+    refused = {(a.status, a.body["error_code"]) for a in raced if a.status != 201}
+    assert refused <= {(400, "REFUND_EXCEEDS_REMAINING"), (409, "ORDER_NOT_REFUNDABLE")}, raced
+    assert sum(a.status == 201 for a in raced) == 2
     assert len(await processor_refunds(stack, bought_pi)) == 4
     assert (await order(api, t, oid))["status"] == "refunded"
     assert await balance(api, t, player) == "80"  # what the other order left
