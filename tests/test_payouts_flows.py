@@ -60,7 +60,11 @@ async def earn(api: Api, t: dict[str, Any], units: str) -> None:
 async def assert_revenue(
     api: Api, t: dict[str, Any], *, owed: str, held: str, paid_out: str, returned: str = "0.00", lifetime: str = "90.00"
 ) -> None:
-    """GET /api/revenue, every figure in USD and in units ($0.10 a unit); available = owed - held."""
+    """GET /api/revenue, every figure in USD and in units ($0.10 a unit); available = owed - held.
+
+    Awaited, not read once: a payout's ledger write follows the commit of its status by moments
+    (services/payouts/moves.py), so right after a status is seen the figures may still be the old
+    ones; they must reach these within the wait, or the assertion shows the last ones read."""
     usd = {
         "owed": owed,
         "held": held,
@@ -69,9 +73,17 @@ async def assert_revenue(
         "returned": returned,
         "lifetime": lifetime,
     }
-    rev = await ps.revenue(api, t)
-    assert {k: rev[f"{k}_usd"] for k in usd} == usd, rev
-    assert {k: rev[f"{k}_units"] for k in usd} == {k: str(int(Decimal(v) * 10)) for k, v in usd.items()}, rev
+    units = {k: str(int(Decimal(v) * 10)) for k, v in usd.items()}
+    last: dict[str, Any] = {}
+
+    async def matches() -> bool:
+        last.update(await ps.revenue(api, t))
+        return {k: last[f"{k}_usd"] for k in usd} == usd and {k: last[f"{k}_units"] for k in usd} == units
+
+    with contextlib.suppress(AssertionError):
+        await eventually(matches, timeout_s=10, interval_s=0.05)
+    assert {k: last[f"{k}_usd"] for k in usd} == usd, last
+    assert {k: last[f"{k}_units"] for k in usd} == units, last
 
 
 async def listed(api: Api, t: dict[str, Any], query: str = "") -> list[dict[str, Any]]:
