@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -40,10 +41,39 @@ class ServerError(Exception):
     pass
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; the IANA range elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 49152, 65535
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now for a server to listen on later, never one handed out before by this process.
+
+    Taken below the kernel's ephemeral range when there is room: a port the kernel picked for
+    `bind(0)` is in that range, so an outgoing connection of any process (a service to PostgreSQL,
+    say) can take it before our server binds it, which killed a `make bench` start with EADDRINUSE."""
+    low, _ = _ephemeral_range()
+    first = 10_000
+    if low - first >= 2_000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(first, low)
+            if port not in _handed_out and port_is_free(port, host) and port_is_free(port, "0.0.0.0"):
+                _handed_out.add(port)
+                return port
+    while True:  # no room below the range: the kernel's choice
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
