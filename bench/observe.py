@@ -41,8 +41,22 @@ def _group(pid: str) -> str | None:
     return None
 
 
+def _process(pid: str, group: str) -> str:
+    """The finer name a group's process goes by in `cpu_by_process`: the module it runs
+    (services.payments, devstack.processor_sim, ...) or the group's own name."""
+    if group not in ("ledger", "gateway", "services"):
+        return group
+    try:
+        cmd = (PROC / pid / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return group
+    module = cmd[cmd.index(b"-m") + 1].decode(errors="replace") if b"-m" in cmd[:-1] else group
+    return module.removesuffix(".__main__")
+
+
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each group's live processes."""
+    """CPU seconds (user + system) used so far by each group's live processes, and (keys with a
+    dot, or "bench"/"postgres"/"nats") by each process's module, summed over its replicas."""
     out = dict.fromkeys(GROUPS, 0.0)
     for entry in PROC.iterdir():
         if not entry.name.isdigit() or (group := _group(entry.name)) is None:
@@ -51,7 +65,11 @@ def cpu_seconds() -> dict[str, float]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[group] += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        used = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        out[group] += used
+        name = _process(entry.name, group)
+        if name != group:
+            out[name] = out.get(name, 0.0) + used
     return out
 
 
@@ -123,5 +141,9 @@ class Observer:
             "wal_mb_per_s": round(rate["wal_bytes"] / 1e6, 2),
             "wal_fsyncs_per_s": round(rate["wal_fsyncs"], 1),
             "cpu_cores": {g: round((b.cpu[g] - a.cpu[g]) / span, 2) for g in GROUPS},
+            # The same by process module (a process that ended in the window is left out).
+            "cpu_by_process": {
+                k: round((b.cpu[k] - a.cpu.get(k, 0.0)) / span, 2) for k in sorted(b.cpu) if k not in GROUPS
+            },
             "machine_busy": round(busy / total, 3) if total else None,
         }

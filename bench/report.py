@@ -36,6 +36,17 @@ def database_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def process_lines(results: dict[str, dict[str, Any]], at_least: float = 0.05) -> str:
+    """Each scenario's busiest processes by module (cores), the ones using at least `at_least`."""
+    lines = []
+    for name, r in results.items():
+        by = (r.get("database") or {}).get("cpu_by_process") or {}
+        busy = sorted(((v, k) for k, v in by.items() if v >= at_least), reverse=True)
+        if busy:
+            lines.append(f"{name:<26} " + ", ".join(f"{k.split('.')[-1]} {v:.2f}" for v, k in busy))
+    return "\n".join(lines)
+
+
 def chart(results: dict[str, dict[str, Any]], path: pathlib.Path, title: str) -> None:
     import matplotlib
 

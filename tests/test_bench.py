@@ -65,6 +65,17 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         d = r["database"]
         assert d["db_commits_per_s"] > 0 and d["wal_mb_per_s"] >= 0 and 0 < d["machine_busy"] <= 1, (name, d)
         assert set(d["cpu_cores"]) == {"postgres", "ledger", "gateway", "services", "nats", "bench"}, (name, d)
+        # The by-module figures add up to the groups they split (rounding apart).
+        by = d["cpu_by_process"]
+        assert abs(
+            sum(
+                v
+                for k, v in by.items()
+                if k.startswith("services.") and k not in ("services.ledger", "services.gateway")
+            )
+            + sum(v for k, v in by.items() if k.startswith("devstack."))
+            - d["cpu_cores"]["services"]
+        ) < 0.05 + 0.01 * len(by), (name, d)
     lw = result["scenarios"]["ledger-write"]
     assert lw["purchases_failed"] == 0 and abs(lw["purchases_per_s"] - lw["rps"] * lw["ops_per_call"]) < 4, lw
     assert lw["database"]["ledger_transactions_per_s"] > 0 and lw["database"]["ledger_entries_per_s"] > 0, lw
@@ -85,6 +96,11 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         "item-purchase-hot-tenant/naive-per-request-sql",
         "hot/spread",
     }
+    # Every target is judged on this run's figures (all its scenarios ran), printed and kept.
+    assert set(result["verdicts"]) == set(result["targets"]), result["verdicts"]
+    for name, v in result["verdicts"].items():
+        assert v["target"] == result["targets"][name] and isinstance(v["met"], bool), (name, v)
+        assert f"target {name}" in proc.stdout
     peer = result["scenarios"]["pgbench-peer"]
     assert peer["tps_reported"] > 0 and peer["requests"] > 0 and peer["p99_ms"] is not None, peer
     assert "pgbench-peer" in proc.stdout and "/pgbench-peer" in proc.stdout
