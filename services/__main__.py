@@ -1,6 +1,6 @@
 """`python -m services <name>`: the image's one entry point (Dockerfile, k8s/).
 
-<name> is a service (tenants, ledger, payments, transfers, payouts, webhooks), the gateway, or
+<name> is a service (tenants, ledger, payments, transfers, payouts, webhooks, subscriptions), the gateway, or
 `migrate` (every service's migrations, then exit). Each runs exactly as `python -m services.<name>`.
 """
 

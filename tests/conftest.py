@@ -102,6 +102,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The ACH simulator moves a payment order one state on every 0.3 s (processing, sent,
             # completed, then returned for a 100XX account): a payout settles in about a second.
             "INVO_ACH_SIM_SETTLE_DELAY_S": "0.3",
+            # Subscriptions run on the test clock (tests move it; never sleep for a month), and
+            # the renewal loop looks every half second for what the moved clock made due.
+            "INVO_SUBSCRIPTIONS_TEST_CLOCK": "on",
+            "INVO_SUBSCRIPTION_RENEWAL_INTERVAL_S": "0.5",
         },
     )
     s.start()

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks")
+SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks", "subscriptions")
 # Development ports; `make run` picks free ones and passes them in the environment.
 DEFAULT_GRPC_PORTS = {name: 50051 + i for i, name in enumerate(SERVICES)}
 
@@ -56,6 +56,9 @@ class Settings:
     transfers_addr: str = _field("INVO_TRANSFERS_ADDR", "127.0.0.1:50054", "Transfers service gRPC address.")
     payouts_addr: str = _field("INVO_PAYOUTS_ADDR", "127.0.0.1:50055", "Payouts service gRPC address.")
     webhooks_addr: str = _field("INVO_WEBHOOKS_ADDR", "127.0.0.1:50056", "Webhooks service gRPC address.")
+    subscriptions_addr: str = _field(
+        "INVO_SUBSCRIPTIONS_ADDR", "127.0.0.1:50057", "Subscriptions service gRPC address."
+    )
     rpc_timeout_s: float = _field("INVO_RPC_TIMEOUT_S", 5.0, "Deadline of every internal gRPC call.")
     grpc_shutdown_grace_s: float = _field(
         "INVO_GRPC_SHUTDOWN_GRACE_S", 5.0, "How long in-flight calls may finish after SIGTERM."
@@ -318,6 +321,23 @@ class Settings:
         2.0,
         "How often the payouts service dispatches approved payouts, applies provider events and polls the provider.",
     )
+    subscription_renewal_interval_s: float = _field(
+        "INVO_SUBSCRIPTION_RENEWAL_INTERVAL_S",
+        5.0,
+        "How often the subscriptions service looks for subscriptions due (renewals, retries, ends).",
+    )
+    subscription_retry_schedule_s: str = _field(
+        "INVO_SUBSCRIPTION_RETRY_SCHEDULE_S",
+        "3600,86400,259200",
+        "Seconds after a renewal's due time at which a past_due subscription is tried again (comma-separated,"
+        " at most 10); after the last one fails it is cancelled.",
+    )
+    subscriptions_test_clock: str = _field(
+        "INVO_SUBSCRIPTIONS_TEST_CLOCK",
+        "off",
+        "`on`: the subscriptions service's time is the one its SetTestClock RPC sets (tests and development"
+        " only; refused in production).",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -345,6 +365,11 @@ class Settings:
             raise ConfigError("INVO_SMS_PROVIDER=outbox is for development: production texts through an SMS API")
         if not 60 <= self.console_session_s <= 7 * 86400:
             raise ConfigError("INVO_CONSOLE_SESSION_S must be from 60 (a minute) to 604800 (a week)")
+        if self.subscriptions_test_clock not in ("off", "on"):
+            raise ConfigError("INVO_SUBSCRIPTIONS_TEST_CLOCK must be off or on")
+        if self.environment == "production" and self.subscriptions_test_clock == "on":
+            raise ConfigError("INVO_SUBSCRIPTIONS_TEST_CLOCK=on is for tests and development, never production")
+        self.subscription_retry_schedule()  # refuses a malformed one
         if self.metrics_refresh_s < 1:
             raise ConfigError("INVO_METRICS_REFRESH_S must be at least 1")
         if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():
@@ -353,6 +378,16 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{f.metadata['env']} must not be negative")
+
+    def subscription_retry_schedule(self) -> tuple[float, ...]:
+        """The past_due retries, seconds after the due time, increasing."""
+        try:
+            steps = tuple(float(x) for x in self.subscription_retry_schedule_s.split(","))
+        except ValueError:
+            steps = ()
+        if not 1 <= len(steps) <= 10 or any(b <= a for a, b in zip((0.0, *steps), steps, strict=False)):
+            raise ConfigError("INVO_SUBSCRIPTION_RETRY_SCHEDULE_S must be 1 to 10 increasing positive seconds")
+        return steps
 
     def addr(self, service: str) -> str:
         return str(getattr(self, f"{service}_addr"))

@@ -35,6 +35,7 @@ SPECS = {
     "transfers": ServiceSpec("transfers", outbox=True),
     "payouts": ServiceSpec("payouts", outbox=True),
     "webhooks": ServiceSpec("webhooks", outbox=False),
+    "subscriptions": ServiceSpec("subscriptions", outbox=True),
 }
 if set(SPECS) != set(SERVICES):
     raise RuntimeError("SPECS and config.SERVICES disagree")

@@ -127,7 +127,7 @@ async def healthz(request: web.Request) -> web.Response:
 )
 async def readyz(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    # The services the gateway routes to; transfers and payouts run with no API yet.
+    # The services the gateway routes to.
     health = await ctx.backends.health(surfaces.ROUTED_SERVICES)
     if all(health.values()):
         return json_response({"status": "ready", "services": health})

@@ -9,6 +9,7 @@ from invo.v1 import (
     ledger_pb2_grpc,
     payments_pb2_grpc,
     payouts_pb2_grpc,
+    subscriptions_pb2_grpc,
     tenants_pb2_grpc,
     transfers_pb2_grpc,
     webhooks_pb2_grpc,
@@ -29,6 +30,7 @@ class Backends:
         self.webhooks = webhooks_pb2_grpc.WebhooksServiceStub(self.channels["webhooks"])
         self.transfers = transfers_pb2_grpc.TransfersServiceStub(self.channels["transfers"])
         self.payouts = payouts_pb2_grpc.PayoutsServiceStub(self.channels["payouts"])
+        self.subscriptions = subscriptions_pb2_grpc.SubscriptionsServiceStub(self.channels["subscriptions"])
 
     async def call(self, method: Any, request: Any, *, timeout_s: float | None = None) -> Any:
         return await grpcutil.call(method, request, timeout_s=timeout_s or self.timeout_s)

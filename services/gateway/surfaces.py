@@ -40,6 +40,7 @@ from services.gateway import (
     players_admin,
     processor_webhooks,
     statements_api,
+    subscriptions_api,
     transfers_admin,
     transfers_api,
     webhooks_api,
@@ -49,7 +50,7 @@ from services.gateway.http import json_response
 
 SDK_KEY_HEADER = "X-Game-Secret-Key"
 # The backends the gateway routes to, and so what /readyz waits for.
-ROUTED_SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks")
+ROUTED_SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks", "subscriptions")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 own_tenant = declare.Table(security=declare.SDK_KEY)
@@ -126,6 +127,7 @@ def mount_all(app: web.Application, ctx: GatewayContext) -> None:
         checkout_api.public,
         transfers_api.public,
         payouts_api.public,
+        subscriptions_api.public,
         webhooks_api.public,
         statements_api.public,
     )

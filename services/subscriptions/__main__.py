@@ -1,0 +1,5 @@
+from services.common.service import main
+from services.subscriptions.service import setup
+
+if __name__ == "__main__":
+    main("subscriptions", setup)

@@ -1,0 +1,247 @@
+"""Charging a period and what follows from the answer, for the create request, the renewal
+scheduler and the recovery of a create a crash interrupted.
+
+One actor at a time: whoever charges or changes a subscription holds its lease (`processing_until`),
+taken with the row's lock and released in the transaction that records the outcome. The charge
+itself is keyed by (subscription, period) in the ledger, so a lease that ran out under a slow
+holder, a crash between the ledger's answer and our commit, or two scheduler replicas racing can
+only ever send the same charge again, which the ledger answers with the first result.
+
+- Paid: the charge row (primary key subscription and period), the period moved on, `active`, the
+  event (`subscription.created` for a create's first period, else `subscription.renewed`).
+- Refused (too little balance, or the player in debt): a create is deleted (the caller hears 402);
+  a renewal becomes `past_due`, retried after each step of the schedule counted from the due
+  time (so a top-up renews at the next retry), and `cancelled` (payment_failed) after the last.
+- The tenant suspended or gone: nothing charged, looked at again in an hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+
+import asyncpg
+
+from services.common import events, ids
+from services.subscriptions import calendar, messages
+from services.subscriptions.charges import Charged, Refused, TenantAway
+from services.subscriptions.deps import Deps
+from services.subscriptions.store import COLUMNS
+
+log = logging.getLogger("invo.subscriptions.renewals")
+DEFER = datetime.timedelta(hours=1)
+
+
+def bounds(row: asyncpg.Record, period: int) -> tuple[datetime.datetime, datetime.datetime]:
+    """The start and end of the row's `period`-th paid period."""
+    anchor, interval, count = row["anchor"], row["interval"], row["interval_count"]
+    return calendar.period_end(anchor, interval, count, period - 1), calendar.period_end(
+        anchor, interval, count, period
+    )
+
+
+async def settle(d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: datetime.datetime) -> asyncpg.Record:
+    """Record the period's charge and move the subscription on (a cancel that came in meanwhile,
+    through a lease that ran out, stays: the charge was begun before it)."""
+    start, end = bounds(row, period)
+    async with d.pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchrow(
+            "SELECT status, periods_paid FROM subscriptions WHERE subscription_id = $1 FOR UPDATE",
+            row["subscription_id"],
+        )
+        inserted = await conn.fetchval(
+            "INSERT INTO subscription_charges (subscription_id, period, transaction_id, total_minor,"
+            " partner_amount_minor, network_fee_minor, new_balance_minor, period_start, period_end, charged_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING period",
+            row["subscription_id"],
+            period,
+            paid.transaction_id,
+            paid.total_minor,
+            paid.partner_amount_minor,
+            paid.network_fee_minor,
+            paid.new_balance_minor,
+            start,
+            end,
+            now,
+        )
+        if inserted is None or before is None or before["periods_paid"] >= period:
+            # Recorded already (a replica or an earlier attempt finished it): nothing more.
+            done = await conn.fetchrow(
+                f"UPDATE subscriptions SET processing_until = NULL WHERE subscription_id = $1 RETURNING {COLUMNS}",
+                row["subscription_id"],
+            )
+            return done
+        done = await conn.fetchrow(
+            "UPDATE subscriptions SET periods_paid = $2, current_period_start = $3, current_period_end = $4,"
+            " status = CASE WHEN status = 'cancelled' THEN status ELSE 'active' END,"
+            " next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $4::timestamptz END,"
+            " failed_attempts = 0, last_failure = NULL, processing_until = NULL, updated_at = $5"
+            f" WHERE subscription_id = $1 RETURNING {COLUMNS}",
+            row["subscription_id"],
+            period,
+            start,
+            end,
+            now,
+        )
+        kind = messages.CREATED if before["status"] == "creating" else messages.RENEWED
+        await events.emit(
+            conn, tenant_id=row["tenant_id"], event_type=kind, data=messages.event_data(done, paid, period=period)
+        )
+    return done
+
+
+async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.datetime) -> asyncpg.Record:
+    """A renewal refused: past_due until the schedule runs out, then cancelled."""
+    attempts = row["failed_attempts"] + 1
+    if attempts > len(d.retry_schedule_s):
+        return await end(d, row, "payment_failed", now, failure=refused.error_code)
+    due = calendar.period_end(row["anchor"], row["interval"], row["interval_count"], row["periods_paid"])
+    retry_at = due + datetime.timedelta(seconds=d.retry_schedule_s[attempts - 1])
+    async with d.pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchrow(
+            "UPDATE subscriptions SET status = 'past_due', failed_attempts = $2, next_attempt_at = $3,"
+            " last_failure = $4, processing_until = NULL, updated_at = $5"
+            f" WHERE subscription_id = $1 AND status IN ('trialing', 'active', 'past_due') RETURNING {COLUMNS}",
+            row["subscription_id"],
+            attempts,
+            retry_at,
+            refused.error_code,
+            now,
+        )
+        if done is not None and row["status"] != "past_due":
+            await events.emit(
+                conn,
+                tenant_id=row["tenant_id"],
+                event_type=messages.PAST_DUE,
+                data=messages.event_data(done, period=row["periods_paid"] + 1),
+            )
+    return done or row
+
+
+async def end(
+    d: Deps, row: asyncpg.Record, reason: str, now: datetime.datetime, *, failure: str | None = None
+) -> asyncpg.Record:
+    """Cancel now (`requested` by the partner, or `payment_failed`); no period is charged after."""
+    async with d.pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchrow(
+            "UPDATE subscriptions SET status = 'cancelled', cancellation_reason = $2, cancelled_at = $3,"
+            " next_attempt_at = NULL, last_failure = coalesce($4, last_failure), processing_until = NULL,"
+            f" updated_at = $3 WHERE subscription_id = $1 AND status <> 'cancelled' RETURNING {COLUMNS}",
+            row["subscription_id"],
+            reason,
+            now,
+            failure,
+        )
+        if done is None:
+            return await d.store.find(row["subscription_id"], conn) or row
+        await events.emit(
+            conn, tenant_id=row["tenant_id"], event_type=messages.CANCELLED, data=messages.event_data(done)
+        )
+    return done
+
+
+async def release(d: Deps, subscription_id: str, *, defer_to: datetime.datetime | None = None) -> None:
+    await d.pool.execute(
+        "UPDATE subscriptions SET processing_until = NULL, next_attempt_at = coalesce($2, next_attempt_at)"
+        " WHERE subscription_id = $1",
+        subscription_id,
+        defer_to,
+    )
+
+
+async def charge_first(
+    d: Deps, row: asyncpg.Record, *, fee_bps: int | None, currency_name: str, deadline: float | None
+) -> asyncpg.Record | Refused:
+    """A create's first period (the row is `creating`, its lease ours): paid, or refused and gone."""
+    if fee_bps is None:
+        tenant = await d.charger.tenant(row["tenant_id"], deadline)
+        fee_bps, currency_name = tenant.network_fee_bps, tenant.currency_name
+    now = await d.clock.now()
+    outcome = await d.charger.charge(row, 1, fee_bps=fee_bps, currency_name=currency_name, deadline=deadline)
+    if isinstance(outcome, Refused):
+        await d.pool.execute(
+            "DELETE FROM subscriptions WHERE subscription_id = $1 AND status = 'creating'", row["subscription_id"]
+        )
+        return outcome
+    return await settle(d, row, 1, outcome, now)
+
+
+@dataclasses.dataclass
+class Round:
+    renewed: int = 0
+    past_due: int = 0
+    cancelled: int = 0
+    deferred: int = 0
+    busy: bool = False
+
+
+async def _claim(d: Deps, now: datetime.datetime) -> list[asyncpg.Record]:
+    """The leases of up to `batch` subscriptions due by `now` (and of creates a crash left), free ones
+    only, skipping rows another replica is claiming."""
+    return list(
+        await d.pool.fetch(
+            "UPDATE subscriptions SET processing_until = now() + make_interval(secs => $1)"
+            " WHERE subscription_id IN (SELECT subscription_id FROM subscriptions"
+            "   WHERE ((next_attempt_at <= $2 AND status IN ('trialing', 'active', 'past_due'))"
+            "          OR status = 'creating')"
+            "     AND (processing_until IS NULL OR processing_until <= now())"
+            "   ORDER BY next_attempt_at NULLS FIRST LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {COLUMNS}",
+            d.lease_s,
+            now,
+            d.batch,
+        )
+    )
+
+
+async def process(d: Deps, row: asyncpg.Record, now: datetime.datetime, tally: Round) -> None:
+    """One claimed subscription: ended, charged, refused or deferred; the lease released in all cases."""
+    sid = row["subscription_id"]
+    try:
+        if row["status"] == "creating":
+            outcome = await charge_first(d, row, fee_bps=None, currency_name="", deadline=None)
+            tally.renewed += 0 if isinstance(outcome, Refused) else 1
+            return
+        if row["cancel_at_period_end"] and now >= row["current_period_end"]:
+            await end(d, row, "requested", now)
+            tally.cancelled += 1
+            return
+        tenant = await d.charger.tenant(row["tenant_id"], None)
+        period = row["periods_paid"] + 1
+        outcome = await d.charger.charge(
+            row, period, fee_bps=tenant.network_fee_bps, currency_name=tenant.currency_name, deadline=None
+        )
+        if isinstance(outcome, Refused):
+            done = await fail(d, row, outcome, now)
+            if done["status"] == "cancelled":
+                tally.cancelled += 1
+            else:
+                tally.past_due += 1
+            return
+        await settle(d, row, period, outcome, now)
+        tally.renewed += 1
+    except TenantAway:
+        await release(d, sid, defer_to=now + DEFER)
+        tally.deferred += 1
+    except BaseException:
+        await release(d, sid)  # the next round asks again, with the same key
+        raise
+
+
+async def renew_due(d: Deps) -> Round:
+    """One round: every due subscription claimed (a batch at a time) and processed."""
+    tally = Round()
+    now = await d.clock.now()
+    rows = await _claim(d, now)
+    tally.busy = len(rows) >= d.batch
+    for row in rows:
+        try:
+            await process(d, row, now, tally)
+        except Exception as exc:  # one subscription's failure must not hold up the others
+            log.warning("subscription %s not renewed yet: %s", row["subscription_id"], type(exc).__name__)
+    return tally
+
+
+def new_id() -> str:
+    return ids.new_id("sub")
