@@ -1,5 +1,5 @@
 # One image for every INVO process: `docker run <image> <name>`, where <name> is tenants, ledger,
-# payments, transfers, payouts, webhooks, gateway, or migrate (every service's migrations, then exit).
+# payments, transfers, payouts, webhooks, subscriptions, gateway, or migrate (every service's migrations, then exit).
 # k8s/ runs it with `args: [<name>]`. Build from the repository root: `docker build -t invo:<tag> .`
 #
 # Three stages: `protos` generates the protobuf and gRPC code with grpcio-tools, `deps` installs the

@@ -32,13 +32,13 @@ from typing import Any, Protocol, TypeVar
 from devstack import devservers
 from devstack.stack import Stack
 from faults.proxy import TcpProxy
+from services.common.config import SERVICES
 
 T = TypeVar("T")
 SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="faults-spawner")
 FREEZE_S = 10.0
 CUT_HOLD_S = 5.0
 NATS_RESTART_ATTEMPTS_MAX = 5  # its port may be held for a moment by the killed server's sockets
-SERVICES = ("tenants", "ledger", "payments", "transfers", "payouts", "webhooks")
 
 
 async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -231,6 +231,11 @@ def fills(email: str, tenant_id: str, path_params: Mapping[str, str] | None = No
         "idempotency_key": f"hostile-{unique}",
         "purchase_reference": f"hostile-{unique}",
         "item_id": "sword",
+        # Subscriptions: a plan the world's player can pay (its first period is charged at once).
+        "plan_id": "hostile-plan",
+        "plan_name": "Hostile Plan",
+        "price": "1",
+        "interval": "month",
         "item_name": "Sword",
         "reason": "hostile-input test",
         "name": "Hostile",

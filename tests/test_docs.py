@@ -51,6 +51,7 @@ def test_the_receiver_guide_verifies_our_signatures() -> None:
 # Codes that only services see of each other (a caller's programming error, never a partner's):
 # the gateway never lets them through, so the README need not list them.
 INTERNAL_ERROR_CODES = {
+    "TEST_CLOCK_OFF",  # the subscriptions service's SetTestClock RPC, never on the public API
     "ACCOUNT_NOT_OWNED",
     "CONFLICT",
     "DEADLINE_REQUIRED",

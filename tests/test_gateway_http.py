@@ -145,8 +145,16 @@ async def test_health_and_readiness(api: Api) -> None:
     assert (await api.get("/healthz")).body == {"status": "ok"}
     ready = await api.get("/readyz")
     assert ready.status == 200 and ready.body["status"] == "ready"
-    # Transfers and payouts have no API yet: readiness does not claim them.
-    assert set(ready.body["services"]) == {"tenants", "ledger", "payments", "transfers", "payouts", "webhooks"}
+    # Every backend the gateway routes to, and only those.
+    assert set(ready.body["services"]) == {
+        "tenants",
+        "ledger",
+        "payments",
+        "transfers",
+        "payouts",
+        "webhooks",
+        "subscriptions",
+    }
 
 
 async def test_openapi_document_matches_the_routes(api: Api, stack: Stack) -> None:

@@ -233,8 +233,9 @@ def test_the_entry_point_refuses_an_unknown_process(tmp_path: pathlib.Path) -> N
     for args in ([], ["ledgr"], ["ledger", "extra"], ["processor_sim"]):
         done = _run_image_entry(args, {}, tmp_path)
         assert done.returncode == 2, (args, done)
-        assert "usage: python -m services {tenants,ledger,payments,transfers,payouts,webhooks,gateway,migrate}" in (
-            done.stderr
+        assert (
+            "usage: python -m services {tenants,ledger,payments,transfers,payouts,webhooks,subscriptions,gateway,migrate}"
+            in (done.stderr)
         )
 
 

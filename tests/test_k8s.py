@@ -83,6 +83,8 @@ def test_network_policies_allow_exactly_the_calls_the_code_makes(overlay: tuple[
         ("transfers", "ledger"),
         ("transfers", "tenants"),
         ("payouts", "ledger"),
+        ("subscriptions", "ledger"),
+        ("subscriptions", "tenants"),
         ("webhooks", "tenants"),
     }
     assert ("tenants", "nats", 4222) not in got and ("gateway", "nats", 4222) not in got

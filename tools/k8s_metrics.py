@@ -1,5 +1,5 @@
 """The metrics check of `make k8s-check` (tools/k8s_check.py): every process that serves Prometheus'
-`GET /metrics` (services/common/metrics.py; the gateway and the six gRPC services, not the migration
+`GET /metrics` (services/common/metrics.py; the gateway and the seven gRPC services, not the migration
 Job) serves it on a port of its own that Prometheus finds and reaches, and nobody else does.
 
 Prometheus finds the pods by the common annotation convention (`prometheus.io/scrape`, `/port`,

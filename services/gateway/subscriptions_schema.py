@@ -16,7 +16,7 @@ SUBSCRIPTION_ID_PATTERN = r"^sub_[0-9A-Z]{26}$"
 SubscriptionId = Annotated[str, Field(pattern=SUBSCRIPTION_ID_PATTERN, examples=["sub_01JD3Q8X4Z6N2R5T7V9W1Y3A5C"])]
 Status = Literal["trialing", "active", "past_due", "cancelled"]
 Interval = Literal["day", "week", "month"]
-INTERVAL_COUNT_MAX = 365  # per interval: day 365, week 52, month 12 (the service refuses more)
+INTERVAL_COUNT_MAX = 12  # services/subscriptions/calendar.py COUNT_MAX, for every interval
 TRIAL_DAYS_MAX = 730
 SUBSCRIPTIONS_LIMIT_MAX = 100
 
@@ -35,7 +35,7 @@ class SubscriptionBody(Request):
     price: Annotated[int, fields.units(limits.PRICE_MINOR_MAX)]
     interval: Interval
     interval_count: Annotated[int, Field(ge=1, le=INTERVAL_COUNT_MAX)] | None = Field(
-        default=None, description="Periods of `interval` per charge, 1 if absent (day up to 365, week 52, month 12)."
+        default=None, description="Intervals per period, 1 if absent (at most 12)."
     )
     trial_days: Annotated[int, Field(ge=0, le=TRIAL_DAYS_MAX)] | None = Field(
         default=None, description="Days before the first charge (0 or absent: charged at once)."

@@ -10,8 +10,9 @@ import calendar
 import datetime
 
 INTERVALS = ("day", "week", "month")
-# interval_count bounds: a period is at most about a year.
-COUNT_MAX = {"day": 365, "week": 52, "month": 12}
+# interval_count bounds: at most 12 intervals a period, whatever the interval (one bound the API's
+# document states exactly; 30 days is a month, 14 a two-week plan).
+COUNT_MAX = {"day": 12, "week": 12, "month": 12}
 
 
 def _months_later(anchor: datetime.datetime, months: int) -> datetime.datetime:

@@ -11,7 +11,7 @@ CREATE TABLE subscriptions (
     plan_name             text NOT NULL,
     price_minor           bigint NOT NULL CHECK (price_minor > 0),
     interval              text NOT NULL CHECK (interval IN ('day', 'week', 'month')),
-    interval_count        integer NOT NULL CHECK (interval_count BETWEEN 1 AND 365),
+    interval_count        integer NOT NULL CHECK (interval_count BETWEEN 1 AND 12),
     trial_days            integer NOT NULL DEFAULT 0 CHECK (trial_days BETWEEN 0 AND 730),
     metadata              jsonb NOT NULL DEFAULT '{}',
     idempotency_key       text NOT NULL,
