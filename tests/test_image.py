@@ -233,10 +233,8 @@ def test_the_entry_point_refuses_an_unknown_process(tmp_path: pathlib.Path) -> N
     for args in ([], ["ledgr"], ["ledger", "extra"], ["processor_sim"]):
         done = _run_image_entry(args, {}, tmp_path)
         assert done.returncode == 2, (args, done)
-        assert (
-            "usage: python -m services {tenants,ledger,payments,transfers,payouts,webhooks,subscriptions,gateway,migrate}"
-            in (done.stderr)
-        )
+        names = "tenants,ledger,payments,transfers,payouts,webhooks,subscriptions,gateway,migrate"
+        assert f"usage: python -m services {{{names}}}" in done.stderr
 
 
 @pytest.mark.usefixtures("stack")
