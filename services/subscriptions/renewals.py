@@ -17,9 +17,11 @@ only ever send the same charge again, which the ledger answers with the first re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
+from typing import Any
 
 import asyncpg
 
@@ -174,6 +176,13 @@ class Round:
     cancelled: int = 0
     deferred: int = 0
     busy: bool = False
+    # Each tenant looked up once a round (its fee and currency name, or why it is away).
+    tenants: dict[str, asyncio.Task[Any]] = dataclasses.field(default_factory=dict)
+
+    def tenant(self, d: Deps, tenant_id: str) -> asyncio.Task[Any]:
+        if tenant_id not in self.tenants:
+            self.tenants[tenant_id] = asyncio.ensure_future(d.charger.tenant(tenant_id, None))
+        return self.tenants[tenant_id]
 
 
 async def _claim(d: Deps, now: datetime.datetime) -> list[asyncpg.Record]:
@@ -207,7 +216,7 @@ async def process(d: Deps, row: asyncpg.Record, now: datetime.datetime, tally: R
             await end(d, row, "requested", now)
             tally.cancelled += 1
             return
-        tenant = await d.charger.tenant(row["tenant_id"], None)
+        tenant = await asyncio.shield(tally.tenant(d, row["tenant_id"]))
         period = row["periods_paid"] + 1
         outcome = await d.charger.charge(
             row, period, fee_bps=tenant.network_fee_bps, currency_name=tenant.currency_name, deadline=None
@@ -230,16 +239,24 @@ async def process(d: Deps, row: asyncpg.Record, now: datetime.datetime, tally: R
 
 
 async def renew_due(d: Deps) -> Round:
-    """One round: every due subscription claimed (a batch at a time) and processed."""
+    """One round: a batch of due subscriptions claimed and processed side by side (each holds its
+    own lease; the batch bounds how many ledger calls are in flight)."""
     tally = Round()
     now = await d.clock.now()
     rows = await _claim(d, now)
     tally.busy = len(rows) >= d.batch
-    for row in rows:
+
+    async def one(row: asyncpg.Record) -> None:
         try:
             await process(d, row, now, tally)
         except Exception as exc:  # one subscription's failure must not hold up the others
             log.warning("subscription %s not renewed yet: %s", row["subscription_id"], type(exc).__name__)
+
+    try:
+        await asyncio.gather(*(one(row) for row in rows))
+    finally:
+        for task in tally.tenants.values():
+            task.cancel()
     return tally
 
 
