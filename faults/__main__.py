@@ -34,6 +34,9 @@ BUDGET_S = 15 * 60  # the whole suite on the 2-core box, the issue's bound
 # The seed's schedules, shortened (README, INVO_* variables): a phase must recover in seconds.
 EXTRA_ENV = {
     "INVO_LOG_LEVEL": "INFO",  # the evidence when a phase fails
+    # Renewals within the run: the workload moves the subscriptions service's clock a day at a time.
+    "INVO_SUBSCRIPTIONS_TEST_CLOCK": "on",
+    "INVO_SUBSCRIPTION_RENEWAL_INTERVAL_S": "0.5",
     "INVO_WEBHOOK_RETRY_SCHEDULE_S": "0.5,1,2,4,8,15",
     "INVO_WEBHOOK_TIMEOUT_S": "5",
     "INVO_BREAKER_COOLDOWN_S": "2",

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from devstack.stack import Stack
-from faults import checkout, evidence, payout_checks, refunds, transfer_checks, transfers
+from faults import checkout, evidence, payout_checks, refunds, subscription_checks, transfer_checks, transfers
 from faults.client import Stats
 from faults.flows import ORDER, World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, Op, minor
@@ -66,6 +66,8 @@ class Findings:
     transfers_checked: int = 0
     payouts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # payouts (or revenues) gone wrong
     payouts_checked: int = 0
+    subscriptions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # charged more than once a period
+    subscriptions_checked: int = 0
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -86,6 +88,7 @@ class Findings:
             + len(self.refunds)
             + len(self.transfers)
             + len(self.payouts)
+            + len(self.subscriptions)
             + int(self.processor.get("violations", 0))
             + int(self.webhooks.get("violations", 0))
         )
@@ -135,6 +138,8 @@ class Checker:
         ]
         f.ledger = await self.ledger_check(deadline)
         await self.read_entries(deadline)
+        # Before exactly_once: the renewals it finds become operations of the model.
+        f.subscriptions_checked, f.subscriptions = await self.checked_subscriptions(deadline)
         f.lost, f.doubled = self.exactly_once()
         f.wallets = await self.wallets(deadline)
         ops = self.world.model.ops if replay_all else phase_ops
@@ -334,6 +339,13 @@ class Checker:
             return str(w["payout_id"]) or f"revenue:{w['tenant']}:{sorted(w['revenue_minor'].items())}"
 
         return checked, [w for w in wrong if self._new("payout", tag(w))]
+
+    async def checked_subscriptions(self, deadline: float) -> tuple[int, list[dict[str, Any]]]:
+        """Every subscription made so far: at most one charge a period, each renewal in the model."""
+        checked, wrong = await subscription_checks.check_subscriptions(
+            self.world, self.player_txns, self.txn_kinds, self.read_entries, deadline, self.stats
+        )
+        return checked, [w for w in wrong if self._new("subscription", str(w["subscription_id"]))]
 
     async def refunded_orders(self, ops: list[Op], deadline: float) -> tuple[int, list[dict[str, Any]]]:
         """Every order these operations refunded against the model and the processor's refunds."""

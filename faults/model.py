@@ -33,6 +33,8 @@ MONEY_EVENTS = frozenset(
         "transfer.cancelled",
         "transfer.expired",
         "payout.status_changed",
+        "subscription.created",
+        "subscription.renewed",
     }
 )
 
@@ -63,6 +65,9 @@ def event_key(event_type: str, data: dict[str, Any]) -> str | None:
         return str(data.get("reason") or "") or None
     if event_type.startswith("transfer."):
         return str(data.get("transfer_id") or "") or None
+    if event_type.startswith("subscription.") and data.get("subscription_id"):
+        period = (data.get("period") or {}).get("number")
+        return f"{data['subscription_id']}:{event_type.partition('.')[2]}:{period}"
     if event_type == "payout.status_changed" and data.get("payout_id") and data.get("to"):
         return f"{data['payout_id']}:{data['to']}"
     return None
@@ -106,6 +111,7 @@ class Op:
     payout_id: str = ""  # a partner payout: the one this operation asked for, reviewed or cancelled
     payout_status: str = ""  # the payout's status as this operation's answer told it
     payout_end: str = ""  # the end the client drove the payout to ("completed", "returned R01", ...)
+    subscription_id: str = ""  # a subscription this operation created (or whose renewal it records)
     delta_minor: int = 0  # the acknowledged effect on the player's wallet
     events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (event_type, event_key) promised
     allowed_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # may come, need not
@@ -140,6 +146,7 @@ class Op:
             "usd_cents": self.usd_cents,
             "transfer_id": self.transfer_id,
             "payout_id": self.payout_id,
+            "subscription_id": self.subscription_id,
             "payout_status": self.payout_status,
             "payout_end": self.payout_end,
             "delta_minor": self.delta_minor,

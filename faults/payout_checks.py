@@ -36,6 +36,8 @@ from faults.client import Stats
 from faults.flows import World, body_of
 from faults.model import ABANDONED, ACKED, REFUSED, UNRESOLVED, Op, minor
 from faults.payouts import APPROVE_FLOW, EARN_FLOW, OPERATOR, STATUS_CHANGED, usd
+from faults.subscriptions import FLOW as SUBSCRIPTION_FLOW
+from faults.subscriptions import RENEWAL_FLOW
 from faults.transfers import CLAIM_FLOW, backoff
 
 SWEEP_WAIT_S = 90.0  # a crashed worker's lease (2 x INVO_ACH_TIMEOUT_S + INVO_RPC_TIMEOUT_S + 5), the poll's 30 s
@@ -47,7 +49,8 @@ NEXT = {
     "completed": ("returned",),
 }
 ORDER_STATUS = {"completed": "completed", "returned": "returned", "failed": "failed"}  # the payout's end -> the order's
-ITEM_FLOWS = ("item_purchase", EARN_FLOW)
+# Item purchases split between the partner and the network; a subscription's charges are ones too.
+ITEM_FLOWS = ("item_purchase", EARN_FLOW, SUBSCRIPTION_FLOW, RENEWAL_FLOW)
 DESTINATION_BPS = 350  # a transfer's destination tenant earns 3.5% (README, Fees and rounding)
 BPS_WHOLE = 10_000
 REVENUE_FIELDS = ("lifetime", "owed", "held", "available", "paid_out", "returned")

@@ -25,6 +25,7 @@ from faults.payouts import Payout
 from faults.processor import Processor
 from faults.receivers import Receivers
 from faults.refunds import RefundPurchase
+from faults.subscriptions import Subscription, Ticker
 from faults.transfers import SELF, SEND, Transfer
 
 SETUP_CONCURRENCY = 16
@@ -39,7 +40,8 @@ CAPS = {"hourly_usd": "1000000.00", "daily_usd": "1000000.00", "monthly_usd": "1
 # after the PIN (each is two or three operations: the hold, its claim or cancel); and partner
 # payouts, each earned first, approved and completed most often, some failing at the bank or
 # returned after completing, some rejected by the operator or cancelled by the partner (each is four
-# operations: the earner's credit and item purchase, the request, its review or cancel).
+# operations: the earner's credit and item purchase, the request, its review or cancel); and daily
+# subscriptions, renewed as the ticker moves the subscriptions service's clock (faults.subscriptions).
 FLOWS: tuple[tuple[Flow, int], ...] = (
     (ItemPurchase(), 55),
     (CardPurchase("card_purchase", "pm_card_visa"), 20),
@@ -59,6 +61,7 @@ FLOWS: tuple[tuple[Flow, int], ...] = (
     (Payout("payout_returned", "returned"), 1),
     (Payout("payout_rejected", "rejected"), 1),
     (Payout("payout_cancelled", "cancelled"), 1),
+    (Subscription(), 3),
 )
 
 
@@ -112,6 +115,7 @@ class Workload:
             op_deadline_s=settings.op_deadline_s,
             processor_stats=Stats("processor"),
         )
+        self.ticker = Ticker(stack.env["INVO_SUBSCRIPTIONS_ADDR"].split(",")[0])
         self.flows: list[Flow] = [f for f, _ in FLOWS]
         self.weights: list[int] = [w for _, w in FLOWS]
 
@@ -178,7 +182,9 @@ class Workload:
                 flow = self.rng.choices(self.flows, weights=self.weights)[0]
                 await flow.run(self.world, phase)
 
-        return [asyncio.ensure_future(client(n)) for n in range(self.settings.clients)]
+        clients = [asyncio.ensure_future(client(n)) for n in range(self.settings.clients)]
+        # Renewals during the load: the subscriptions service's clock moves a day every few seconds.
+        return [*clients, asyncio.ensure_future(self.ticker.run(stop))]
 
     def ops_of(self, phase: str) -> list[Op]:
         return [op for op in self.world.model.ops if op.phase == phase]
