@@ -32,6 +32,7 @@ from bench import report, runner
 from bench.ledger_write import ledger_writes
 from bench.observe import Observer
 from bench.pgbench_peer import pgbench_peer
+from bench.renewals import renewals
 from bench.scenarios import Bench
 from bench.transfers import transfers
 from devstack.devservers import free_port
@@ -48,6 +49,7 @@ SCENARIOS = (
     "currency-purchase",
     "checkout",
     "transfer",
+    "subscription-renewal",
     "webhook-delivery",
     "naive-per-request-sql",
     "pgbench-peer",
@@ -116,6 +118,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 r = await b.checkout_purchases()
             elif name == "transfer":
                 r = await transfers(b)
+            elif name == "subscription-renewal":
+                r = await renewals(b)
             elif name == "webhook-delivery":
                 r = await b.webhook_deliveries()
             elif name == "pgbench-peer":
@@ -198,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(
             home,
             env={k: v for k, v in os.environ.items() if k != "INVO_GATEWAY_PORT"}
-            | {"INVO_LOG_LEVEL": "WARNING", "INVO_GATEWAY_PORT": str(free_port()), "INVO_REPLICAS": str(args.replicas)},
+            | {"INVO_LOG_LEVEL": "WARNING", "INVO_GATEWAY_PORT": str(free_port()), "INVO_REPLICAS": str(args.replicas)}
+            # subscription-renewal moves the subscriptions service's clock a month on.
+            | {"INVO_SUBSCRIPTIONS_TEST_CLOCK": "on", "INVO_SUBSCRIPTION_RENEWAL_INTERVAL_S": "0.5"},
         )
         stack.start()
         env = stack.dev_env()
@@ -250,7 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     sessions_ok = co is None or co["sessions_not_completed"] == 0
     # So is a completed transfer that does not read completed, or a player not holding what it moved.
     transfers_ok = tr is None or (tr["transfers_not_completed"] == 0 and tr["balances_wrong"] == 0)
-    return 0 if result["ledger_check"]["ok"] and sessions_ok and transfers_ok else 1
+    # And a subscription renewed twice, or not at all, or a wallet that does not show it.
+    sr = result["scenarios"].get("subscription-renewal")
+    renewals_ok = (
+        sr is None or "skipped" in sr.get("note", "") or (sr["periods_wrong"] == 0 and sr["balances_wrong"] == 0)
+    )
+    if sr is not None and "skipped" not in sr.get("note", ""):
+        print(
+            f"subscription-renewal: {sr['subscriptions']} due at once, renewed {sr['rps']}/s;"
+            f" periods wrong {sr['periods_wrong']}, balances wrong {sr['balances_wrong']}"
+        )
+    return 0 if result["ledger_check"]["ok"] and sessions_ok and transfers_ok and renewals_ok else 1
 
 
 if __name__ == "__main__":
