@@ -52,6 +52,7 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
         "currency-purchase",
         "checkout",
         "transfer",
+        "subscription-renewal",
         "webhook-delivery",
         "naive-per-request-sql",
         "pgbench-peer",
@@ -90,6 +91,10 @@ def test_quick_bench_runs_every_scenario(stack: Stack, tmp_path: pathlib.Path) -
     assert transfer["balances_checked"] > transfer["transfers_checked"] and transfer["balances_wrong"] == 0, transfer
     assert transfer["failures"] == {}, transfer
     assert all(transfer[f"{step}_p99_ms"] is not None for step in ("initiate", "pin_read", "verify", "claim"))
+    # Every subscription made due at once renewed exactly once, every wallet exact.
+    renewal = result["scenarios"]["subscription-renewal"]
+    assert renewal["subscriptions"] >= 200 and renewal["create_refused"] == 0, renewal
+    assert renewal["periods_wrong"] == 0 and renewal["balances_wrong"] == 0 and renewal["requests"] == 400, renewal
     others = set(result["scenarios"]) - {"pgbench-peer"}
     assert set(result["ratios"]) == {f"{name}/pgbench-peer" for name in others} | {
         "item-purchase-spread/naive-per-request-sql",
