@@ -64,6 +64,15 @@ def subscription_json(s: subscriptions_pb2.Subscription) -> dict[str, Any]:
         }
         if s.HasField("last_charge")
         else None,
+        "refund": {
+            "period": s.refund.period,
+            "amount": money.format_units(s.refund.amount_minor),
+            "partner_amount": money.format_units(s.refund.partner_minor),
+            "network_fee": money.format_units(s.refund.fee_minor),
+            "transaction_id": s.refund.transaction_id,
+        }
+        if s.HasField("refund")
+        else None,
         "metadata": json.loads(s.metadata_json or "{}"),
         "created_at": iso(s.created_at),
         "updated_at": iso(s.updated_at),
@@ -159,7 +168,7 @@ async def get_subscription(request: web.Request) -> web.Response:
 @public.declare(
     "POST",
     "/api/subscriptions/{subscription_id}/cancel",
-    summary="Cancel at the end of the current period (by default) or at once; unused time is not refunded.",
+    summary="Cancel at the end of the current period (by default), or at once (with prorate: unused time refunded).",
     body=CancelBody,
     body_required=False,
     answers={200: SubscriptionAnswer},
@@ -173,6 +182,7 @@ async def cancel_subscription(request: web.Request, body: CancelBody) -> web.Res
             tenant_id=request["tenant_id"],
             subscription_id=request.match_info["subscription_id"],
             at_once=bool(body.at_once),
+            prorate=bool(body.prorate),
         ),
         timeout_s=_timeout_s(request),
     )

@@ -49,6 +49,12 @@ class CancelBody(Request):
         default=None,
         description="true: cancelled now. Absent or false: at the end of the current period (not renewed).",
     )
+    prorate: bool | None = Field(
+        default=None,
+        description="With at_once: the unused part of the paid period back to the player, taken from your"
+        " revenue and the network's fee as the period's charge split them (whole seconds, each part rounded down)."
+        " At the period's end nothing is left unused: nothing is refunded.",
+    )
 
 
 class SubscriptionQuery(Query):
@@ -79,6 +85,14 @@ class ChargeOut(answers.Answer):
     charged_at: Time
 
 
+class RefundOut(answers.Answer):
+    period: int
+    amount: UnitsOut
+    partner_amount: UnitsOut
+    network_fee: UnitsOut
+    transaction_id: str
+
+
 class SubscriptionOut(answers.Answer):
     subscription_id: str
     player_email: str
@@ -97,6 +111,7 @@ class SubscriptionOut(answers.Answer):
     failed_attempts: int
     next_attempt_at: Time | None = Field(description="When the next renewal or retry is made; null once cancelled.")
     last_charge: ChargeOut | None
+    refund: RefundOut | None = Field(description="A prorated cancel's refund; null otherwise.")
     metadata: dict[str, object]
     created_at: Time
     updated_at: Time

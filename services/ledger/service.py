@@ -16,7 +16,7 @@ from services.common import errors, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import request_hash
 from services.common.grpcutil import GrpcService
-from services.ledger import chart, domain, payouts, reads, statements, validate
+from services.ledger import chart, domain, payouts, reads, statements, subscriptions, validate
 from services.ledger.apply import Op
 from services.ledger.engine import Engine
 
@@ -128,6 +128,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def ReturnPayout(self, request: ledger_pb2.PayoutRef, context: Any) -> Any:
         return await self._domain(payouts.return_payout(request))
+
+    async def RefundSubscriptionPeriod(self, request: ledger_pb2.RefundSubscriptionPeriodRequest, context: Any) -> Any:
+        return await self._domain(subscriptions.refund_period(request))
 
     async def Transfer(self, request: ledger_pb2.TransferRequest, context: Any) -> Any:
         tenant_id = validate.tenant(request.tenant_id)

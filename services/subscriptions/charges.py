@@ -90,3 +90,25 @@ class Charger:
             network_fee_minor=r.network_fee_minor,
             new_balance_minor=r.new_balance_minor,
         )
+
+    async def refund(self, row: asyncpg.Record, *, deadline: float | None) -> str:
+        """The prorated refund the row records, keyed by (subscription, period) in the ledger: its
+        transaction. Refused (the partner's revenue or the fees no longer hold it): 409."""
+        request = ledger_pb2.RefundSubscriptionPeriodRequest(
+            tenant_id=row["tenant_id"],
+            player_email=row["player_email"],
+            subscription_id=row["subscription_id"],
+            period=row["refund_period"],
+            partner_minor=row["refund_partner_minor"],
+            fee_minor=row["refund_fee_minor"],
+        )
+        try:
+            r: ledger_pb2.TransactionResult = await grpcutil.call(
+                self.ledger.RefundSubscriptionPeriod, request, timeout_s=self._timeout(deadline)
+            )
+        except errors.PaymentRequired as exc:
+            raise errors.Conflict(
+                "Your revenue no longer holds this period's share to refund; nothing changed.",
+                error_code="PRORATION_NOT_COVERED",
+            ) from exc
+        return r.transaction_id

@@ -68,7 +68,29 @@ def subscription_message(row: asyncpg.Record, charge: asyncpg.Record | None) -> 
         created_at=_ts(row["created_at"]),
         updated_at=_ts(row["updated_at"]),
         last_charge=charge_message(charge) if charge is not None else None,
+        refund=subscriptions_pb2.ProratedRefund(
+            period=row["refund_period"],
+            amount_minor=row["refund_partner_minor"] + row["refund_fee_minor"],
+            partner_minor=row["refund_partner_minor"],
+            fee_minor=row["refund_fee_minor"],
+            transaction_id=row["refund_transaction_id"],
+        )
+        if row["refund_transaction_id"]
+        else None,
     )
+
+
+def refund_data(row: asyncpg.Record) -> dict[str, Any] | None:
+    """A prorated cancel's refund (the unused part of the last paid period), or None."""
+    if not row["refund_transaction_id"]:
+        return None
+    return {
+        "period": row["refund_period"],
+        "amount": money.format_units(row["refund_partner_minor"] + row["refund_fee_minor"]),
+        "partner_amount": money.format_units(row["refund_partner_minor"]),
+        "network_fee": money.format_units(row["refund_fee_minor"]),
+        "transaction_id": row["refund_transaction_id"],
+    }
 
 
 def event_data(row: asyncpg.Record, charge: Any = None, *, period: int | None = None) -> dict[str, Any]:
@@ -98,6 +120,7 @@ def event_data(row: asyncpg.Record, charge: Any = None, *, period: int | None = 
         "network_fee": None,
         "new_balance": None,
         "metadata": json.loads(row["metadata_json"]),
+        "refund": refund_data(row),
     }
     if charge is not None:
         data.update(

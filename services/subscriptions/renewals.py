@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common import events, ids
+from services.common import errors, events, ids, money
 from services.subscriptions import calendar, messages
 from services.subscriptions.charges import Charged, Refused, TenantAway
 from services.subscriptions.deps import Deps
@@ -122,18 +122,26 @@ async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.dat
 
 
 async def end(
-    d: Deps, row: asyncpg.Record, reason: str, now: datetime.datetime, *, failure: str | None = None
+    d: Deps,
+    row: asyncpg.Record,
+    reason: str,
+    now: datetime.datetime,
+    *,
+    failure: str | None = None,
+    refund_transaction_id: str | None = None,
 ) -> asyncpg.Record:
     """Cancel now (`requested` by the partner, or `payment_failed`); no period is charged after."""
     async with d.pool.acquire() as conn, conn.transaction():
         done = await conn.fetchrow(
             "UPDATE subscriptions SET status = 'cancelled', cancellation_reason = $2, cancelled_at = $3,"
             " next_attempt_at = NULL, last_failure = coalesce($4, last_failure), processing_until = NULL,"
+            " refund_transaction_id = coalesce($5, refund_transaction_id),"
             f" updated_at = $3 WHERE subscription_id = $1 AND status <> 'cancelled' RETURNING {COLUMNS}",
             row["subscription_id"],
             reason,
             now,
             failure,
+            refund_transaction_id,
         )
         if done is None:
             return await d.store.find(row["subscription_id"], conn) or row
@@ -141,6 +149,57 @@ async def end(
             conn, tenant_id=row["tenant_id"], event_type=messages.CANCELLED, data=messages.event_data(done)
         )
     return done
+
+
+def proration(
+    row: asyncpg.Record, charge: asyncpg.Record | None, now: datetime.datetime
+) -> tuple[int, int, int] | None:
+    """(period, partner part, fee part) of the refund of the paid period's unused time at `now`, in
+    whole seconds, each part rounded down (so they add up to the refund exactly); None when there
+    is nothing to refund (a trial, a past_due period never paid, a period over)."""
+    if row["status"] != "active" or charge is None or charge["period"] != row["periods_paid"]:
+        return None
+    start, end = charge["period_start"], charge["period_end"]
+    whole = int((end - start).total_seconds())
+    unused = int((end - now).total_seconds())
+    if whole <= 0 or unused <= 0:
+        return None
+    unused = min(unused, whole)
+    partner = money.pro_rata(charge["partner_amount_minor"], part=unused, whole=whole)
+    fee = money.pro_rata(charge["network_fee_minor"], part=unused, whole=whole)
+    return (charge["period"], partner, fee) if partner + fee > 0 else None
+
+
+async def prorated_end(d: Deps, row: asyncpg.Record, now: datetime.datetime, deadline: float | None) -> asyncpg.Record:
+    """Cancel now and refund the paid period's unused time. The refund is decided and stored
+    first (and the row made due at once, so the loop finishes it if we crash), then made in the
+    ledger under its (subscription, period) key, then the cancel recorded with it."""
+    if row["refund_period"] is None:
+        decided = proration(row, await d.store.charge(row["subscription_id"], row["periods_paid"]), now)
+        if decided is None:
+            return await end(d, row, "requested", now)
+        period, partner, fee = decided
+        row = await d.pool.fetchrow(
+            "UPDATE subscriptions SET refund_period = $2, refund_partner_minor = $3, refund_fee_minor = $4,"
+            " refund_decided_at = $5, next_attempt_at = $5, updated_at = $5"
+            f" WHERE subscription_id = $1 AND refund_period IS NULL RETURNING {COLUMNS}",
+            row["subscription_id"],
+            period,
+            partner,
+            fee,
+            now,
+        ) or await d.store.find(row["subscription_id"])
+    try:
+        transaction_id = await d.charger.refund(row, deadline=deadline)
+    except errors.Conflict:
+        # Refused, so nothing moved: the decision is forgotten and the subscription stays as it was.
+        await d.pool.execute(
+            "UPDATE subscriptions SET refund_period = NULL, refund_partner_minor = NULL, refund_fee_minor = NULL,"
+            " refund_decided_at = NULL, next_attempt_at = current_period_end WHERE subscription_id = $1",
+            row["subscription_id"],
+        )
+        raise
+    return await end(d, row, "requested", row["refund_decided_at"], refund_transaction_id=transaction_id)
 
 
 async def release(d: Deps, subscription_id: str, *, defer_to: datetime.datetime | None = None) -> None:
@@ -211,6 +270,10 @@ async def process(d: Deps, row: asyncpg.Record, now: datetime.datetime, tally: R
         if row["status"] == "creating":
             outcome = await charge_first(d, row, fee_bps=None, currency_name="", deadline=None)
             tally.renewed += 0 if isinstance(outcome, Refused) else 1
+            return
+        if row["refund_period"] is not None:  # a prorated cancel a crash interrupted
+            await prorated_end(d, row, now, None)
+            tally.cancelled += 1
             return
         if row["cancel_at_period_end"] and now >= row["current_period_end"]:
             await end(d, row, "requested", now)

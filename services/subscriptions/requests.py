@@ -175,16 +175,20 @@ async def _locked(d: Deps, tenant_id: str, subscription_id: str, deadline: float
 
 
 async def cancel(
-    d: Deps, tenant_id: str, subscription_id: str, *, at_once: bool, deadline: float | None
+    d: Deps, tenant_id: str, subscription_id: str, *, at_once: bool, prorate: bool, deadline: float | None
 ) -> tuple[asyncpg.Record, bool]:
     """(subscription, duplicate: nothing changed). At the period's end by default: it stays as it is
     until then and is not renewed; at once: cancelled now. A past_due one ends at once either way
-    (its unpaid period never started). No refund of unused time."""
+    (its unpaid period never started). Unused time is refunded only at once and with `prorate`
+    (at the period's end none is left unused)."""
+    prorate = prorate and at_once
     row = await _locked(d, tenant_id, subscription_id, deadline)
     try:
         now = await d.clock.now()
         if row["status"] == "cancelled":
             return row, True
+        if prorate:
+            return await renewals.prorated_end(d, row, now, deadline), False
         if at_once or row["status"] == "past_due":
             return await renewals.end(d, row, "requested", now), False
         if row["cancel_at_period_end"]:

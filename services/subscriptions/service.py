@@ -73,6 +73,7 @@ class SubscriptionsServicer(subscriptions_pb2_grpc.SubscriptionsServiceServicer)
             request.tenant_id,
             request.subscription_id,
             at_once=request.at_once,
+            prorate=request.prorate,
             deadline=grpcutil.deadline_of(context),
         )
         return await self._answer(row, duplicate=duplicate)

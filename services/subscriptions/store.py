@@ -19,7 +19,8 @@ COLUMNS = (
     "subscription_id, tenant_id, environment, player_email, plan_id, plan_name, price_minor, interval,"
     " interval_count, trial_days, metadata::text AS metadata_json, idempotency_key, request_hash, status, anchor,"
     " periods_paid, current_period_start, current_period_end, trial_end, cancel_at_period_end,"
-    " cancellation_reason, cancelled_at, failed_attempts, next_attempt_at, last_failure, created_at, updated_at"
+    " cancellation_reason, cancelled_at, failed_attempts, next_attempt_at, last_failure, created_at, updated_at,"
+    " refund_period, refund_partner_minor, refund_fee_minor, refund_transaction_id, refund_decided_at"
 )
 CHARGE_COLUMNS = (
     "subscription_id, period, transaction_id, total_minor, partner_amount_minor, network_fee_minor,"
