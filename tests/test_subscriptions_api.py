@@ -348,7 +348,9 @@ async def test_a_cancel_at_once_never_charges_again(api: Api, stack: Stack, subs
     assert kinds == ["subscription.created", "subscription.cancelled"]
     events = await ss.events(stack, t["tenant_id"], late["subscription_id"], 3)
     assert [e["event_type"] for e in events] == [f"subscription.{k}" for k in ("created", "past_due", "cancelled")]
-    assert events[1]["data"] == event_data(past_due, 1, None)
+    # The event is about the unpaid period 1: from the trial's end, a month long.
+    unpaid = {"number": 1, "start": iso(month), "end": iso(two)}
+    assert events[1]["data"] == {**event_data(past_due, 1, None), "period": unpaid}, events[1]
 
 
 async def test_the_list_is_filtered_newest_first_and_paged(api: Api, stack: Stack, subs: Subs) -> None:

@@ -93,7 +93,13 @@ def refund_data(row: asyncpg.Record) -> dict[str, Any] | None:
     }
 
 
-def event_data(row: asyncpg.Record, charge: Any = None, *, period: int | None = None) -> dict[str, Any]:
+def event_data(
+    row: asyncpg.Record,
+    charge: Any = None,
+    *,
+    period: int | None = None,
+    dates: tuple[datetime.datetime, datetime.datetime] | None = None,
+) -> dict[str, Any]:
     """A subscription event's data: the subscription as it now is, the period the event is about
     (its number and dates) and, for a charge, the amounts of its split and the new balance."""
     data: dict[str, Any] = {
@@ -107,8 +113,8 @@ def event_data(row: asyncpg.Record, charge: Any = None, *, period: int | None = 
         "status": row["status"],
         "period": {
             "number": row["periods_paid"] if period is None else period,
-            "start": _iso(row["current_period_start"]),
-            "end": _iso(row["current_period_end"]),
+            "start": _iso(dates[0] if dates else row["current_period_start"]),
+            "end": _iso(dates[1] if dates else row["current_period_end"]),
         },
         "cancel_at_period_end": row["cancel_at_period_end"],
         "cancellation_reason": row["cancellation_reason"],

@@ -94,12 +94,17 @@ async def settle(d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: 
 
 
 async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.datetime) -> asyncpg.Record:
-    """A renewal refused: past_due until the schedule runs out, then cancelled."""
+    """A renewal refused: past_due until the schedule runs out, then cancelled. Each retry is at
+    its step after the due time, and never sooner after the last try than the schedule's gap
+    between the two steps: a round that comes late (the loop was down for a day) does not run
+    through every retry at once, leaving the player no time to top up."""
     attempts = row["failed_attempts"] + 1
-    if attempts > len(d.retry_schedule_s):
-        return await end(d, row, "payment_failed", now, failure=refused.error_code)
+    steps = d.retry_schedule_s
+    if attempts > len(steps):
+        return await end(d, row, "payment_failed", now, failure=refused.error_code, failed_attempts=attempts)
     due = calendar.period_end(row["anchor"], row["interval"], row["interval_count"], row["periods_paid"])
-    retry_at = due + datetime.timedelta(seconds=d.retry_schedule_s[attempts - 1])
+    gap = steps[attempts - 1] - (steps[attempts - 2] if attempts >= 2 else 0.0)
+    retry_at = max(due + datetime.timedelta(seconds=steps[attempts - 1]), now + datetime.timedelta(seconds=gap))
     async with d.pool.acquire() as conn, conn.transaction():
         done = await conn.fetchrow(
             "UPDATE subscriptions SET status = 'past_due', failed_attempts = $2, next_attempt_at = $3,"
@@ -116,7 +121,9 @@ async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.dat
                 conn,
                 tenant_id=row["tenant_id"],
                 event_type=messages.PAST_DUE,
-                data=messages.event_data(done, period=row["periods_paid"] + 1),
+                data=messages.event_data(
+                    done, period=row["periods_paid"] + 1, dates=bounds(row, row["periods_paid"] + 1)
+                ),
             )
     return done or row
 
@@ -129,6 +136,7 @@ async def end(
     *,
     failure: str | None = None,
     refund_transaction_id: str | None = None,
+    failed_attempts: int | None = None,
 ) -> asyncpg.Record:
     """Cancel now (`requested` by the partner, or `payment_failed`); no period is charged after."""
     async with d.pool.acquire() as conn, conn.transaction():
@@ -136,12 +144,14 @@ async def end(
             "UPDATE subscriptions SET status = 'cancelled', cancellation_reason = $2, cancelled_at = $3,"
             " next_attempt_at = NULL, last_failure = coalesce($4, last_failure), processing_until = NULL,"
             " refund_transaction_id = coalesce($5, refund_transaction_id),"
+            " failed_attempts = coalesce($6, failed_attempts),"
             f" updated_at = $3 WHERE subscription_id = $1 AND status <> 'cancelled' RETURNING {COLUMNS}",
             row["subscription_id"],
             reason,
             now,
             failure,
             refund_transaction_id,
+            failed_attempts,
         )
         if done is None:
             return await d.store.find(row["subscription_id"], conn) or row
