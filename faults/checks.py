@@ -68,6 +68,7 @@ class Findings:
     payouts_checked: int = 0
     subscriptions: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # charged more than once a period
     subscriptions_checked: int = 0
+    subscription_renewals: int = 0  # renewals found in the ledger so far (each in the model)
     processor: dict[str, Any] = dataclasses.field(default_factory=dict)
     webhooks: dict[str, Any] = dataclasses.field(default_factory=dict)
     abandoned: int = 0
@@ -140,6 +141,7 @@ class Checker:
         await self.read_entries(deadline)
         # Before exactly_once: the renewals it finds become operations of the model.
         f.subscriptions_checked, f.subscriptions = await self.checked_subscriptions(deadline)
+        f.subscription_renewals = sum(op.flow == subscription_checks.RENEWAL_FLOW for op in self.world.model.ops)
         f.lost, f.doubled = self.exactly_once()
         f.wallets = await self.wallets(deadline)
         ops = self.world.model.ops if replay_all else phase_ops

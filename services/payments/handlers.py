@@ -57,10 +57,11 @@ class PaymentIntentHandlers:
         done, _ = await self.settlement.complete(
             row, outcome_of(obj), source="webhook", deadline=deadline, event_id=event_id
         )
+        # Settlement.complete marked the event on every path (applied, settled already, held).
         if done["review_reason"]:
-            return Handled(f"held for review: {done['review_reason']}", ignored=True)
+            return Handled(f"held for review: {done['review_reason']}", ignored=True, marked=True)
         # Refunds, disputes and warnings of this payment that came before it can be applied now.
-        return Handled("applied", unblocks=(f"paid:{obj['id']}",))
+        return Handled("applied", unblocks=(f"paid:{obj['id']}",), marked=True)
 
     async def payment_failed(self, event_id: str, payload: dict[str, Any], deadline: float | None) -> Handled:
         obj = _object(payload)

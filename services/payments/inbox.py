@@ -136,8 +136,9 @@ class Dispatcher:
             )
             return handled
         # A handler that changed something marked the event in its own transaction; this marks
-        # the rest (ignored, already settled) and is a no-op for those.
-        await mark_handled(self.pool, event.event_id, handled.note)
+        # the rest (ignored, already settled) unless the handler says it did.
+        if not handled.marked:
+            await mark_handled(self.pool, event.event_id, handled.note)
         if depth < WAKE_DEPTH_MAX:
             for key in handled.unblocks:
                 await self.wake(key, deadline=deadline, depth=depth + 1)

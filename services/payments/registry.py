@@ -22,6 +22,9 @@ class Handled:
     waiting_on: str = ""
     # What applying it made happen: the events waiting on these are applied next.
     unblocks: tuple[str, ...] = ()
+    # The handler marked the event handled itself (in the transaction of its change, or as
+    # settled already): the dispatcher does not ask the database again.
+    marked: bool = False
 
 
 Handler = Callable[[str, dict[str, Any], float | None], Awaitable[Handled]]
