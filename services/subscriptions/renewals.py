@@ -43,7 +43,9 @@ def bounds(row: asyncpg.Record, period: int) -> tuple[datetime.datetime, datetim
     )
 
 
-async def settle(d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: datetime.datetime) -> asyncpg.Record:
+async def settle(
+    d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: datetime.datetime, *, keep_lease: bool = False
+) -> asyncpg.Record:
     """Record the period's charge and move the subscription on (a cancel that came in meanwhile,
     through a lease that ran out, stays: the charge was begun before it)."""
     start, end = bounds(row, period)
@@ -70,21 +72,26 @@ async def settle(d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: 
         if inserted is None or before is None or before["periods_paid"] >= period:
             # Recorded already (a replica or an earlier attempt finished it): nothing more.
             done = await conn.fetchrow(
-                f"UPDATE subscriptions SET processing_until = NULL WHERE subscription_id = $1 RETURNING {COLUMNS}",
+                "UPDATE subscriptions SET processing_until = CASE WHEN $2 THEN processing_until END,"
+                f" pending_period = NULL WHERE subscription_id = $1 RETURNING {COLUMNS}",
                 row["subscription_id"],
+                keep_lease,
             )
             return done
         done = await conn.fetchrow(
             "UPDATE subscriptions SET periods_paid = $2, current_period_start = $3, current_period_end = $4,"
+            " pending_period = NULL,"
             " status = CASE WHEN status = 'cancelled' THEN status ELSE 'active' END,"
             " next_attempt_at = CASE WHEN status = 'cancelled' THEN NULL ELSE $4::timestamptz END,"
-            " failed_attempts = 0, last_failure = NULL, processing_until = NULL, updated_at = $5"
+            " failed_attempts = 0, last_failure = NULL, updated_at = $5,"
+            " processing_until = CASE WHEN $6 THEN processing_until END"
             f" WHERE subscription_id = $1 RETURNING {COLUMNS}",
             row["subscription_id"],
             period,
             start,
             end,
             now,
+            keep_lease,
         )
         kind = messages.CREATED if before["status"] == "creating" else messages.RENEWED
         await events.emit(
@@ -93,7 +100,9 @@ async def settle(d: Deps, row: asyncpg.Record, period: int, paid: Charged, now: 
     return done
 
 
-async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.datetime) -> asyncpg.Record:
+async def fail(
+    d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.datetime, *, keep_lease: bool = False
+) -> asyncpg.Record:
     """A renewal refused: past_due until the schedule runs out, then cancelled. Each retry is at
     its step after the due time, and never sooner after the last try than the schedule's gap
     between the two steps: a round that comes late (the loop was down for a day) does not run
@@ -108,13 +117,15 @@ async def fail(d: Deps, row: asyncpg.Record, refused: Refused, now: datetime.dat
     async with d.pool.acquire() as conn, conn.transaction():
         done = await conn.fetchrow(
             "UPDATE subscriptions SET status = 'past_due', failed_attempts = $2, next_attempt_at = $3,"
-            " last_failure = $4, processing_until = NULL, updated_at = $5"
+            " last_failure = $4, pending_period = NULL, updated_at = $5,"
+            " processing_until = CASE WHEN $6 THEN processing_until END"
             f" WHERE subscription_id = $1 AND status IN ('trialing', 'active', 'past_due') RETURNING {COLUMNS}",
             row["subscription_id"],
             attempts,
             retry_at,
             refused.error_code,
             now,
+            keep_lease,
         )
         if done is not None and row["status"] != "past_due":
             await events.emit(
@@ -143,7 +154,7 @@ async def end(
         done = await conn.fetchrow(
             "UPDATE subscriptions SET status = 'cancelled', cancellation_reason = $2, cancelled_at = $3,"
             " next_attempt_at = NULL, last_failure = coalesce($4, last_failure), processing_until = NULL,"
-            " refund_transaction_id = coalesce($5, refund_transaction_id),"
+            " pending_period = NULL, refund_transaction_id = coalesce($5, refund_transaction_id),"
             " failed_attempts = coalesce($6, failed_attempts),"
             f" updated_at = $3 WHERE subscription_id = $1 AND status <> 'cancelled' RETURNING {COLUMNS}",
             row["subscription_id"],
@@ -159,6 +170,57 @@ async def end(
             conn, tenant_id=row["tenant_id"], event_type=messages.CANCELLED, data=messages.event_data(done)
         )
     return done
+
+
+async def charge_period(
+    d: Deps,
+    row: asyncpg.Record,
+    now: datetime.datetime,
+    *,
+    fee_bps: int,
+    currency_name: str,
+    deadline: float | None,
+    keep_lease: bool = False,
+) -> asyncpg.Record:
+    """Charge the next period: marked pending (with the request's fee and currency name) before
+    the ledger is asked, then settled or refused by its definite answer. An unknown answer (a
+    timeout, the ledger away) leaves the mark: whoever acts on the row next sends the same charge
+    again first (`resolve`)."""
+    period = row["periods_paid"] + 1
+    await d.pool.execute(
+        "UPDATE subscriptions SET pending_period = $2, pending_fee_bps = $3, pending_currency_name = $4"
+        " WHERE subscription_id = $1",
+        row["subscription_id"],
+        period,
+        fee_bps,
+        currency_name,
+    )
+    outcome = await d.charger.charge(row, period, fee_bps=fee_bps, currency_name=currency_name, deadline=deadline)
+    if isinstance(outcome, Refused):
+        return await fail(d, row, outcome, now, keep_lease=keep_lease)
+    return await settle(d, row, period, outcome, now, keep_lease=keep_lease)
+
+
+async def resolve(d: Deps, row: asyncpg.Record, now: datetime.datetime, deadline: float | None) -> asyncpg.Record:
+    """What an earlier actor left unfinished, finished first (the lease is ours): a charge sent
+    without a definite answer is sent again, the same request under the same key (the ledger
+    replays it if it landed, or applies it now, once: it was due before anything that follows),
+    and recorded; a prorated cancel decided but not made is made. Returns the row as it now is."""
+    if row["status"] != "cancelled" and row["pending_period"] is not None:
+        if row["pending_period"] != row["periods_paid"] + 1:
+            raise RuntimeError(f"subscription {row['subscription_id']}: pending period {row['pending_period']}")
+        row = await charge_period(
+            d,
+            row,
+            now,
+            fee_bps=row["pending_fee_bps"],
+            currency_name=row["pending_currency_name"],
+            deadline=deadline,
+            keep_lease=True,  # the caller goes on with the row
+        )
+    if row["status"] != "cancelled" and row["refund_period"] is not None:
+        row = await prorated_end(d, row, now, deadline)
+    return row
 
 
 def proration(
@@ -191,7 +253,7 @@ async def prorated_end(d: Deps, row: asyncpg.Record, now: datetime.datetime, dea
         period, partner, fee = decided
         row = await d.pool.fetchrow(
             "UPDATE subscriptions SET refund_period = $2, refund_partner_minor = $3, refund_fee_minor = $4,"
-            " refund_decided_at = $5, next_attempt_at = $5, updated_at = $5"
+            " refund_decided_at = $5, next_attempt_at = $5"
             f" WHERE subscription_id = $1 AND refund_period IS NULL RETURNING {COLUMNS}",
             row["subscription_id"],
             period,
@@ -231,9 +293,18 @@ async def charge_first(
     now = await d.clock.now()
     outcome = await d.charger.charge(row, 1, fee_bps=fee_bps, currency_name=currency_name, deadline=deadline)
     if isinstance(outcome, Refused):
-        await d.pool.execute(
-            "DELETE FROM subscriptions WHERE subscription_id = $1 AND status = 'creating'", row["subscription_id"]
+        # Deleted only while the lease is still ours (its expiry is the token): if it ran out and
+        # another worker has taken the row over, that worker's own answer decides.
+        gone = await d.pool.execute(
+            "DELETE FROM subscriptions WHERE subscription_id = $1 AND status = 'creating' AND processing_until = $2",
+            row["subscription_id"],
+            row["processing_until"],
         )
+        if gone != "DELETE 1":
+            raise errors.Conflict(
+                "This subscription is being created; retry with the same idempotency_key.",
+                error_code="SUBSCRIPTION_IN_PROGRESS",
+            )
         return outcome
     return await settle(d, row, 1, outcome, now)
 
@@ -262,7 +333,7 @@ async def _claim(d: Deps, now: datetime.datetime) -> list[asyncpg.Record]:
             "UPDATE subscriptions SET processing_until = now() + make_interval(secs => $1)"
             " WHERE subscription_id IN (SELECT subscription_id FROM subscriptions"
             "   WHERE ((next_attempt_at <= $2 AND status IN ('trialing', 'active', 'past_due'))"
-            "          OR status = 'creating')"
+            "          OR (status = 'creating' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)))"
             "     AND (processing_until IS NULL OR processing_until <= now())"
             "   ORDER BY next_attempt_at NULLS FIRST LIMIT $3 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {COLUMNS}",
@@ -281,28 +352,24 @@ async def process(d: Deps, row: asyncpg.Record, now: datetime.datetime, tally: R
             outcome = await charge_first(d, row, fee_bps=None, currency_name="", deadline=None)
             tally.renewed += 0 if isinstance(outcome, Refused) else 1
             return
-        if row["refund_period"] is not None:  # a prorated cancel a crash interrupted
-            await prorated_end(d, row, now, None)
-            tally.cancelled += 1
+        if row["pending_period"] is not None or row["refund_period"] is not None:  # left unfinished
+            done = await resolve(d, row, now, None)
+            await release(d, sid)  # resolve keeps it for callers that go on; this round does not
+            tally.cancelled += done["status"] == "cancelled"
+            tally.renewed += done["status"] == "active"
             return
         if row["cancel_at_period_end"] and now >= row["current_period_end"]:
             await end(d, row, "requested", now)
             tally.cancelled += 1
             return
         tenant = await asyncio.shield(tally.tenant(d, row["tenant_id"]))
-        period = row["periods_paid"] + 1
-        outcome = await d.charger.charge(
-            row, period, fee_bps=tenant.network_fee_bps, currency_name=tenant.currency_name, deadline=None
+        done = await charge_period(
+            d, row, now, fee_bps=tenant.network_fee_bps, currency_name=tenant.currency_name, deadline=None
         )
-        if isinstance(outcome, Refused):
-            done = await fail(d, row, outcome, now)
-            if done["status"] == "cancelled":
-                tally.cancelled += 1
-            else:
-                tally.past_due += 1
-            return
-        await settle(d, row, period, outcome, now)
-        tally.renewed += 1
+        status = done["status"]
+        tally.renewed += status == "active"
+        tally.past_due += status == "past_due"
+        tally.cancelled += status == "cancelled"
     except TenantAway:
         await release(d, sid, defer_to=now + DEFER)
         tally.deferred += 1

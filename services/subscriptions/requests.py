@@ -185,6 +185,8 @@ async def cancel(
     row = await _locked(d, tenant_id, subscription_id, deadline)
     try:
         now = await d.clock.now()
+        # A charge already on its way, or a prorated cancel decided, is finished first.
+        row = await renewals.resolve(d, row, now, deadline)
         if row["status"] == "cancelled":
             return row, True
         if prorate:
@@ -211,6 +213,7 @@ async def resume(
     row = await _locked(d, tenant_id, subscription_id, deadline)
     try:
         now = await d.clock.now()
+        row = await renewals.resolve(d, row, now, deadline)
         if row["status"] == "cancelled" or (row["cancel_at_period_end"] and now >= row["current_period_end"]):
             raise errors.Conflict(
                 "The subscription has ended; create a new one.", error_code="SUBSCRIPTION_NOT_RESUMABLE"

@@ -20,7 +20,8 @@ COLUMNS = (
     " interval_count, trial_days, metadata::text AS metadata_json, idempotency_key, request_hash, status, anchor,"
     " periods_paid, current_period_start, current_period_end, trial_end, cancel_at_period_end,"
     " cancellation_reason, cancelled_at, failed_attempts, next_attempt_at, last_failure, created_at, updated_at,"
-    " refund_period, refund_partner_minor, refund_fee_minor, refund_transaction_id, refund_decided_at"
+    " refund_period, refund_partner_minor, refund_fee_minor, refund_transaction_id, refund_decided_at,"
+    " pending_period, pending_fee_bps, pending_currency_name, processing_until"
 )
 CHARGE_COLUMNS = (
     "subscription_id, period, transaction_id, total_minor, partner_amount_minor, network_fee_minor,"
