@@ -15,7 +15,7 @@ import pytest
 from invo.v1 import ledger_pb2, ledger_pb2_grpc
 
 from devstack.stack import Stack
-from services.common import grpcutil
+from services.common import errors, grpcutil
 from services.common.config import Settings
 from tests import subscriptions_support as ss
 from tests.helpers import Api, eventually
@@ -162,3 +162,31 @@ async def test_a_prorated_cancel_a_crash_interrupted_is_finished_once_by_the_loo
         "2073", str(2073 + ledger_first)
     ), s
     assert await ss.balance(api, t, email) == "20"  # one refund, however the crash fell
+
+
+async def test_the_ledger_holds_a_refund_to_the_periods_charge(api: Api, stack: Stack) -> None:
+    """RefundSubscriptionPeriod straight to the ledger: a period never charged, or parts over what
+    its charge split, are refused and move nothing."""
+    await ss.set_clock(stack, datetime.datetime(2075, 2, 1, tzinfo=UTC))
+    t = await ss.tenant(api)
+    email = await ss.funded(api, t, "25")
+    sid = (await ss.create(api, t, ss.body(email, price="10"))).body["subscription_id"]
+    channel = grpcutil.channel(stack.env["INVO_LEDGER_ADDR"])
+    try:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        for period, partner, fee, code in ((2, 1, 0, "PREREQUISITE_NOT_FOUND"), (1, 901, 0, "PREREQUISITE_MISMATCH")):
+            request = ledger_pb2.RefundSubscriptionPeriodRequest(
+                tenant_id=t["tenant_id"],
+                player_email=email,
+                subscription_id=sid,
+                period=period,
+                partner_minor=partner,
+                fee_minor=fee,
+            )
+            with pytest.raises(errors.InvoError) as refused:
+                await grpcutil.call(stub.RefundSubscriptionPeriod, request, timeout_s=10)
+            assert refused.value.error_code == code, refused.value
+    finally:
+        await channel.close()
+    assert await ss.balance(api, t, email) == "15"
+    await cancel(api, t, sid, at_once=True)

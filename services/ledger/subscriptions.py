@@ -2,10 +2,14 @@
 cancelled at once with `prorate`): the player credited the unused part of the last paid period,
 taken from the partner's revenue and the network's fee in the parts the subscriptions service
 computed from that period's charge (each rounded down, so they add up to the refund exactly).
-One per (subscription, period): the key is the ledger's, so a retry replays the first result.
+One per (subscription, period): the key is the ledger's, so a retry replays the first result. The
+ledger holds it to that charge: the period's purchase (its own key) must have been applied, to
+this player, and neither part may exceed what that purchase gave the partner and the network.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from invo.v1 import ledger_pb2
 
@@ -32,4 +36,17 @@ def refund_period(r: ledger_pb2.RefundSubscriptionPeriodRequest) -> tuple[Op, st
         postings=[(account, amount) for account, amount in postings if amount],
         metadata={"subscription_id": subscription_id, "period": r.period},
     )
+    partner, fee = r.partner_minor, r.fee_minor
+
+    def fits(purchase: dict[str, Any]) -> str | None:
+        if purchase.get("player") != player:
+            return "the period's charge is another player's"
+        if partner > int(purchase.get("partner_amount", -1)) or fee > int(purchase.get("network_fee", -1)):
+            return "the refund's parts exceed what the period's charge split"
+        return None
+
+    op.requires = validate.scoped_key(
+        tenant_id, ledger_pb2.Idempotency(namespace=NAMESPACE, key=f"{subscription_id}:{r.period}")
+    )
+    op.requires_check = fits
     return op, player
