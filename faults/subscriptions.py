@@ -28,6 +28,7 @@ from faults.flows import Credit, Tenant, World, body_of, settle
 from faults.model import ACKED, REFUSED, UNRESOLVED, Op, Replay
 from faults.payouts import call
 from faults.transfers import units
+from services.common import grpcutil
 
 SUBSCRIPTIONS = "/api/subscriptions"
 FLOW = "subscription"
@@ -103,7 +104,7 @@ class Ticker:
             await stub.SetTestClock(subscriptions_pb2.SetTestClockRequest(now=ts), timeout=2)
 
     async def run(self, stop: asyncio.Event) -> None:
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = grpcutil.channel(self.address)  # every replica's address: one killed is skipped
         stub: Any = subscriptions_pb2_grpc.SubscriptionsServiceStub(channel)
         try:
             while not stop.is_set():

@@ -115,7 +115,7 @@ class Workload:
             op_deadline_s=settings.op_deadline_s,
             processor_stats=Stats("processor"),
         )
-        self.ticker = Ticker(stack.env["INVO_SUBSCRIPTIONS_ADDR"].split(",")[0])
+        self.ticker = Ticker(stack.env["INVO_SUBSCRIPTIONS_ADDR"])
         self.flows: list[Flow] = [f for f, _ in FLOWS]
         self.weights: list[int] = [w for _, w in FLOWS]
 

@@ -1,6 +1,7 @@
 """Two replicas of every service and of the gateway (issue 16): nothing in the network may assume
 it runs once. A network of its own (`INVO_REPLICAS=2`) takes the fault suite's mixed load (item and
-currency purchases, hosted checkouts, refunds, transfers, payouts, webhook deliveries) through both
+currency purchases, hosted checkouts, refunds, transfers, payouts, subscriptions renewed by both
+replicas' renewal loops as the clock moves, webhook deliveries) through both
 gateways while one replica of each service, and then of the gateway, is SIGKILLed in turn; after
 each phase and at the end the fault suite's checks hold: the ledger is consistent, every accepted
 request took effect once, every event was delivered.
@@ -50,6 +51,10 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "INVO_WEBHOOK_RETRY_SCHEDULE_S": "0.2,0.2,0.3,0.3,0.4,0.4",
             "INVO_WEBHOOK_TIMEOUT_S": "2",
             "INVO_ACH_SIM_SETTLE_DELAY_S": "0.3",
+            # The workload's ticker moves the subscriptions' clock a day at a time: both replicas'
+            # renewal loops race for the same due subscriptions, each period charged once.
+            "INVO_SUBSCRIPTIONS_TEST_CLOCK": "on",
+            "INVO_SUBSCRIPTION_RENEWAL_INTERVAL_S": "0.5",
         },
     )
     s.start()
@@ -100,4 +105,6 @@ async def test_mixed_load_loses_and_doubles_nothing_as_one_replica_of_each_is_ki
     findings = [r["findings"] for r in rows if "findings" in r]
     for kind in ("refunds_checked", "sessions_checked", "transfers_checked", "payouts_checked"):
         assert sum(int(f.get(kind, 0)) for f in findings) > 0, (kind, findings[-1])
+    # Renewals made by both replicas' loops, each held to one charge a period by the checks.
+    assert findings[-1]["subscriptions_checked"] > 0 and findings[-1]["subscription_renewals"] > 0, findings[-1]
     assert replicated.dead() == []
