@@ -7,23 +7,14 @@ import json
 from typing import Any
 
 import asyncpg
-from google.protobuf.timestamp_pb2 import Timestamp
 from invo.v1 import subscriptions_pb2
 
-from services.common import money
+from services.common import grpcutil, money
 
 CREATED = "subscription.created"
 RENEWED = "subscription.renewed"
 PAST_DUE = "subscription.past_due"
 CANCELLED = "subscription.cancelled"
-
-
-def _ts(at: datetime.datetime | None) -> Timestamp | None:
-    if at is None:
-        return None
-    t = Timestamp()
-    t.FromDatetime(at)
-    return t
 
 
 def _iso(at: datetime.datetime | None) -> str | None:
@@ -38,9 +29,9 @@ def charge_message(c: asyncpg.Record) -> subscriptions_pb2.Charge:
         partner_amount_minor=c["partner_amount_minor"],
         network_fee_minor=c["network_fee_minor"],
         new_balance_minor=c["new_balance_minor"],
-        period_start=_ts(c["period_start"]),
-        period_end=_ts(c["period_end"]),
-        charged_at=_ts(c["charged_at"]),
+        period_start=grpcutil.timestamp(c["period_start"]),
+        period_end=grpcutil.timestamp(c["period_end"]),
+        charged_at=grpcutil.timestamp(c["charged_at"]),
     )
 
 
@@ -55,18 +46,18 @@ def subscription_message(row: asyncpg.Record, charge: asyncpg.Record | None) -> 
         interval=row["interval"],
         interval_count=row["interval_count"],
         status=row["status"],
-        current_period_start=_ts(row["current_period_start"]),
-        current_period_end=_ts(row["current_period_end"]),
-        trial_end=_ts(row["trial_end"]),
+        current_period_start=grpcutil.timestamp(row["current_period_start"]),
+        current_period_end=grpcutil.timestamp(row["current_period_end"]),
+        trial_end=grpcutil.timestamp(row["trial_end"]),
         cancel_at_period_end=row["cancel_at_period_end"],
         cancellation_reason=row["cancellation_reason"] or "",
-        cancelled_at=_ts(row["cancelled_at"]),
+        cancelled_at=grpcutil.timestamp(row["cancelled_at"]),
         periods_paid=row["periods_paid"],
         failed_attempts=row["failed_attempts"],
-        next_attempt_at=_ts(row["next_attempt_at"]),
+        next_attempt_at=grpcutil.timestamp(row["next_attempt_at"]),
         metadata_json=row["metadata_json"],
-        created_at=_ts(row["created_at"]),
-        updated_at=_ts(row["updated_at"]),
+        created_at=grpcutil.timestamp(row["created_at"]),
+        updated_at=grpcutil.timestamp(row["updated_at"]),
         last_charge=charge_message(charge) if charge is not None else None,
         refund=subscriptions_pb2.ProratedRefund(
             period=row["refund_period"],

@@ -174,6 +174,22 @@ async def _locked(d: Deps, tenant_id: str, subscription_id: str, deadline: float
         await asyncio.sleep(WAIT_STEP_S)
 
 
+async def _at_period_end(
+    d: Deps, row: asyncpg.Record, cancel: bool, now: datetime.datetime
+) -> tuple[asyncpg.Record, bool]:
+    """A cancel at the period's end asked for (or taken back); (row, duplicate: it was so already)."""
+    if row["cancel_at_period_end"] == cancel:
+        return row, True
+    done = await d.pool.fetchrow(
+        "UPDATE subscriptions SET cancel_at_period_end = $2, updated_at = $3"
+        f" WHERE subscription_id = $1 RETURNING {COLUMNS}",
+        row["subscription_id"],
+        cancel,
+        now,
+    )
+    return done, False
+
+
 async def cancel(
     d: Deps, tenant_id: str, subscription_id: str, *, at_once: bool, prorate: bool, deadline: float | None
 ) -> tuple[asyncpg.Record, bool]:
@@ -193,15 +209,7 @@ async def cancel(
             return await renewals.prorated_end(d, row, now, deadline), False
         if at_once or row["status"] == "past_due":
             return await renewals.end(d, row, "requested", now), False
-        if row["cancel_at_period_end"]:
-            return row, True
-        done = await d.pool.fetchrow(
-            "UPDATE subscriptions SET cancel_at_period_end = true, updated_at = $2"
-            f" WHERE subscription_id = $1 RETURNING {COLUMNS}",
-            row["subscription_id"],
-            now,
-        )
-        return done, False
+        return await _at_period_end(d, row, True, now)
     finally:
         await renewals.release(d, row["subscription_id"])
 
@@ -218,14 +226,6 @@ async def resume(
             raise errors.Conflict(
                 "The subscription has ended; create a new one.", error_code="SUBSCRIPTION_NOT_RESUMABLE"
             )
-        if not row["cancel_at_period_end"]:
-            return row, True
-        done = await d.pool.fetchrow(
-            "UPDATE subscriptions SET cancel_at_period_end = false, updated_at = $2"
-            f" WHERE subscription_id = $1 RETURNING {COLUMNS}",
-            row["subscription_id"],
-            now,
-        )
-        return done, False
+        return await _at_period_end(d, row, False, now)
     finally:
         await renewals.release(d, row["subscription_id"])
