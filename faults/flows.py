@@ -50,6 +50,9 @@ class World:
     rng: random.Random
     op_deadline_s: float
     processor_stats: Stats  # the cardholder's calls to the processor, apart from the gateway's
+    # The workload's ticker of the subscriptions service's clock (faults.subscriptions.Ticker;
+    # None: nothing moves the clock, as in a test that moves it itself).
+    subscription_clock: Any = None
 
     def pick(self) -> tuple[Tenant, str]:
         tenant = self.rng.choice(self.tenants)

@@ -6,8 +6,10 @@ most one charge per period against the ledger's own entries (`faults.subscriptio
   debit of the price; `periods_paid` never more than the credit paid for (PERIODS_FUNDED), and
   `status` `active` while a period is paid, `past_due` or `cancelled` (`payment_failed`) after.
 - A renewal's charge can be in flight when the check reads (the ledger's write lands before the
-  subscription records it, and a crashed holder's lease runs out after INVO_RPC_TIMEOUT_S * 2 + 5):
-  a mismatch is read again, with the entries, until SETTLE_WAIT_S has passed.
+  subscription records it, and a crashed holder's lease runs out after INVO_RPC_TIMEOUT_S * 2 + 5),
+  and a subscription the ticker's last move made due may not be renewed yet: it is read again, with
+  the entries, until it is settled (cancelled, or next due after the clock as the ticker left it)
+  and agrees, or SETTLE_WAIT_S has passed.
 - Each renewal found becomes an operation of the model (flow `subscription_renewal`, the debit
   under its transaction), so the generic checks hold it to exactly once and expect its
   `item.purchased`; its `subscription.renewed` is allowed (the entries do not say which period a
@@ -59,6 +61,15 @@ def _problems(op: Op, view: dict[str, Any], charges: dict[str, int]) -> list[str
     return out
 
 
+def _settled(view: dict[str, Any], world: World) -> bool:
+    """Nothing more will happen to it until the clock moves again: cancelled, or due after it."""
+    if world.subscription_clock is None or view.get("status") == "cancelled":
+        return True
+    due = view.get("next_attempt_at")
+    clock = world.subscription_clock.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return isinstance(due, str) and due > clock  # both UTC in one format: text order is time order
+
+
 async def check_subscriptions(
     world: World,
     moved: PlayerTxns,
@@ -73,6 +84,8 @@ async def check_subscriptions(
     known = {op.transaction_id for op in world.model.ops if op.flow in (FLOW, RENEWAL_FLOW)}
     until = min(deadline, time.monotonic() + SETTLE_WAIT_S)
     wrong: list[dict[str, Any]] = []
+    if creates and world.subscription_clock is not None and not await world.subscription_clock.pin(until):
+        wrong.append({"subscription_id": "", "problems": ["the subscriptions service never took the clock back"]})
     for op in creates:
         tenant = world.tenants[op.tenant]
         for i in range(1000):
@@ -82,6 +95,8 @@ async def check_subscriptions(
             view = body_of(answer)
             charges = _charges(op, moved, kinds)
             problems = [f"read answered {answer.status}"] if answer.status != 200 else _problems(op, view, charges)
+            if not problems and not _settled(view, world):
+                problems = [f"still due: next attempt {view.get('next_attempt_at')} by the clock"]
             if not problems or time.monotonic() >= until:
                 break
             await backoff(i)

@@ -90,27 +90,47 @@ class Subscription:
 
 class Ticker:
     """The subscriptions service's clock, moved a day every TICK_S while a phase's load runs, on
-    from where the last phase left it (a refused or lost call, the service killed by a fault, is
-    tried at the next tick; the day passes all the same)."""
+    from where the last phase left it. `at` is the last time the service confirmed; a refused or
+    lost call (the service killed by a fault) is tried at the next tick. The check pins the clock
+    to `at` before it reads (`pin`), so what it calls due is what the service calls due."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.at = datetime.datetime.now(datetime.UTC)
 
-    async def set(self, stub: Any) -> None:
+    async def _set(self, stub: Any, at: datetime.datetime) -> bool:
         ts = Timestamp()
-        ts.FromDatetime(self.at)
-        with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+        ts.FromDatetime(at)
+        try:
             await stub.SetTestClock(subscriptions_pb2.SetTestClockRequest(now=ts), timeout=2)
+        except (TimeoutError, grpc.RpcError):
+            return False
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         channel = grpcutil.channel(self.address)  # every replica's address: one killed is skipped
         stub: Any = subscriptions_pb2_grpc.SubscriptionsServiceStub(channel)
         try:
             while not stop.is_set():
-                self.at += TICK
-                await self.set(stub)
+                if await self._set(stub, self.at + TICK):
+                    self.at += TICK
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=TICK_S)  # the ticker's pace, until the load stops
+        finally:
+            await channel.close()
+
+    async def pin(self, deadline: float) -> bool:
+        """The service's clock set to `at` again (a tick whose answer was lost may have moved it
+        on), tried until the deadline; False if it never answered."""
+        channel = grpcutil.channel(self.address)
+        stub: Any = subscriptions_pb2_grpc.SubscriptionsServiceStub(channel)
+        try:
+            for i in range(1000):
+                if await self._set(stub, self.at):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(min(1.0, 0.05 * 2**i))  # a retry's pace while the service restarts
+            return False
         finally:
             await channel.close()

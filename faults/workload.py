@@ -116,6 +116,7 @@ class Workload:
             processor_stats=Stats("processor"),
         )
         self.ticker = Ticker(stack.env["INVO_SUBSCRIPTIONS_ADDR"])
+        self.world.subscription_clock = self.ticker
         self.flows: list[Flow] = [f for f, _ in FLOWS]
         self.weights: list[int] = [w for _, w in FLOWS]
 
