@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -55,9 +56,16 @@ class Lease:
         )
 
     async def claim_batch(
-        self, conn: asyncpg.Connection | asyncpg.Pool, *, where: str, order_by: str, limit: int
+        self,
+        conn: asyncpg.Connection | asyncpg.Pool,
+        *,
+        where: str,
+        order_by: str,
+        limit: int,
+        args: Sequence[object] = (),
     ) -> list[asyncpg.Record]:
-        """Take the leases of up to `limit` free rows where `where` holds, in `order_by` order."""
+        """Take the leases of up to `limit` free rows where `where` holds, in `order_by` order.
+        `where` takes its values from `args` as $3, $4, ... ($1 and $2 are the lease's own)."""
         if limit < 1:
             raise ValueError("limit must be positive")
         return list(
@@ -68,6 +76,7 @@ class Lease:
                 f" RETURNING {self.columns}",
                 self.duration_s,
                 limit,
+                *args,
             )
         )
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import asyncpg
 
-from services.common import errors, events, ids, money
+from services.common import errors, events, money
 from services.subscriptions import calendar, messages
 from services.subscriptions.charges import Charged, Refused, TenantAway
 from services.subscriptions.deps import Deps
-from services.subscriptions.store import COLUMNS
+from services.subscriptions.store import COLUMNS, in_progress
 
 log = logging.getLogger("invo.subscriptions.renewals")
 DEFER = datetime.timedelta(hours=1)
@@ -111,7 +111,8 @@ async def fail(
     steps = d.retry_schedule_s
     if attempts > len(steps):
         return await end(d, row, "payment_failed", now, failure=refused.error_code, failed_attempts=attempts)
-    due = calendar.period_end(row["anchor"], row["interval"], row["interval_count"], row["periods_paid"])
+    unpaid = bounds(row, row["periods_paid"] + 1)
+    due = unpaid[0]
     gap = steps[attempts - 1] - (steps[attempts - 2] if attempts >= 2 else 0.0)
     retry_at = max(due + datetime.timedelta(seconds=steps[attempts - 1]), now + datetime.timedelta(seconds=gap))
     async with d.pool.acquire() as conn, conn.transaction():
@@ -132,9 +133,7 @@ async def fail(
                 conn,
                 tenant_id=row["tenant_id"],
                 event_type=messages.PAST_DUE,
-                data=messages.event_data(
-                    done, period=row["periods_paid"] + 1, dates=bounds(row, row["periods_paid"] + 1)
-                ),
+                data=messages.event_data(done, period=row["periods_paid"] + 1, dates=unpaid),
             )
     return done or row
 
@@ -301,10 +300,7 @@ async def charge_first(
             row["processing_until"],
         )
         if gone != "DELETE 1":
-            raise errors.Conflict(
-                "This subscription is being created; retry with the same idempotency_key.",
-                error_code="SUBSCRIPTION_IN_PROGRESS",
-            )
+            raise in_progress()
         return outcome
     return await settle(d, row, 1, outcome, now)
 
@@ -328,19 +324,13 @@ class Round:
 async def _claim(d: Deps, now: datetime.datetime) -> list[asyncpg.Record]:
     """The leases of up to `batch` subscriptions due by `now` (and of creates a crash left), free ones
     only, skipping rows another replica is claiming."""
-    return list(
-        await d.pool.fetch(
-            "UPDATE subscriptions SET processing_until = now() + make_interval(secs => $1)"
-            " WHERE subscription_id IN (SELECT subscription_id FROM subscriptions"
-            "   WHERE ((next_attempt_at <= $2 AND status IN ('trialing', 'active', 'past_due'))"
-            "          OR (status = 'creating' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)))"
-            "     AND (processing_until IS NULL OR processing_until <= now())"
-            "   ORDER BY next_attempt_at NULLS FIRST LIMIT $3 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {COLUMNS}",
-            d.lease_s,
-            now,
-            d.batch,
-        )
+    return await d.store.lease.claim_batch(
+        d.pool,
+        where="(next_attempt_at <= $3 AND status IN ('trialing', 'active', 'past_due'))"
+        " OR (status = 'creating' AND (next_attempt_at IS NULL OR next_attempt_at <= $3))",
+        order_by="next_attempt_at NULLS FIRST",
+        limit=d.batch,
+        args=(now,),
     )
 
 
@@ -398,7 +388,3 @@ async def renew_due(d: Deps) -> Round:
         for task in tally.tenants.values():
             task.cancel()
     return tally
-
-
-def new_id() -> str:
-    return ids.new_id("sub")

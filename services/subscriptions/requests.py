@@ -13,14 +13,19 @@ import time
 import asyncpg
 from invo.v1 import subscriptions_pb2
 
-from services.common import errors, events, idempotency
+from services.common import errors, events, idempotency, ids
 from services.subscriptions import calendar, messages, renewals
 from services.subscriptions.charges import Refused
 from services.subscriptions.deps import Deps
-from services.subscriptions.store import COLUMNS
+from services.subscriptions.store import COLUMNS, in_progress
 
 WAIT_STEP_S = 0.05
 WAIT_MAX_S = 10.0
+
+
+def _give_up(deadline: float | None) -> float:
+    """When a wait for another holder's lease ends: WAIT_MAX_S from now, or the caller's deadline."""
+    return time.monotonic() + min(WAIT_MAX_S, (deadline - time.monotonic()) if deadline else WAIT_MAX_S)
 
 
 def _refused(r: Refused) -> errors.PaymentRequired:
@@ -77,7 +82,7 @@ async def _insert(
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16, $17, $18, $19,"
             " $16, $16, CASE WHEN $20 THEN NULL ELSE now() + make_interval(secs => $21) END)"
             f" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {COLUMNS}",
-            renewals.new_id(),
+            ids.new_id("sub"),
             req.tenant_id,
             req.environment,
             req.player_email,
@@ -116,7 +121,7 @@ async def create(
     """(subscription, duplicate). 402 when the first period cannot be paid (nothing is kept)."""
     _check(req)
     digest = _digest(req)
-    give_up = time.monotonic() + min(WAIT_MAX_S, (deadline - time.monotonic()) if deadline else WAIT_MAX_S)
+    give_up = _give_up(deadline)
     while True:
         existing = await d.pool.fetchrow(
             f"SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND idempotency_key = $2",
@@ -131,10 +136,7 @@ async def create(
             mine = await d.store.lease.claim(d.pool, existing["subscription_id"], where="status = 'creating'")
             if mine is None:
                 if time.monotonic() > give_up:
-                    raise errors.Conflict(
-                        "This subscription is being created; retry with the same idempotency_key.",
-                        error_code="SUBSCRIPTION_IN_PROGRESS",
-                    )
+                    raise in_progress()
                 await asyncio.sleep(WAIT_STEP_S)
                 continue
             duplicate = True
@@ -162,7 +164,7 @@ async def create(
 async def _locked(d: Deps, tenant_id: str, subscription_id: str, deadline: float | None) -> asyncpg.Record:
     """The subscription with its lease ours, waiting for a renewal in flight to finish."""
     row = await d.store.visible(subscription_id, tenant_id)
-    give_up = time.monotonic() + min(WAIT_MAX_S, (deadline - time.monotonic()) if deadline else WAIT_MAX_S)
+    give_up = _give_up(deadline)
     while True:
         mine = await d.store.lease.claim(d.pool, row["subscription_id"], where="status <> 'creating'")
         if mine is not None:

@@ -33,6 +33,14 @@ def not_found() -> errors.NotFound:
     return errors.NotFound("No such subscription.", error_code="SUBSCRIPTION_NOT_FOUND")
 
 
+def in_progress() -> errors.Conflict:
+    """A create whose row another worker holds (still charging its first period)."""
+    return errors.Conflict(
+        "This subscription is being created; retry with the same idempotency_key.",
+        error_code="SUBSCRIPTION_IN_PROGRESS",
+    )
+
+
 class Clock:
     """The service's time. With the test clock on, the time SetTestClock last set (the system's
     until then); read from the database, so every replica agrees."""
