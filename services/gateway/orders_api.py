@@ -16,7 +16,7 @@ from services.gateway.context import ctx_of
 from services.gateway.http import json_response
 from services.gateway.orders_schema import AdminRefundOut, RefundBody
 from services.gateway.payments_schema import OrderDetails
-from services.gateway.tenants_api import iso
+from services.gateway.tenants_api import iso, iso_of
 
 admin = declare.Table(security=declare.OPERATOR)
 
@@ -37,10 +37,6 @@ class Refunded(answers.Answer):
     duplicate: bool
 
 
-def _time(msg: Any, field: str) -> str | None:
-    return iso(getattr(msg, field)) if msg.HasField(field) else None
-
-
 def refund_json(r: payments_pb2.Refund, *, admin: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "refund_id": r.refund_id,
@@ -54,7 +50,7 @@ def refund_json(r: payments_pb2.Refund, *, admin: bool) -> dict[str, Any]:
         "new_balance": money.format_units(r.new_balance_minor) if r.HasField("new_balance_minor") else None,
         "failure_message": r.failure_message or None,
         "created_at": iso(r.created_at),
-        "applied_at": _time(r, "applied_at"),
+        "applied_at": iso_of(r, "applied_at"),
     }
     if admin:
         out["operator_id"] = r.operator_id or None
@@ -79,7 +75,7 @@ def order_json(o: payments_pb2.Order, *, admin: bool = False) -> dict[str, Any]:
         "metadata": json.loads(o.metadata_json or "{}"),
         "created_at": iso(o.created_at),
         "updated_at": iso(o.updated_at),
-        "completed_at": _time(o, "completed_at"),
+        "completed_at": iso_of(o, "completed_at"),
         "history": [
             {"from": t.from_status or None, "to": t.to_status, "source": t.source, "reason": t.reason, "at": iso(t.at)}
             for t in o.history
@@ -101,7 +97,7 @@ def order_json(o: payments_pb2.Order, *, admin: bool = False) -> dict[str, Any]:
                 "currency_frozen": money.format_units(d.frozen_minor),
                 "currency_debited": money.format_units(d.clawed_minor),
                 "created_at": iso(d.created_at),
-                "closed_at": _time(d, "closed_at"),
+                "closed_at": iso_of(d, "closed_at"),
             }
             for d in o.disputes
         ],

@@ -27,14 +27,10 @@ from services.gateway.payouts_schema import (
     PayoutQuery,
     RejectBody,
 )
-from services.gateway.tenants_api import iso
+from services.gateway.tenants_api import iso, iso_of
 
 public = declare.Table(security=declare.SDK_KEY)
 admin = declare.Table(security=declare.OPERATOR)
-
-
-def _time(msg: Any, field: str) -> str | None:
-    return iso(getattr(msg, field)) if msg.HasField(field) else None
 
 
 def payout_json(p: payouts_pb2.Payout, *, history: bool = True, admin: bool = False) -> dict[str, Any]:
@@ -56,9 +52,9 @@ def payout_json(p: payouts_pb2.Payout, *, history: bool = True, admin: bool = Fa
         "return_reason": p.return_reason or None,
         "created_at": iso(p.created_at),
         "updated_at": iso(p.updated_at),
-        "approved_at": _time(p, "approved_at"),
-        "completed_at": _time(p, "completed_at"),
-        "ended_at": _time(p, "ended_at"),
+        "approved_at": iso_of(p, "approved_at"),
+        "completed_at": iso_of(p, "completed_at"),
+        "ended_at": iso_of(p, "ended_at"),
     }
     if history:
         out["history"] = [

@@ -23,13 +23,9 @@ from services.gateway.subscriptions_schema import (
     SubscriptionOut,
     SubscriptionQuery,
 )
-from services.gateway.tenants_api import iso
+from services.gateway.tenants_api import iso, iso_of
 
 public = declare.Table(security=declare.SDK_KEY)
-
-
-def _time(msg: Any, field: str) -> str | None:
-    return iso(getattr(msg, field)) if msg.HasField(field) else None
 
 
 def subscription_json(s: subscriptions_pb2.Subscription) -> dict[str, Any]:
@@ -44,13 +40,13 @@ def subscription_json(s: subscriptions_pb2.Subscription) -> dict[str, Any]:
         "interval_count": s.interval_count,
         "status": s.status,
         "current_period": {"start": iso(s.current_period_start), "end": iso(s.current_period_end)},
-        "trial_end": _time(s, "trial_end"),
+        "trial_end": iso_of(s, "trial_end"),
         "cancel_at_period_end": s.cancel_at_period_end,
         "cancellation_reason": s.cancellation_reason or None,
-        "cancelled_at": _time(s, "cancelled_at"),
+        "cancelled_at": iso_of(s, "cancelled_at"),
         "periods_paid": s.periods_paid,
         "failed_attempts": s.failed_attempts,
-        "next_attempt_at": _time(s, "next_attempt_at"),
+        "next_attempt_at": iso_of(s, "next_attempt_at"),
         "last_charge": {
             "period": c.period,
             "transaction_id": c.transaction_id,

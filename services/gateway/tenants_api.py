@@ -64,6 +64,11 @@ def iso(ts: timestamp_pb2.Timestamp) -> str:
     return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_of(msg: Any, field: str) -> str | None:
+    """A message's optional Timestamp field as `iso` writes it, or None when it is unset."""
+    return iso(getattr(msg, field)) if msg.HasField(field) else None
+
+
 def percentage(bps: int) -> str:
     return money.format_scaled(bps, places=2, trim=True)
 
