@@ -33,8 +33,13 @@ PRUNE_EVERY_ROUNDS = 3000
 RELAY_BACKOFF_MAX_S = 5.0
 
 
+def iso(at: datetime.datetime | None) -> str | None:
+    """A time as events write it ("2026-11-24T12:34:56Z", UTC), or None."""
+    return None if at is None else at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def envelope(*, event_id: str, event_type: str, tenant_id: str, data: dict[str, Any]) -> str:
-    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = iso(datetime.datetime.now(datetime.UTC))
     return json.dumps(
         {
             "event_id": event_id,

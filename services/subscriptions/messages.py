@@ -9,16 +9,12 @@ from typing import Any
 import asyncpg
 from invo.v1 import subscriptions_pb2
 
-from services.common import grpcutil, money
+from services.common import events, grpcutil, money
 
 CREATED = "subscription.created"
 RENEWED = "subscription.renewed"
 PAST_DUE = "subscription.past_due"
 CANCELLED = "subscription.cancelled"
-
-
-def _iso(at: datetime.datetime | None) -> str | None:
-    return None if at is None else at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def charge_message(c: asyncpg.Record) -> subscriptions_pb2.Charge:
@@ -104,13 +100,13 @@ def event_data(
         "status": row["status"],
         "period": {
             "number": row["periods_paid"] if period is None else period,
-            "start": _iso(dates[0] if dates else row["current_period_start"]),
-            "end": _iso(dates[1] if dates else row["current_period_end"]),
+            "start": events.iso(dates[0] if dates else row["current_period_start"]),
+            "end": events.iso(dates[1] if dates else row["current_period_end"]),
         },
         "cancel_at_period_end": row["cancel_at_period_end"],
         "cancellation_reason": row["cancellation_reason"],
         "failed_attempts": row["failed_attempts"],
-        "next_attempt_at": _iso(row["next_attempt_at"]),
+        "next_attempt_at": events.iso(row["next_attempt_at"]),
         "transaction_id": None,
         "total": None,
         "partner_amount": None,

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import transfers_pb2
 
-from services.common import grpcutil, money
+from services.common import events, grpcutil, money
 from services.transfers import phones
 from services.transfers.store import SELF
 
@@ -87,10 +87,6 @@ def transfer_message(
     return msg
 
 
-def _iso(value: Any) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
-
 def event_data(row: asyncpg.Record, role: str) -> dict[str, Any]:
     """The webhook payload of a transfer that ended (completed, cancelled, expired) for one side.
 
@@ -120,8 +116,8 @@ def event_data(row: asyncpg.Record, role: str) -> dict[str, Any]:
         "transaction_id": row["release_transaction_id"],
         "new_balance": money.format_units(balance) if balance is not None else None,
         "reason": row["end_reason"],
-        "created_at": _iso(row["created_at"]),
-        "ended_at": _iso(row["ended_at"]),
+        "created_at": events.iso(row["created_at"]),
+        "ended_at": events.iso(row["ended_at"]),
     }
 
 
