@@ -14,9 +14,11 @@ from invo.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
 from devstack.stack import Stack
 from tests.helpers import Api, Response
+from tests.payments_support import balance
 from tests.stream_support import read_events
 
 UTC = datetime.UTC
+__all__ = ["balance"]  # the player's balance read, payments_support's
 
 
 def key() -> str:
@@ -58,12 +60,6 @@ async def get(api: Api, t: dict[str, Any], subscription_id: str) -> dict[str, An
     resp = await api.get(f"/api/subscriptions/{subscription_id}", key=t["sdk_key"])
     assert resp.status == 200, resp
     return dict(resp.body)
-
-
-async def balance(api: Api, t: dict[str, Any], email: str) -> str:
-    resp = await api.get(f"/api/players/balance?player_email={email}", key=t["sdk_key"])
-    assert resp.status == 200, resp
-    return str(resp.body["balance"])
 
 
 def _stub(stack: Stack) -> tuple[grpc.aio.Channel, Any]:
