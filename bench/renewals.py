@@ -105,7 +105,7 @@ async def renewals(b: Bench) -> Run:
             )
             run.latencies_s += [time.monotonic() - moved] * (done - seen)
             seen = done
-        run.elapsed_s = max(1e-6, (moved + run.latencies_s[-1]) - moved) if run.latencies_s else DRAIN_TIMEOUT_S
+        run.elapsed_s = max(1e-6, run.latencies_s[-1]) if run.latencies_s else DRAIN_TIMEOUT_S
         if load.OBSERVER is not None:
             run.extra["database"] = await load.OBSERVER.end()
         wrong = await conn.fetchval(

@@ -33,13 +33,18 @@ PlayerTxns = dict[tuple[int, str], dict[str, int]]
 TxnKinds = dict[tuple[int, str], str]
 
 
-def _charges(op: Op, moved: PlayerTxns, kinds: TxnKinds) -> dict[str, int]:
-    """The subscriber's item purchases in the ledger: transaction -> minor moved on its wallet."""
-    return {
-        txn: players[op.player]
-        for (tenant, txn), players in moved.items()
-        if tenant == op.tenant and op.player in players and kinds.get((tenant, txn)) == "item_purchase"
-    }
+Purchases = dict[tuple[int, str], dict[str, int]]  # (tenant, player) -> {transaction: minor moved}
+
+
+def _purchases(moved: PlayerTxns, kinds: TxnKinds) -> Purchases:
+    """Every player's item purchases in the ledger as read so far, indexed once per read (each
+    subscriber's are looked up, not searched for among every transaction of the run)."""
+    out: Purchases = {}
+    for (tenant, txn), players in moved.items():
+        if kinds.get((tenant, txn)) == "item_purchase":
+            for player, amount in players.items():
+                out.setdefault((tenant, player), {})[txn] = amount
+    return out
 
 
 def _problems(op: Op, view: dict[str, Any], charges: dict[str, int]) -> list[str]:
@@ -86,6 +91,7 @@ async def check_subscriptions(
     wrong: list[dict[str, Any]] = []
     if creates and world.subscription_clock is not None and not await world.subscription_clock.pin(until):
         wrong.append({"subscription_id": "", "problems": ["the subscriptions service never took the clock back"]})
+    purchases = _purchases(moved, kinds)
     for op in creates:
         tenant = world.tenants[op.tenant]
         for i in range(1000):
@@ -93,7 +99,7 @@ async def check_subscriptions(
                 "GET", f"{SUBSCRIPTIONS}/{op.subscription_id}", key=tenant.sdk_key, deadline=deadline, stats=stats
             )
             view = body_of(answer)
-            charges = _charges(op, moved, kinds)
+            charges = purchases.get((op.tenant, op.player), {})  # the only thing a subscriber buys
             problems = [f"read answered {answer.status}"] if answer.status != 200 else _problems(op, view, charges)
             if not problems and not _settled(view, world):
                 problems = [f"still due: next attempt {view.get('next_attempt_at')} by the clock"]
@@ -101,6 +107,7 @@ async def check_subscriptions(
                 break
             await backoff(i)
             await reread(deadline)
+            purchases = _purchases(moved, kinds)
         if problems:
             wrong.append(
                 {**op.summary(), "problems": problems, "read": {k: view.get(k) for k in ("status", "periods_paid")}}

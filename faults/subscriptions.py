@@ -27,7 +27,7 @@ from invo.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 from faults.flows import Credit, Tenant, World, body_of, settle
 from faults.model import ACKED, REFUSED, UNRESOLVED, Op, Replay
 from faults.payouts import call
-from faults.transfers import units
+from faults.transfers import backoff, units
 from services.common import grpcutil
 
 SUBSCRIPTIONS = "/api/subscriptions"
@@ -130,7 +130,7 @@ class Ticker:
                     return True
                 if time.monotonic() >= deadline:
                     return False
-                await asyncio.sleep(min(1.0, 0.05 * 2**i))  # a retry's pace while the service restarts
+                await backoff(i)  # while the service restarts
             return False
         finally:
             await channel.close()
