@@ -17,7 +17,7 @@ import asyncpg
 
 from services.common import errors
 from services.common.leases import Lease
-from services.common.transitions import Lifecycle
+from services.common.transitions import Event, Lifecycle
 
 ORDER_ID_RE = re.compile(r"^ord_[0-9A-Z]{26}$")
 UNSETTLED = ("pending_payment", "requires_action")
@@ -142,14 +142,14 @@ class OrderStore:
     async def insert(self, conn: asyncpg.Connection, new: NewOrder) -> asyncpg.Record | None:
         """A new order in pending_payment, leased to the caller, with its first audit row; None if
         the reference was taken meanwhile (the unique key decides, the loser answers as a replay)."""
-        row = await conn.fetchrow(
-            f"INSERT INTO orders (order_id, tenant_id, purchase_reference, request_hash, environment,"
-            f" player_email, identity_id, usd_cents, currency_amount, currency_name, payment_method_id,"
-            f" status, metadata, processing_until, processor_customer_id, save_card)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending_payment', $12::jsonb,"
-            f"   now() + make_interval(secs => $13), $14, $15)"
-            f" ON CONFLICT (tenant_id, purchase_reference) WHERE {_VISIBLE} DO NOTHING"
-            f" RETURNING {COLUMNS}",
+        return await LIFECYCLE.insert(
+            conn,
+            "INSERT INTO orders (order_id, tenant_id, purchase_reference, request_hash, environment,"
+            " player_email, identity_id, usd_cents, currency_amount, currency_name, payment_method_id,"
+            " status, metadata, processing_until, processor_customer_id, save_card)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending_payment', $12::jsonb,"
+            "   now() + make_interval(secs => $13), $14, $15)"
+            f" ON CONFLICT (tenant_id, purchase_reference) WHERE {_VISIBLE} DO NOTHING",
             new.order_id,
             new.tenant_id,
             new.purchase_reference,
@@ -165,23 +165,24 @@ class OrderStore:
             self.lease.duration_s,
             new.customer_id or None,
             new.save_card,
+            source="api",
+            reason="order created",
         )
-        if row is not None:
-            await LIFECYCLE.record_created(conn, new.order_id, "pending_payment", source="api", reason="order created")
-        return row
 
     async def move(
         self,
-        conn: asyncpg.Connection,
+        conn: asyncpg.Connection | asyncpg.Pool,
         order_id: str,
         to_status: str,
         *,
         source: str,
         reason: str,
         sets: dict[str, Any] | None = None,
+        event: Event | None = None,
     ) -> asyncpg.Record | None:
-        """Move the order if the lifecycle allows it from where it is now; None if not."""
-        return await LIFECYCLE.move(conn, order_id, to_status, source=source, reason=reason, sets=sets)
+        """Move the order if the lifecycle allows it from where it is now (and write `event` if it
+        moved); None if not."""
+        return await LIFECYCLE.move(conn, order_id, to_status, source=source, reason=reason, sets=sets, event=event)
 
     async def void(self, order_id: str, *, source: str, reason: str) -> None:
         """The processor refused the request before any PaymentIntent existed: the order fails

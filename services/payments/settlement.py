@@ -6,8 +6,9 @@ confirm-payment, or the processor's webhook. Every path ends in `complete()`:
 1. the ledger's CreditPurchase with the idempotency key `order:<order_id>`, so a second caller gets
    the first credit back instead of a second one; its timeout is what is left of the caller's
    deadline (at most INVO_RPC_TIMEOUT_S), so we never keep working for a caller who has gone;
-2. one payments transaction that moves the order to `completed` only if it is still unsettled,
-   records the transition and writes `purchase.completed` to the outbox.
+2. one payments statement that moves the order to `completed` only if it is still unsettled,
+   records the transition and writes `purchase.completed` to the outbox (from a webhook, in the
+   transaction that also marks the event handled).
 
 A crash between the two leaves an unsettled order whose lease runs out; the recovery loop looks up
 the order's stored PaymentIntent at the processor and completes it.
@@ -21,6 +22,7 @@ for, and failing it would tell the partner nothing was charged when something wa
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from services.common import events, money
+from services.common.transitions import Event
 from services.payments import inbox
 from services.payments.ledger_client import LedgerClient
 from services.payments.orders import UNSETTLED, OrderStore
@@ -129,30 +132,39 @@ class Settlement:
         if why:
             return await self._hold_for_review(row, why, payment_intent_id, event_id=event_id), False
         credit = await self.ledger.credit_purchase(row, payment_intent_id, deadline=deadline)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if event_id is not None and not await inbox.mark_handled(conn, event_id, "applied"):
+        sets = {
+            "transaction_id": credit.transaction_id,
+            "new_balance": credit.balance_minor,
+            "debt_repaid": debt_repaid(row["currency_amount"], credit.balance_minor),
+            "payment_intent_id": payment_intent_id or None,
+            "charge_id": outcome.charge_id or None,
+            "completed_at": datetime.datetime.now(datetime.UTC),
+            "processing_until": None,
+        }
+        # The event names the order's own fields, which no move changes, and what this one sets.
+        event = Event(row["tenant_id"], "purchase.completed", completed_event({**dict(row), **sets}))
+        move = functools.partial(
+            self.store.move,
+            order_id=row["order_id"],
+            to_status="completed",
+            source=source,
+            reason="charge succeeded; currency credited",
+            sets=sets,
+            event=event,
+        )
+        if event_id is None:
+            # The move, its audit row and purchase.completed are one statement: its own transaction.
+            done = await move(self.pool)
+            if done is not None:
+                return done, False
+            async with self.pool.acquire() as conn:
                 return await self.store.current(conn, row["order_id"]), True
-            done = await self.store.move(
-                conn,
-                row["order_id"],
-                "completed",
-                source=source,
-                reason="charge succeeded; currency credited",
-                sets={
-                    "transaction_id": credit.transaction_id,
-                    "new_balance": credit.balance_minor,
-                    "debt_repaid": debt_repaid(row["currency_amount"], credit.balance_minor),
-                    "payment_intent_id": payment_intent_id or None,
-                    "charge_id": outcome.charge_id or None,
-                    "completed_at": datetime.datetime.now(datetime.UTC),
-                    "processing_until": None,
-                },
-            )
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.mark_handled(conn, event_id, "applied"):
+                return await self.store.current(conn, row["order_id"]), True
+            done = await move(conn)
             if done is None:
                 return await self.store.current(conn, row["order_id"]), True
-            await events.emit(
-                conn, tenant_id=done["tenant_id"], event_type="purchase.completed", data=completed_event(done)
-            )
         return done, False
 
     async def hold(self, row: asyncpg.Record, why: str) -> asyncpg.Record:
