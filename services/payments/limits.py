@@ -1,8 +1,8 @@
 """Spending caps, velocity and decline limits of one player in one tenant.
 
-A purchase locks the player's row, sums completed and in-flight orders over the hour, day and
-30 days, and inserts its own order while still holding the lock (see purchases.py), so concurrent
-purchases can never together exceed a cap. In-flight includes a 3-D Secure challenge the player has
+A purchase takes the player's lock (an advisory lock), sums completed and in-flight orders over the
+hour, day and 30 days, and inserts its own order while still holding the lock (see purchases.py), so
+concurrent purchases can never together exceed a cap. In-flight includes a 3-D Secure challenge the player has
 not finished: it reserves its amount until it is completed, fails, or is cancelled by the recovery
 loop after INVO_REQUIRES_ACTION_TIMEOUT_S. Declined, abandoned and refused purchases leave the
 caps untouched.
@@ -50,15 +50,19 @@ def caps(settings: Settings, limits: Limits) -> dict[str, int]:
     }
 
 
+# pg_advisory_xact_lock's two-key form with this first key: a namespace of its own, apart from the
+# one-key (bigint) locks of the ledger and transfers in the same database.
+PLAYER_LOCK_CLASS = 0x1A7E_0001
+
+
 async def lock_player(conn: asyncpg.Connection, tenant_id: str, email: str) -> None:
-    """Serialise the purchases of one player (inside the caller's transaction)."""
+    """Serialise the purchases of one player (inside the caller's transaction, until it ends).
+
+    A transaction-scoped advisory lock on a hash of (tenant, email): one round trip and no row
+    written, where a lock row took an upsert and a SELECT ... FOR UPDATE (issue 18). Two players
+    whose hashes collide only wait for each other's reservation, never for more."""
     await conn.execute(
-        "INSERT INTO player_locks (tenant_id, player_email) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        tenant_id,
-        email,
-    )
-    await conn.execute(
-        "SELECT 1 FROM player_locks WHERE tenant_id = $1 AND player_email = $2 FOR UPDATE", tenant_id, email
+        "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(31) || $3))", PLAYER_LOCK_CLASS, tenant_id, email
     )
 
 

@@ -141,12 +141,11 @@ class Purchases:
             request.update(customer=req.customer_id, save_card=req.save_card)
         digest = idempotency.fingerprint(request)
         async with self.pool.acquire() as conn, conn.transaction():
+            # The player's lock first (a replay waits for it too, only as long as another of the
+            # player's reservations takes): caps are checked and this order reserved atomically,
+            # and a reference taken while we waited is seen as a replay.
+            await limits.lock_player(conn, tenant_id, email)
             existing = await self.store.by_reference(conn, tenant_id, req.purchase_reference)
-            if existing is None:
-                # The player's lock: caps are checked and this order reserved atomically.
-                await limits.lock_player(conn, tenant_id, email)
-                # A reference taken while we waited for the lock is a replay after all.
-                existing = await self.store.by_reference(conn, tenant_id, req.purchase_reference)
             if existing is None:
                 await limits.check(conn, self.settings, req.limits, email, req.usd_cents)
                 self.processor.breaker.check()
