@@ -21,6 +21,7 @@ for, and failing it would tell the partner nothing was charged when something wa
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
 import json
@@ -96,6 +97,9 @@ class Settlement:
         self.store = store
         self.ledger = ledger
         self.pool = store.pool
+        # Orders being completed by a caller in this process: order_id -> the row it ends with
+        # (None if it failed). See complete().
+        self._completing: dict[str, asyncio.Future[asyncpg.Record | None]] = {}
 
     async def apply(
         self, row: asyncpg.Record, outcome: Outcome, *, source: str, deadline: float | None
@@ -122,11 +126,42 @@ class Settlement:
         event_id: str | None = None,
     ) -> tuple[asyncpg.Record, bool]:
         """Credit the player once and mark the order completed (only when the processor reports this
-        order's PaymentIntent succeeded). Returns (order, already_processed)."""
+        order's PaymentIntent succeeded). Returns (order, already_processed).
+
+        A second caller in this process for an order being completed right now (the processor's
+        webhook racing our own call's answer: a third of purchases on the bench) waits for the
+        first and answers with its result, instead of asking the ledger for the same credit again
+        and trying the same move. If the first fails, the second goes on as if it were alone."""
         if row["status"] not in (*UNSETTLED, "failed") or row["review_reason"]:
             if event_id is not None:
                 await inbox.mark_handled(self.pool, event_id, "order settled already")
             return row, True
+        order_id = row["order_id"]
+        first = self._completing.get(order_id)
+        if first is not None:
+            done = await asyncio.shield(first)
+            if done is not None:
+                if event_id is not None:
+                    note = f"held for review: {done['review_reason']}" if done["review_reason"] else "settled already"
+                    await inbox.mark_handled(self.pool, event_id, f"order {note}")
+                return done, True
+        mine: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+        self._completing[order_id] = mine
+        try:
+            done, already = await self._complete(row, outcome, source=source, deadline=deadline, event_id=event_id)
+        except BaseException:
+            mine.set_result(None)
+            raise
+        else:
+            mine.set_result(done)
+        finally:
+            if self._completing.get(order_id) is mine:
+                del self._completing[order_id]
+        return done, already
+
+    async def _complete(
+        self, row: asyncpg.Record, outcome: Outcome, *, source: str, deadline: float | None, event_id: str | None
+    ) -> tuple[asyncpg.Record, bool]:
         payment_intent_id = outcome.payment_intent_id or row["payment_intent_id"] or ""
         why = mismatch(row, outcome)
         if why:
