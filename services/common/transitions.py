@@ -1,5 +1,5 @@
 """State transitions of one kind of row (an order, a transfer, a payout), each with its append-only
-audit row, written in the caller's transaction.
+audit row, written in the same statement (inside the caller's transaction, if it has one).
 
 A `Lifecycle` names the table, its key and status columns, the audit table and which moves are
 allowed. `move()` locks the row, refuses a move the table does not allow (None: the caller decides
