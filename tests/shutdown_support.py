@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 
 from devstack import devservers
 from devstack.stack import Stack
-from services.common import db, grpcutil, logs, loops, runtime
+from services.common import db, grpcserver, grpcutil, logs, loops, runtime
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROGRAM_GRACE_S = 0.2  # the test program's gRPC grace: its stops are quick unless made stuck
@@ -69,7 +69,7 @@ async def _ignores_cancellation() -> None:
 
 async def _serve(mode: str, addr: str) -> None:
     log = logging.getLogger(PROGRAM_LOGGER)
-    svc = grpcutil.GrpcService("shutdown-test", addr, shutdown_grace_s=PROGRAM_GRACE_S)
+    svc = grpcserver.GrpcService("shutdown-test", addr, shutdown_grace_s=PROGRAM_GRACE_S)
     svc.background(loops.supervised("quiet-loop", _quiet_round, interval_s=0.0, log=log), "quiet-loop")
     if mode == "swallow":
         svc.background(loops.supervised("swallowing-loop", _swallowing_round, interval_s=0, log=log), "swallowing-loop")
@@ -194,9 +194,9 @@ class OwnWebhooks:
     nats_url: str
 
     def stop_budget_s(self) -> float:
-        """Its graceful stop's bound (grpcutil.GrpcService.stop_budget_s with its 4 clean-ups:
+        """Its graceful stop's bound (grpcserver.GrpcService.stop_budget_s with its 4 clean-ups:
         the tenants channel, the sender, NATS and the pool)."""
-        return OWN_GRACE_S + grpcutil.CLEANUP_S + grpcutil.BACKGROUND_STOP_S + 4 * grpcutil.CLEANUP_S
+        return OWN_GRACE_S + grpcserver.CLEANUP_S + grpcserver.BACKGROUND_STOP_S + 4 * grpcserver.CLEANUP_S
 
 
 async def start_own_webhooks(stack: Stack, log_path: pathlib.Path, *, database_url: str = "") -> OwnWebhooks:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from devstack.stack import Stack
-from services.common import db, grpcutil, runtime
+from services.common import db, grpcserver, runtime
 from services.common.config import Settings
 from services.webhooks.sender import Sender
 from tests.helpers import eventually
@@ -40,7 +40,7 @@ from tests.shutdown_support import (
 READY_S = 30.0
 SLACK_S = 1.5  # a loaded test box: interpreter exit, log flushing, the poll's own interval
 # The test program's graceful stop with no clean-up (GrpcService.stop_budget_s).
-BUDGET_S = PROGRAM_GRACE_S + grpcutil.CLEANUP_S + grpcutil.BACKGROUND_STOP_S
+BUDGET_S = PROGRAM_GRACE_S + grpcserver.CLEANUP_S + grpcserver.BACKGROUND_STOP_S
 WEBHOOKS_MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "services" / "webhooks" / "migrations"
 
 
@@ -98,7 +98,7 @@ def test_a_task_that_ignores_cancellation_is_left_behind_and_the_exit_is_forced(
     took_s = stop_and_time(proc, bound_s=BUDGET_S + runtime.HARD_STOP_S + SLACK_S)
     assert proc.proc.returncode == runtime.EXIT_FORCED, proc.tail()
     # Within its own bound (the tasks' wait), not the watchdog's: it knew it was stuck.
-    assert grpcutil.BACKGROUND_STOP_S <= took_s < BUDGET_S + SLACK_S, took_s
+    assert grpcserver.BACKGROUND_STOP_S <= took_s < BUDGET_S + SLACK_S, took_s
     assert any("background tasks still alive" in line and "stubborn-task" in line for line in error_lines(proc))
 
 
@@ -106,9 +106,9 @@ def test_a_clean_up_that_never_ends_is_cut_short_and_the_exit_is_forced(
     program: Callable[..., ServiceProcess],
 ) -> None:
     proc = program("stuck-cleanup")
-    took_s = stop_and_time(proc, bound_s=BUDGET_S + grpcutil.CLEANUP_S + runtime.HARD_STOP_S + SLACK_S)
+    took_s = stop_and_time(proc, bound_s=BUDGET_S + grpcserver.CLEANUP_S + runtime.HARD_STOP_S + SLACK_S)
     assert proc.proc.returncode == runtime.EXIT_FORCED, proc.tail()
-    assert took_s < BUDGET_S + grpcutil.CLEANUP_S + SLACK_S, took_s
+    assert took_s < BUDGET_S + grpcserver.CLEANUP_S + SLACK_S, took_s
     assert any("_ignores_cancellation did not finish" in line for line in error_lines(proc)), proc.tail()
 
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from services.common import db, events, logs, metrics, runtime
 from services.common.config import SERVICES, Settings
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from invo.v1 import ledger_pb2, ledger_pb2_grpc
 from services.common import errors, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import request_hash
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.ledger import chart, domain, payouts, reads, statements, subscriptions, validate
 from services.ledger.apply import Op
 from services.ledger.engine import Engine

@@ -23,7 +23,7 @@ from invo.v1 import ledger_pb2_grpc, payments_pb2, payments_pb2_grpc, tenants_pb
 
 from services.common import errors, grpcutil, players
 from services.common.config import Settings
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.common.players import normalize_email
 from services.payments import after_sale_lists, limits
 from services.payments.after_sale import AfterSaleHandlers

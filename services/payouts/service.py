@@ -22,7 +22,7 @@ from invo.v1 import ledger_pb2_grpc, payouts_pb2, payouts_pb2_grpc
 from services.common import errors, grpcutil, loops, metrics
 from services.common.config import Settings
 from services.common.crypto import Keyring
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.payouts import messages, progress, requests, review
 from services.payouts.bank import Vault
 from services.payouts.deps import Deps

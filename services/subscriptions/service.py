@@ -19,7 +19,7 @@ from invo.v1 import ledger_pb2_grpc, subscriptions_pb2, subscriptions_pb2_grpc, 
 
 from services.common import errors, grpcutil, loops
 from services.common.config import Settings
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.subscriptions import messages, renewals, requests
 from services.subscriptions.charges import Charger
 from services.subscriptions.deps import Deps

@@ -12,7 +12,7 @@ from invo.v1 import tenants_pb2, tenants_pb2_grpc
 
 from services.common import crypto, errors, grpcutil, ids, limits
 from services.common.config import Settings
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.common.logs import operator_id_var, request_id_var
 from services.tenants.operators import OperatorsServicer
 

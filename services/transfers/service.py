@@ -23,7 +23,7 @@ from invo.v1 import ledger_pb2_grpc, tenants_pb2, tenants_pb2_grpc, transfers_pb
 from services.common import errors, grpcutil, limits, loops
 from services.common.config import Settings
 from services.common.crypto import Keyring
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.transfers import claims, initiation, messages, verification
 from services.transfers.codes import CodeHasher
 from services.transfers.deps import Deps

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 from invo.v1 import tenants_pb2
 
-from services.common import errors, grpcutil, loops, metrics
+from services.common import errors, grpcserver, loops, metrics
 from services.common.config import Settings
 from services.common.signing import signature_header
 from services.webhooks.addresses import PublicOnlyResolver, RefusedAddress, check_public, literal_address
@@ -67,7 +67,7 @@ class Sender:
     async def close(self) -> None:
         # Bounded: an attempt that does not end when cancelled keeps its lease and is tried again
         # once it runs out, and the attempts that did finish are still flushed below.
-        stuck = await grpcutil.end_tasks(list(self.tasks), SEND_STOP_S)
+        stuck = await grpcserver.end_tasks(list(self.tasks), SEND_STOP_S)
         if stuck:
             log.warning("%d delivery attempts still running at shutdown; their leases will run out", len(stuck))
         try:

@@ -24,7 +24,7 @@ from invo.v1 import tenants_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 
 from services.common import errors, events, grpcutil, ids, logs, metrics
 from services.common.config import Settings
-from services.common.grpcutil import GrpcService
+from services.common.grpcserver import GrpcService
 from services.webhooks.consumer import Consumer
 from services.webhooks.sender import Sender
 from services.webhooks.tenants import TenantCache
