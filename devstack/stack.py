@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from devstack import devsecrets, devservers, replicas, simulators
+from devstack import devsecrets, devservers, natsserver, replicas, simulators
 from devstack.devsecrets import write_private as _write_private
 from services.common import logs
 from services.common.config import SERVICES, Settings
@@ -96,7 +96,7 @@ class Stack:
             self.set_process_env(name, overrides)
         self.logs = home / "logs"
         self.postgres: devservers.Postgres | None = None
-        self.nats: devservers.Nats | None = None
+        self.nats: natsserver.Nats | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env: dict[str, str] = {}
         self.gateway_url = ""
@@ -150,7 +150,7 @@ class Stack:
         external = self.base_env.get("INVO_NATS_URL", "")
         if external:
             return external
-        self.nats = devservers.Nats(self.home / "nats", log_path=self.logs / "nats.log")
+        self.nats = natsserver.Nats(self.home / "nats", log_path=self.logs / "nats.log")
         url = self.nats.start()
         self.started_at_s["nats"] = time.monotonic()
         return url
@@ -343,9 +343,9 @@ class Stack:
         self._spawn(name)
         return self.procs[name].pid
 
-    def servers(self) -> dict[str, devservers.Postgres | devservers.Nats]:
+    def servers(self) -> dict[str, devservers.Postgres | natsserver.Nats]:
         """The embedded servers this stack started (none for `INVO_DATABASE_URL` / `INVO_NATS_URL`)."""
-        found: dict[str, devservers.Postgres | devservers.Nats] = {}
+        found: dict[str, devservers.Postgres | natsserver.Nats] = {}
         if self.postgres is not None:
             found["postgres"] = self.postgres
         if self.nats is not None:
