@@ -246,3 +246,49 @@ async def test_a_request_id_is_echoed_only_when_ascii(stack: Stack) -> None:
     for sent in ("caf\u00e9-1".encode(), b"\xff\xfe", "\u0661\u0662".encode()):
         resp = await hs.send(stack.gateway_url, hs.build("GET", "/healthz", [("X-Request-Id", sent)]))
         assert resp.status == 200 and resp.headers["X-Request-Id"].startswith("req_"), resp.headers
+
+
+async def test_a_write_that_takes_no_body_refuses_a_field_and_changes_nothing(api: Api) -> None:
+    """Cancel, approve, redeliver, resume...: a body with a field in it is refused like an
+    undeclared field of any body (400 UNKNOWN_FIELD, before the route looks anything up); no body
+    and an empty object are the same request."""
+    t = await api.create_tenant(webhook_url=hs.SAFE_WEBHOOK_URL)
+    session = await api.post(
+        "/api/checkout/sessions",
+        key=t["sdk_key"],
+        json={
+            "player_email": f"nobody-{uuid.uuid4().hex[:8]}@example.com",
+            "usd_amount": "10.00",
+            "success_url": "https://yourgame.example/ok",
+            "cancel_url": "https://yourgame.example/no",
+        },
+    )
+    assert session.status == 201, session
+    token = session.body["checkout_url"].partition("session=")[2]
+    doc = (await api.get("/openapi.json")).body
+    routes = [
+        (method.upper(), path)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if op.get("requestBody", {}).get("description", "").startswith("None:")
+    ]
+    assert ("POST", "/api/subscriptions/{subscription_id}/resume") in routes and len(routes) >= 9, routes
+    for method, path in routes:
+        target = re.sub(r"\{[a-z_]+\}", "x_" + "0" * 26, path)
+        auth: dict[str, object] = {"key": t["sdk_key"]} if path.startswith("/api/") else {"admin": True}
+        if path.startswith("/checkout/"):
+            auth = {"headers": {"Authorization": f"Bearer {token}"}}
+        resp = await api.request(method, target, json={"at_once": True}, **auth)  # type: ignore[arg-type]
+        assert_envelope(resp, 400, "UNKNOWN_FIELD")
+        assert resp.body["param"] == "at_once", (method, path, resp.body)
+
+    async def deliveries() -> list[str]:
+        got = await api.get("/api/webhooks/deliveries?limit=100", key=t["sdk_key"])
+        return sorted(d["delivery_id"] for d in got.body["data"])
+
+    before = await deliveries()
+    assert_envelope(await api.post("/api/webhooks/test", key=t["sdk_key"], json={"event": "x"}), 400, "UNKNOWN_FIELD")
+    assert await deliveries() == before
+    assert (await api.post("/api/webhooks/test", key=t["sdk_key"])).status == 201
+    assert (await api.post("/api/webhooks/test", key=t["sdk_key"], json={})).status == 201
+    assert len(await deliveries()) == len(before) + 2

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common import errors
 from services.gateway import fields
@@ -98,7 +98,7 @@ class Declaration:
         """Every error status the route can answer: its own, and those of the layers around it."""
         out = set(self.errors)
         out |= {400, 405}  # any request: a NUL in the URL, a method the path does not route
-        if self.body is not None:
+        if self.body is not None or takes_no_body(self):
             out |= {400, 413}
         if self.security == SDK_KEY:
             out |= {401, 403, 429, 503}  # the key is checked by the tenants service
@@ -198,6 +198,22 @@ def _query_dict(model: type[BaseModel], request: web.Request) -> dict[str, str]:
     return out
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The body of a write that declares none: nothing, or an empty JSON object (what many clients send).
+NO_BODY_SCHEMA = {"type": "object", "additionalProperties": False, "maxProperties": 0}
+
+
+class _NoBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def takes_no_body(decl: Declaration) -> bool:
+    """A write with no declared body (cancel, approve, redeliver...): a body with a field in it is
+    refused (400 UNKNOWN_FIELD), as an undeclared field of any body is, never read and ignored.
+    Signed webhooks read their raw body themselves."""
+    return decl.body is None and decl.method in _WRITES and decl.security != SIGNED
+
+
 def validating(decl: Declaration, handler: Handler) -> Handler:
     """The handler behind the declaration's validation."""
 
@@ -209,6 +225,8 @@ def validating(decl: Declaration, handler: Handler) -> Handler:
         if decl.body is not None:
             raw = await (read_json(request) if decl.body_required else read_optional_json(request))
             kwargs["body"] = parse(decl.body, raw)
+        elif takes_no_body(decl):
+            parse(_NoBody, await read_optional_json(request))
         return await handler(request, **kwargs)
 
     return wrapped

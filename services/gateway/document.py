@@ -98,6 +98,12 @@ def _operation(decl: declare.Declaration, refs: dict[Any, Any]) -> dict[str, Any
             "required": decl.body_required,
             "content": {"application/json": {"schema": refs[(decl.body, "validation")]}},
         }
+    elif declare.takes_no_body(decl):
+        op["requestBody"] = {
+            "required": False,
+            "description": "None: no body, or an empty JSON object.",
+            "content": {"application/json": {"schema": dict(declare.NO_BODY_SCHEMA)}},
+        }
     responses: dict[str, Any] = {}
     error_ref = refs[(Error, "serialization")]
     errors = set(decl.error_statuses())
