@@ -16,58 +16,26 @@ import sys
 
 import asyncpg
 
-from services.common import db
+from services.common import rekey as common
 from services.common.config import Settings
 from services.common.crypto import Keyring
 from services.payouts.bank import Vault
 
-BATCH = 500
+ACCOUNTS = common.SealedColumn(
+    table="payouts", key_column="payout_id", kid_column="account_kid", blob_column="account_sealed"
+)
 
 
-async def rekey(pool: asyncpg.Pool, vault: Vault) -> int:
-    """Rows moved to the newest key; returns when none is sealed under another."""
-    moved = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT payout_id, account_kid, account_sealed FROM payouts WHERE account_kid <> $1"
-                " ORDER BY payout_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                vault.active_kid,
-                BATCH,
-            )
-            for r in rows:
-                number = vault.open(r["account_kid"], bytes(r["account_sealed"]), payout_id=r["payout_id"])
-                sealed = vault.seal(number, payout_id=r["payout_id"])
-                await conn.execute(
-                    "UPDATE payouts SET account_kid = $2, account_sealed = $3 WHERE payout_id = $1",
-                    r["payout_id"],
-                    sealed.kid,
-                    sealed.blob,
-                )
-        moved += len(rows)
-        if len(rows) < BATCH:
-            return moved
+def _resealer(settings: Settings) -> tuple[str, common.Reseal]:
+    vault = Vault(Keyring(settings.data_keys))
 
+    def reseal(r: asyncpg.Record) -> tuple[str, bytes]:
+        number = vault.open(r["account_kid"], bytes(r["account_sealed"]), payout_id=r["payout_id"])
+        sealed = vault.seal(number, payout_id=r["payout_id"])
+        return sealed.kid, sealed.blob
 
-async def _main() -> int:
-    settings = Settings.from_env()
-    settings.require("database_url", "data_keys")
-    pool = await db.create_pool(
-        settings.database_url,
-        settings.schema("payouts"),
-        application_name="invo-payouts-rekey",
-        max_size=2,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-    )
-    try:
-        vault = Vault(Keyring(settings.data_keys))
-        moved = await rekey(pool, vault)
-        left = await pool.fetchval("SELECT count(*) FROM payouts WHERE account_kid <> $1", vault.active_kid)
-    finally:
-        await pool.close()
-    print(f"re-encrypted {moved} account numbers under key {vault.active_kid!r}; {left} left under other keys")
-    return 0 if left == 0 else 1
+    return vault.active_kid, reseal
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main()))
+    sys.exit(asyncio.run(common.main("payouts", ACCOUNTS, "account numbers", _resealer)))

@@ -18,59 +18,28 @@ import sys
 
 import asyncpg
 
-from services.common import db
+from services.common import rekey as common
 from services.common.config import Settings
 from services.common.crypto import Keyring
 
-BATCH = 500
+SECRETS = common.SealedColumn(
+    table="webhook_secrets",
+    key_column="secret_id",
+    kid_column="data_key_id",
+    blob_column="sealed",
+    context=("tenant_id",),
+)
 
 
-async def rekey(pool: asyncpg.Pool, keyring: Keyring) -> int:
-    """Secrets moved to the newest key; returns when none is sealed under another."""
-    moved = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT secret_id, tenant_id, data_key_id, sealed FROM webhook_secrets WHERE data_key_id <> $1"
-                " ORDER BY secret_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                keyring.active_kid,
-                BATCH,
-            )
-            for r in rows:
-                secret = keyring.open(r["data_key_id"], bytes(r["sealed"]), aad=r["tenant_id"])
-                kid, sealed = keyring.seal(secret, aad=r["tenant_id"])
-                await conn.execute(
-                    "UPDATE webhook_secrets SET data_key_id = $2, sealed = $3 WHERE secret_id = $1",
-                    r["secret_id"],
-                    kid,
-                    sealed,
-                )
-        moved += len(rows)
-        if len(rows) < BATCH:
-            return moved
+def _resealer(settings: Settings) -> tuple[str, common.Reseal]:
+    keyring = Keyring(settings.data_keys)
 
+    def reseal(r: asyncpg.Record) -> tuple[str, bytes]:
+        secret = keyring.open(r["data_key_id"], bytes(r["sealed"]), aad=r["tenant_id"])
+        return keyring.seal(secret, aad=r["tenant_id"])
 
-async def _main() -> int:
-    settings = Settings.from_env()
-    settings.require("database_url", "data_keys")
-    pool = await db.create_pool(
-        settings.database_url,
-        settings.schema("tenants"),
-        application_name="invo-tenants-rekey",
-        max_size=2,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-    )
-    try:
-        keyring = Keyring(settings.data_keys)
-        moved = await rekey(pool, keyring)
-        left = await pool.fetchval("SELECT count(*) FROM webhook_secrets WHERE data_key_id <> $1", keyring.active_kid)
-    finally:
-        await pool.close()
-    print(
-        f"re-encrypted {moved} webhook signing secrets under key {keyring.active_kid!r}; {left} left under other keys"
-    )
-    return 0 if left == 0 else 1
+    return keyring.active_kid, reseal
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main()))
+    sys.exit(asyncio.run(common.main("tenants", SECRETS, "webhook signing secrets", _resealer)))
