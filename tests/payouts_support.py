@@ -9,6 +9,7 @@ Treasury's sandbox does: `123456789` completes, `111111110` fails after processi
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -59,6 +60,23 @@ async def revenue(api: Api, t: dict[str, Any]) -> dict[str, Any]:
     resp = await api.get("/api/revenue", key=t["sdk_key"])
     assert resp.status == 200, resp
     return dict(resp.body)
+
+
+async def revenue_reaches(api: Api, t: dict[str, Any], **usd: str) -> dict[str, Any]:
+    """GET /api/revenue once the named figures (`owed="65.00"`, `paid_out=...`: their `_usd`
+    fields) are these; the last answer read. Awaited, not read once: a payout's ledger write follows
+    the commit of its status by moments (services/payouts/moves.py), so right after a status is
+    seen the figures may still be the old ones."""
+    last: dict[str, Any] = {}
+
+    async def matches() -> bool:
+        last.update(await revenue(api, t))
+        return {k: last[f"{k}_usd"] for k in usd} == usd
+
+    with contextlib.suppress(AssertionError):
+        await eventually(matches, timeout_s=10)
+    assert {k: last[f"{k}_usd"] for k in usd} == usd, last
+    return last
 
 
 async def operator(api: Api, role: str = "finance") -> dict[str, Any]:

@@ -73,17 +73,8 @@ async def assert_revenue(
         "returned": returned,
         "lifetime": lifetime,
     }
-    units = {k: str(int(Decimal(v) * 10)) for k, v in usd.items()}
-    last: dict[str, Any] = {}
-
-    async def matches() -> bool:
-        last.update(await ps.revenue(api, t))
-        return {k: last[f"{k}_usd"] for k in usd} == usd and {k: last[f"{k}_units"] for k in usd} == units
-
-    with contextlib.suppress(AssertionError):
-        await eventually(matches, timeout_s=10, interval_s=0.05)
-    assert {k: last[f"{k}_usd"] for k in usd} == usd, last
-    assert {k: last[f"{k}_units"] for k in usd} == units, last
+    rev = await ps.revenue_reaches(api, t, **usd)
+    assert {k: rev[f"{k}_units"] for k in usd} == {k: str(int(Decimal(v) * 10)) for k, v in usd.items()}, rev
 
 
 async def listed(api: Api, t: dict[str, Any], query: str = "") -> list[dict[str, Any]]:
