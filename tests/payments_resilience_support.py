@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from devstack.stack import Stack
+from tests import payments_support
 from tests.helpers import Api, Response, eventually
 
 PURCHASE = "/api/currency-purchases/purchase-currency"
@@ -127,10 +128,7 @@ async def purchase(
     )
 
 
-async def balance(api: Api, t: dict[str, Any], player: str) -> str:
-    resp = await api.get(f"/api/players/balance?player_email={player}", key=t["sdk_key"])
-    assert resp.status == 200, resp
-    return str(resp.body["balance"])
+balance = payments_support.balance  # the one balance read, under the name these tests use
 
 
 async def order(api: Api, t: dict[str, Any], order_id: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from invo.v1 import transfers_pb2, transfers_pb2_grpc
 from devstack.stack import Stack
 from services.common import grpcutil
 from services.common.config import Settings
+from tests import payments_support
 from tests.helpers import Api, Response, eventually
 from tests.stream_support import Seen, read_events
 
@@ -61,10 +62,7 @@ async def fund(api: Api, t: dict[str, Any], player: str, amount: str) -> None:
     assert resp.status == 200, resp
 
 
-async def balance(api: Api, t: dict[str, Any], player: str) -> str:
-    resp = await api.get(f"/api/players/balance?player_email={player}", key=t["sdk_key"])
-    assert resp.status == 200, resp
-    return str(resp.body["balance"])
+balance = payments_support.balance  # the one balance read, under the name these tests use
 
 
 async def check_ledger(api: Api) -> dict[str, Any]:
