@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from invo.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
@@ -19,6 +21,14 @@ from tests.stream_support import read_events
 
 UTC = datetime.UTC
 __all__ = ["balance"]  # the player's balance read, payments_support's
+
+
+@pytest.fixture(autouse=True)
+async def _ledger_checked(api: Api) -> AsyncIterator[None]:
+    """The ledger check after each test of every module that imports it (autouse there)."""
+    yield
+    check = await api.get("/admin/ledger/check", admin=True)
+    assert check.status == 200 and check.body["ok"] is True, check
 
 
 def key() -> str:

@@ -26,6 +26,9 @@ from devstack.stack import Stack
 from tests import subscriptions_support as ss
 from tests.helpers import Api, Response, assert_envelope, eventually
 from tests.stream_support import read_events
+from tests.subscriptions_support import _ledger_checked
+
+__all__ = ["_ledger_checked"]  # the autouse fixture: the ledger check after each test
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -71,13 +74,6 @@ class Subs:
             return s if all(s[k] == v for k, v in want.items()) else {}
 
         return await eventually(check)
-
-
-@pytest.fixture(autouse=True)
-async def _ledger_checked(api: Api) -> AsyncIterator[None]:
-    yield
-    check = await api.get("/admin/ledger/check", admin=True)
-    assert check.status == 200 and check.body["ok"] is True, check
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from devstack.stack import Stack
 from tests import subscriptions_support as ss
 from tests.helpers import Api, assert_envelope
-from tests.test_subscriptions_api import Subs, _ledger_checked, at, bare, iso, revenue, subs
+from tests.subscriptions_support import _ledger_checked
+from tests.test_subscriptions_api import Subs, at, bare, iso, revenue, subs
 
 __all__ = ["_ledger_checked", "subs"]  # the fixtures
 

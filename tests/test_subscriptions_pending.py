@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,15 +21,11 @@ from services.common import grpcutil
 from services.common.config import Settings
 from tests import subscriptions_support as ss
 from tests.helpers import Api
+from tests.subscriptions_support import _ledger_checked
+
+__all__ = ["_ledger_checked"]  # the autouse fixture: the ledger check after each test
 
 UTC = datetime.UTC
-
-
-@pytest.fixture(autouse=True)
-async def _ledger_checked(api: Api) -> AsyncIterator[None]:
-    yield
-    check = await api.get("/admin/ledger/check", admin=True)
-    assert check.status == 200 and check.body["ok"] is True, check
 
 
 async def sql(stack: Stack, statement: str, *args: Any) -> None:

@@ -7,7 +7,6 @@ refund) is finished by the renewal loop with exactly one refund. The ledger chec
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -19,15 +18,11 @@ from services.common import errors, grpcutil
 from services.common.config import Settings
 from tests import subscriptions_support as ss
 from tests.helpers import Api, eventually
+from tests.subscriptions_support import _ledger_checked
+
+__all__ = ["_ledger_checked"]  # the autouse fixture: the ledger check after each test
 
 UTC = datetime.UTC
-
-
-@pytest.fixture(autouse=True)
-async def _ledger_checked(api: Api) -> AsyncIterator[None]:
-    yield
-    check = await api.get("/admin/ledger/check", admin=True)
-    assert check.status == 200 and check.body["ok"] is True, check
 
 
 async def cancel(api: Api, t: dict[str, Any], sid: str, **body: Any) -> Any:

@@ -19,9 +19,9 @@ from invo.v1 import ledger_pb2, ledger_pb2_grpc
 from devstack.stack import Stack
 from tests import subscriptions_support as ss
 from tests.helpers import Api, eventually
+from tests.subscriptions_support import _ledger_checked
 from tests.test_subscriptions_renewals import (
     Made,
-    _ledger_checked,
     at,
     clock,
     db,

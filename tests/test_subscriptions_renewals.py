@@ -28,6 +28,9 @@ from tests import subscriptions_support as ss
 from tests.after_sale_support import paid, refund
 from tests.helpers import Api, eventually
 from tests.stream_support import Seen, read_events
+from tests.subscriptions_support import _ledger_checked
+
+__all__ = ["_ledger_checked"]  # the autouse fixture: the ledger check after each test
 
 HOUR, DAY = datetime.timedelta(hours=1), datetime.timedelta(days=1)
 TXN = re.compile(r"^txn_[0-9A-Z]{26}$")
@@ -43,13 +46,6 @@ def iso(when: datetime.datetime | None) -> str | None:
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-async def _ledger_checked(api: Api) -> AsyncIterator[None]:
-    yield
-    check = await api.get("/admin/ledger/check", admin=True)
-    assert check.status == 200 and check.body["ok"] is True, check
 
 
 @pytest.fixture
