@@ -31,6 +31,7 @@ ENV PATH=/opt/invo/bin:$PATH \
     PYTHONPATH=/app:/app/gen \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PYTHONFAULTHANDLER=1 \
     INVO_ENVIRONMENT=production
 RUN groupadd --system --gid 10001 invo \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin invo

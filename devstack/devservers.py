@@ -20,11 +20,12 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import grpc
@@ -96,12 +97,38 @@ def wait_for_port(port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] 
     raise ServerError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
+# The first program of every child this process starts as itself (services, simulators, NATS).
+# In a process of its own, with none of our threads copied into it, it asks the kernel for `sig`
+# when the thread that started it ends, even by SIGKILL, so a crashed run leaves no server
+# behind; exits if that parent is gone already; then becomes the real program, keeping its pid.
+# This was a `preexec_fn`, which runs Python inside the fork of our many-threaded process (Python's
+# documentation: "not safe in the presence of threads"); a payments process restarted under load
+# once died of SIGSEGV there or in its own start, before its first log line.
+_GUARD = (
+    "import ctypes,os,sys\n"
+    "f=getattr(ctypes.CDLL(None),'prctl',None)\n"
+    "f and f(1,int(sys.argv[1]),0,0,0)\n"
+    "if os.getppid()!=int(sys.argv[2]):os._exit(1)\n"
+    "os.execv(sys.argv[3],sys.argv[3:])\n"
+)
+
+
+def with_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`argv` (its first item a path) started through the guard above: it gets `sig` when the
+    thread that started it ends (Linux only). Start it without `preexec_fn`, from a thread that
+    lives as long as the child should."""
+    return [sys.executable, "-I", "-S", "-c", _GUARD, str(int(sig)), str(os.getpid()), *argv]
+
+
+# PostgreSQL runs as another user, who may not reach this interpreter: it keeps a `preexec_fn`,
+# reduced to one call of a function looked up here, before any fork.
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None)
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """preexec_fn: the child gets `sig` if the process that started it dies, even by SIGKILL,
-    so a crashed test run or supervisor leaves no server behind (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    """preexec_fn: the child gets `sig` if the thread that started it ends (Linux only)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:

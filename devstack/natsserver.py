@@ -15,11 +15,11 @@ import urllib.request
 
 from devstack.devservers import (
     ServerError,
-    die_with_parent,
     free_port,
     open_private_log,
     stop_process,
     wait_for_port,
+    with_parent,
 )
 
 
@@ -63,12 +63,11 @@ class Nats:
         conf.write_text(NATS_CONFIG.format(port=self.port, http_port=self.http_port, store_dir=self.store_dir))
         with open_private_log(self.log_path) as logf:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
-                [str(nats_server_binary()), "-c", str(conf)],
+                with_parent([str(nats_server_binary()), "-c", str(conf)]),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         wait_for_port(self.port, timeout_s=timeout_s, proc=self.proc)
         self._wait_jetstream(timeout_s)

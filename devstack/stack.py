@@ -45,6 +45,9 @@ PROCESSES = (*simulators.LISTEN, *SERVICES, "gateway")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0  # above every process's own bound (its grace, its steps' bounds, runtime.HARD_STOP_S)
 LOG_TAIL_BYTES_MAX = 64 * 1024
+# A process that dies of a signal (SIGSEGV in a C extension) writes every thread's traceback into
+# its log first; the image sets the same (Dockerfile).
+PYTHON_ENV = {"PYTHONFAULTHANDLER": "1"}
 DEMO_TENANT = {"name": "Demo Game", "currency_name": "Demo Coins", "environment": "sandbox"}
 
 
@@ -230,7 +233,7 @@ class Stack:
 
     def env_for(self, name: str) -> dict[str, str]:
         """The environment process `name` is spawned with: the shared `env`, then its overrides."""
-        return {**self.env, **self.replica_env.get(name, {}), **self.process_env.get(name, {})}
+        return {**PYTHON_ENV, **self.env, **self.replica_env.get(name, {}), **self.process_env.get(name, {})}
 
     def _spawn(self, name: str) -> None:
         # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: every service is
@@ -241,14 +244,13 @@ class Stack:
     def _popen(self, name: str) -> subprocess.Popen[bytes]:
         with devservers.open_private_log(self.logs / f"{name}.log") as logf:
             return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", _module(name)],
+                devservers.with_parent([sys.executable, "-m", _module(name)]),
                 cwd=ROOT,
                 env=self.env_for(name),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=devservers.die_with_parent,
             )
 
     def restart(self, name: str, *, sig: int = signal.SIGTERM) -> None:

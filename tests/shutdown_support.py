@@ -114,14 +114,13 @@ class ServiceProcess:
         self.signalled_at = 0.0
         with open(log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, *argv],
+                devservers.with_parent([sys.executable, *argv]),
                 cwd=ROOT,
                 env=dict(env),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=devservers.die_with_parent,
             )
 
     def entries(self) -> list[dict[str, Any]]:

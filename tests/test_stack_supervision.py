@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from devstack.devservers import free_port, grpc_serving, http_json
-from devstack.stack import CrashLoop, Stack, StackError
+from devstack.stack import PYTHON_ENV, CrashLoop, Stack, StackError
 
 # -- per-process environment (no network needed) ------------------------------------------------
 
@@ -28,15 +28,19 @@ def test_process_env_applies_to_one_process_only(tmp_path: pathlib.Path) -> None
     stack = Stack(tmp_path, env={}, process_env={"ledger": {"INVO_DATABASE_URL": "postgresql://proxy/invo"}})
     stack.env = {"INVO_DATABASE_URL": "postgresql://direct/invo", "INVO_HOME": str(tmp_path)}
 
-    assert stack.env_for("ledger") == {"INVO_DATABASE_URL": "postgresql://proxy/invo", "INVO_HOME": str(tmp_path)}
-    assert stack.env_for("payments") == stack.env
+    assert stack.env_for("ledger") == {
+        "PYTHONFAULTHANDLER": "1",  # every process: a native crash leaves its threads' tracebacks
+        "INVO_DATABASE_URL": "postgresql://proxy/invo",
+        "INVO_HOME": str(tmp_path),
+    }
+    assert stack.env_for("payments") == {**PYTHON_ENV, **stack.env}
     assert stack.env["INVO_DATABASE_URL"] == "postgresql://direct/invo"  # the shared env is untouched
 
     stack.set_process_env("ledger", {"INVO_NATS_URL": "nats://proxy:1"})  # replaces, for the next spawn
     assert stack.env_for("ledger")["INVO_DATABASE_URL"] == "postgresql://direct/invo"
     assert stack.env_for("ledger")["INVO_NATS_URL"] == "nats://proxy:1"
     stack.set_process_env("ledger", {})
-    assert stack.env_for("ledger") == stack.env
+    assert stack.env_for("ledger") == {**PYTHON_ENV, **stack.env}
 
 
 def test_process_env_refuses_unknown_names_and_values(tmp_path: pathlib.Path) -> None:
