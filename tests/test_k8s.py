@@ -63,7 +63,8 @@ def test_every_deployment_has_probes_limits_and_the_security_context(overlay: tu
         "runAsNonRoot": True,
     }
     assert ledger["containers"][0]["readinessProbe"]["grpc"] == {"port": 50051}
-    assert container(objects, "Deployment", "gateway")["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Not /readyz: one backend down must not take every gateway pod out of the Service.
+    assert container(objects, "Deployment", "gateway")["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_every_deployment_has_a_disruption_budget_and_a_network_policy(overlay: tuple[str, list[Obj]]) -> None:

@@ -23,6 +23,10 @@ def _del_probe(objects: list[Obj]) -> None:
     del container(objects, "Deployment", "ledger")["readinessProbe"]
 
 
+def _ready_on_backends(objects: list[Obj]) -> None:
+    container(objects, "Deployment", "gateway")["readinessProbe"]["httpGet"]["path"] = "/readyz"
+
+
 def _del_limits(objects: list[Obj]) -> None:
     del container(objects, "Deployment", "gateway")["resources"]["limits"]
 
@@ -205,6 +209,7 @@ def _overlay_check(name: str) -> Check:
 
 MUTATIONS: list[tuple[Callable[[list[Obj]], None], Check, str]] = [
     (_del_probe, _check("pods"), "Deployment/ledger container invo: no readinessProbe"),
+    (_ready_on_backends, _check("probes"), "Deployment/gateway: readinessProbe is not GET /healthz on its port"),
     (_del_limits, _check("pods"), "Deployment/gateway container invo: no limits of cpu, memory"),
     (_root, _check("pods"), "Deployment/payments: pod securityContext.runAsUser is not a numeric non-root user"),
     (_writable_root, _check("pods"), "Deployment/payouts container invo: readOnlyRootFilesystem is not true"),

@@ -109,15 +109,16 @@ def check_pods(objects: list[Obj]) -> list[str]:
 
 
 def check_probes_reach_the_servers(objects: list[Obj]) -> list[str]:
-    """A gRPC service's probes ask the standard health service on its port; the gateway's are
-    /readyz (readiness) and /healthz (liveness) on its HTTP port."""
+    """A gRPC service's probes ask the standard health service on its port; the gateway's are both
+    /healthz on its HTTP port: never /readyz, which fails while any one backend is down and would
+    take every route out of service with it."""
     found = []
     for d in of_kind(objects, "Deployment"):
         w = Workload(d)
         c = w.containers[0]
         name = w.name
         if name == "gateway":
-            want = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+            want = {"readinessProbe": "/healthz", "livenessProbe": "/healthz"}
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
             for probe, path in want.items():
                 got = c.get(probe, {}).get("httpGet", {})

@@ -123,7 +123,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @root.declare(
-    "GET", "/readyz", summary="Readiness: every routed backend is healthy.", answers={200: Ready}, errors=(503,)
+    "GET",
+    "/readyz",
+    summary="The whole network: every routed backend is healthy (Kubernetes' readiness probe is /healthz).",
+    answers={200: Ready},
+    errors=(503,),
 )
 async def readyz(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
