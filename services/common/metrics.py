@@ -22,6 +22,10 @@ The names (all `invo_`-prefixed; Prometheus adds each pod's job and instance):
   payouts' `ach`), else 0;
 - `invo_ledger_pending_holds{kind}`, `invo_payouts{status}`: counted in the database every
   `INVO_METRICS_REFRESH_S`;
+- `invo_subscription_renewals_total{outcome}` (renewed, past_due, cancelled, deferred): what each
+  renewal round did; `invo_subscription_renewals_due` and `invo_subscription_renewal_overdue_seconds`:
+  the subscriptions due now by the service's clock, and how long the oldest has waited, refreshed
+  every `INVO_METRICS_REFRESH_S` (a scheduler that is stuck or behind shows in the second);
 - the client library's own `process_*` (CPU, memory, open files) and `python_*` (GC) series.
 """
 
@@ -57,6 +61,7 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
+DUE_COUNT_MAX = 100_000  # a count of due subscriptions reads at most this many index entries
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "unmatched"
 
@@ -114,6 +119,22 @@ LEDGER_PENDING_HOLDS = Gauge(
     "invo_ledger_pending_holds", "Holds not yet posted or voided, by kind.", ["kind"], registry=REGISTRY
 )
 PAYOUTS = Gauge("invo_payouts", "Payouts by status.", ["status"], registry=REGISTRY)
+SUBSCRIPTION_RENEWALS = Counter(
+    "invo_subscription_renewals",
+    "Subscriptions a renewal round finished with, by outcome: renewed, past_due, cancelled, deferred.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SUBSCRIPTION_RENEWALS_DUE = Gauge(
+    "invo_subscription_renewals_due",
+    f"Subscriptions due for a renewal attempt and not yet renewed (counted up to {DUE_COUNT_MAX:,}).",
+    registry=REGISTRY,
+)
+SUBSCRIPTION_RENEWAL_OVERDUE = Gauge(
+    "invo_subscription_renewal_overdue_seconds",
+    "How long the oldest due renewal attempt has waited (0 when none is due).",
+    registry=REGISTRY,
+)
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from invo.v1 import ledger_pb2_grpc, subscriptions_pb2, subscriptions_pb2_grpc, tenants_pb2_grpc
 
-from services.common import errors, grpcutil, loops
+from services.common import errors, grpcutil, loops, metrics
 from services.common.config import Settings
 from services.common.grpcserver import GrpcService
 from services.subscriptions import messages, renewals, requests
@@ -85,7 +85,7 @@ class SubscriptionsServicer(subscriptions_pb2_grpc.SubscriptionsServiceServicer)
         return await self._answer(row, duplicate=duplicate)
 
     async def RenewDue(self, request: subscriptions_pb2.RenewDueRequest, context: Any) -> Any:
-        out = await renewals.renew_due(self.d)
+        out = counted(await renewals.renew_due(self.d))
         return subscriptions_pb2.RenewDueResponse(
             renewed=out.renewed, past_due=out.past_due, cancelled=out.cancelled, deferred=out.deferred
         )
@@ -93,6 +93,28 @@ class SubscriptionsServicer(subscriptions_pb2_grpc.SubscriptionsServiceServicer)
     async def SetTestClock(self, request: subscriptions_pb2.SetTestClockRequest, context: Any) -> Any:
         await self.d.clock.set(request.now.ToDatetime(tzinfo=datetime.UTC))
         return subscriptions_pb2.SetTestClockResponse()
+
+
+def counted(out: renewals.Round) -> renewals.Round:
+    """`out`, its outcomes added to the renewals counter."""
+    for outcome in ("renewed", "past_due", "cancelled", "deferred"):
+        if n := getattr(out, outcome):
+            metrics.SUBSCRIPTION_RENEWALS.labels(outcome).inc(n)
+    return out
+
+
+async def measure_due(deps: Deps) -> None:
+    """The due gauges, by the service's clock: two reads of the partial index `subscriptions_due`."""
+    now = await deps.clock.now()
+    row = await deps.pool.fetchrow(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM subscriptions WHERE next_attempt_at <= $1 LIMIT $2) AS d) AS due,"
+        " (SELECT min(next_attempt_at) FROM subscriptions WHERE next_attempt_at <= $1) AS oldest",
+        now,
+        metrics.DUE_COUNT_MAX,
+    )
+    metrics.SUBSCRIPTION_RENEWALS_DUE.set(row["due"])
+    oldest = row["oldest"]
+    metrics.SUBSCRIPTION_RENEWAL_OVERDUE.set(0.0 if oldest is None else max(0.0, (now - oldest).total_seconds()))
 
 
 async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> None:
@@ -116,7 +138,7 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
     )
 
     async def renewal_round() -> float | None:
-        out = await renewals.renew_due(deps)
+        out = counted(await renewals.renew_due(deps))
         return 0.0 if out.busy else None
 
     svc.background(
@@ -124,6 +146,10 @@ async def setup(svc: GrpcService, settings: Settings, pool: asyncpg.Pool) -> Non
             "subscription-renewals", renewal_round, interval_s=settings.subscription_renewal_interval_s, log=log
         ),
         "subscription-renewals",
+    )
+    svc.background(
+        metrics.refresh_forever("subscriptions", lambda: measure_due(deps), interval_s=settings.metrics_refresh_s),
+        "metrics-subscriptions",
     )
     svc.add(
         subscriptions_pb2_grpc.add_SubscriptionsServiceServicer_to_server,
