@@ -60,7 +60,9 @@ async def lock_player(conn: asyncpg.Connection, tenant_id: str, email: str) -> N
 
     A transaction-scoped advisory lock on a hash of (tenant, email): one round trip and no row
     written, where a lock row took an upsert and a SELECT ... FOR UPDATE (issue 18). Two players
-    whose hashes collide only wait for each other's reservation, never for more."""
+    whose hashes collide only wait for each other's reservation, never for more. A replica of the
+    previous release, which locked a row of player_locks, takes this same lock through that table's
+    trigger (migration 0009), so the two versions serialise a player during a rolling deploy."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(31) || $3))", PLAYER_LOCK_CLASS, tenant_id, email
     )
