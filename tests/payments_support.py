@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
+import pytest
+
 from devstack.stack import Stack
+from services.common.config import Settings
 from tests.helpers import Api, Response, eventually
 from tests.stream_support import Seen, read_events
 
@@ -29,6 +33,23 @@ THREE_DS = "pm_card_authenticationRequired"
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def payments_db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    """The payments service's own schema, for what no API shows (the inbox, an order's age, its
+    locks): a module that imports this fixture gets it."""
+    pool = await asyncpg.create_pool(
+        stack.env["INVO_DATABASE_URL"],
+        min_size=1,
+        max_size=4,
+        server_settings={"search_path": Settings.from_env(stack.env).schema("payments")},
+    )
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def email() -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,7 +22,6 @@ from invo.v1 import payments_pb2, payments_pb2_grpc
 
 from devstack.stack import Stack
 from services.common import errors, grpcutil
-from services.common.config import Settings
 from services.payments.inbox import Dispatcher
 from services.payments.registry import Handled, Registry
 from tests.helpers import Api, assert_envelope, eventually
@@ -38,6 +36,7 @@ from tests.payments_support import (
     email,
     order,
     order_reaches,
+    payments_db,
     processor_event,
     ref,
     send_processor_event,
@@ -47,21 +46,7 @@ from tests.payments_support import (
     transitions,
 )
 
-
-@pytest.fixture
-async def payments_db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
-    """The payments service's own schema, for what no API shows (the inbox, an order's age)."""
-    pool = await asyncpg.create_pool(
-        stack.env["INVO_DATABASE_URL"],
-        min_size=1,
-        max_size=2,
-        server_settings={"search_path": Settings.from_env(stack.env).schema("payments")},
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
+__all__ = ["payments_db"]  # the fixture, imported for this module's tests
 
 
 def events_of_type(events: Events, event_type: str) -> list[dict[str, Any]]:

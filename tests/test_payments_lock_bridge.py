@@ -10,16 +10,13 @@ seen waiting on the player's advisory lock in pg_locks, and goes on once the fir
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
-from devstack.stack import Stack
-from services.common.config import Settings
 from services.payments import limits
 from tests import payments_support as ps
 from tests.helpers import Api, eventually
+from tests.payments_support import payments_db
 
 # What the previous release ran, in the purchase's transaction, before it read the caps.
 PREVIOUS_LOCK = (
@@ -27,20 +24,7 @@ PREVIOUS_LOCK = (
     "SELECT 1 FROM player_locks WHERE tenant_id = $1 AND player_email = $2 FOR UPDATE",
 )
 
-
-@pytest.fixture
-async def payments_db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(
-        stack.env["INVO_DATABASE_URL"],
-        min_size=2,
-        max_size=3,
-        server_settings={"search_path": Settings.from_env(stack.env).schema("payments")},
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
+__all__ = ["payments_db"]  # the fixture, imported for this module's tests
 
 
 async def previous_release_lock(conn: asyncpg.Connection, tenant_id: str, email: str) -> None:

@@ -25,7 +25,9 @@ from services.payments.orders import NewOrder, OrderStore
 from services.payments.processor import Outcome
 from services.payments.settlement import Settlement
 from tests.helpers import Api
-from tests.payments_support import balance, check_ledger, email, ref
+from tests.payments_support import balance, check_ledger, email, payments_db, ref
+
+__all__ = ["payments_db"]  # the fixture, imported for this module's tests
 
 
 class GatedLedger(LedgerClient):
@@ -47,20 +49,12 @@ class GatedLedger(LedgerClient):
 
 
 @pytest.fixture
-async def payments(stack: Stack) -> AsyncIterator[tuple[asyncpg.Pool, Any]]:
-    settings = Settings.from_env(stack.env)
-    pool = await asyncpg.create_pool(
-        stack.env["INVO_DATABASE_URL"],
-        min_size=1,
-        max_size=4,
-        server_settings={"search_path": settings.schema("payments")},
-    )
-    channel = grpcutil.channel(settings.ledger_addr)
+async def payments(stack: Stack, payments_db: asyncpg.Pool) -> AsyncIterator[tuple[asyncpg.Pool, Any]]:
+    channel = grpcutil.channel(Settings.from_env(stack.env).ledger_addr)
     try:
-        yield pool, ledger_pb2_grpc.LedgerServiceStub(channel)
+        yield payments_db, ledger_pb2_grpc.LedgerServiceStub(channel)
     finally:
         await channel.close()
-        await pool.close()
 
 
 async def _order(api: Api, pool: asyncpg.Pool) -> tuple[dict[str, Any], asyncpg.Record, str]:
