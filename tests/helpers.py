@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -109,13 +110,24 @@ def assert_envelope(resp: Response, status: int, error_code: str) -> None:
     assert resp.body["message"]
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, timeout_s: float = 10.0, interval_s: float = 0.05) -> T:
-    """Poll `check` until it returns a truthy value or raise after `timeout_s`."""
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.05,
+    describe: Callable[[], object] | None = None,
+) -> T:
+    """Poll `check` until it returns a truthy value or raise after `timeout_s`; the failure says
+    what `describe()` (awaited if it answers an awaitable) gives then: the state last seen."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = await check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s (last: {result!r})")
+            message = f"condition not met within {timeout_s}s (last: {result!r})"
+            if describe is not None:
+                detail = describe()
+                message += f"; {await detail if inspect.isawaitable(detail) else detail}"
+            raise AssertionError(message)
         await asyncio.sleep(interval_s)

@@ -80,10 +80,10 @@ async def test_a_stuck_renewal_shows_in_the_gauges_and_a_made_one_in_the_counter
         async def check() -> bool:
             return await gauges() == want
 
-        try:
-            await eventually(check, timeout_s=timeout_s, interval_s=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; gauges {await gauges()}; due: {await due_rows(stack)}") from None
+        async def seen() -> str:
+            return f"gauges {await gauges()}; due: {await due_rows(stack)}"
+
+        await eventually(check, timeout_s=timeout_s, interval_s=0.2, describe=seen)
 
     ledger = stack.procs["ledger"].pid
     os.kill(ledger, signal.SIGSTOP)

@@ -89,10 +89,7 @@ async def until(api: Api, t: dict[str, Any], sid: str, **want: Any) -> dict[str,
         last.update(await ss.get(api, t, sid))
         return all(last[k] == v for k, v in want.items())
 
-    try:
-        await eventually(check, timeout_s=20)
-    except AssertionError:
-        raise AssertionError(f"{sid} never had {want}: {last}") from None
+    await eventually(check, timeout_s=20, describe=lambda: f"{sid} never had {want}: {last}")
     return dict(last)
 
 
