@@ -10,10 +10,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 
 from devstack.stack import ROOT
+from tests.shutdown_support import wait_until
 
 # The child records the signal it got, then ends; it would otherwise sleep for a minute.
 CHILD = textwrap.dedent(
@@ -52,13 +51,6 @@ STARTER = textwrap.dedent(
 )
 
 
-def _wait(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def _alive(pid: int) -> bool:
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
@@ -89,7 +81,7 @@ def test_a_guarded_child_is_the_program_and_ends_with_its_starter(tmp_path: path
 
         starter.kill()
         starter.wait(10)
-        _wait(lambda: marker.exists() and not _alive(child))
+        assert wait_until(lambda: marker.exists() and not _alive(child), timeout_s=15), "no signal within 15 s"
         assert marker.read_text() == "SIGINT"  # the signal asked for, not the default SIGTERM
     finally:
         starter.kill()
