@@ -9,12 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from invo.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
 from devstack.stack import Stack
+from services.common.config import Settings
 from tests.helpers import Api, Response
 from tests.payments_support import balance
 from tests.stream_support import read_events
@@ -29,6 +31,20 @@ async def _ledger_checked(api: Api) -> AsyncIterator[None]:
     yield
     check = await api.get("/admin/ledger/check", admin=True)
     assert check.status == 200 and check.body["ok"] is True, check
+
+
+async def db(stack: Stack, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of `sql` on the network's database (name tables with `schema`)."""
+    conn = await asyncpg.connect(stack.env["INVO_DATABASE_URL"], timeout=10.0)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def schema(stack: Stack, service: str) -> str:
+    """`service`'s schema in the network's database."""
+    return Settings.from_env(stack.env).schema(service)
 
 
 def key() -> str:

@@ -14,11 +14,8 @@ import os
 import signal
 from typing import Any
 
-import asyncpg
-
 from devstack import replicas
 from devstack.stack import Stack
-from services.common.config import Settings
 from tests import subscriptions_support as ss
 from tests.helpers import Api, eventually
 from tests.subscriptions_support import _ledger_checked
@@ -31,28 +28,22 @@ CLEAR = datetime.timedelta(days=62)  # more than the month the test moves the cl
 WAITED_S = 3600.0  # the clock is set this long after the period's end
 
 
-async def subscriptions_db(stack: Stack, sql: str) -> list[asyncpg.Record]:
-    schema = Settings.from_env(stack.env).schema("subscriptions")
-    conn = await asyncpg.connect(stack.env["INVO_DATABASE_URL"], timeout=10.0)
-    try:
-        return list(await conn.fetch(sql.format(schema=f'"{schema}"')))
-    finally:
-        await conn.close()
-
-
 async def quiet_start(stack: Stack) -> datetime.datetime:
     """A start from which a month and an hour on, no subscription but the test's own is due."""
-    rows = await subscriptions_db(stack, "SELECT min(next_attempt_at) AS first FROM {schema}.subscriptions")
+    rows = await ss.db(
+        stack, f"SELECT min(next_attempt_at) AS first FROM {ss.schema(stack, 'subscriptions')}.subscriptions"
+    )
     first = rows[0]["first"]
     return LATEST_START if first is None else min(LATEST_START, (first - CLEAR).replace(microsecond=0))
 
 
 async def due_rows(stack: Stack) -> list[dict[str, Any]]:
     """What is due by the service's clock, for a failure's message."""
-    rows = await subscriptions_db(
+    s = ss.schema(stack, "subscriptions")
+    rows = await ss.db(
         stack,
         "SELECT subscription_id, status, next_attempt_at, processing_until, periods_paid, failed_attempts"
-        " FROM {schema}.subscriptions WHERE next_attempt_at <= (SELECT now FROM {schema}.test_clock)"
+        f" FROM {s}.subscriptions WHERE next_attempt_at <= (SELECT now FROM {s}.test_clock)"
         " ORDER BY next_attempt_at LIMIT 10",
     )
     return [dict(r) for r in rows]

@@ -19,12 +19,11 @@ from invo.v1 import ledger_pb2, ledger_pb2_grpc
 from devstack.stack import Stack
 from tests import subscriptions_support as ss
 from tests.helpers import Api, eventually
-from tests.subscriptions_support import _ledger_checked
+from tests.subscriptions_support import _ledger_checked, db, schema
 from tests.test_subscriptions_renewals import (
     Made,
     at,
     clock,
-    db,
     every,
     iso,
     kinds_by_subscription,
@@ -33,7 +32,6 @@ from tests.test_subscriptions_renewals import (
     many,
     renew_at,
     row_of,
-    schema,
     tenant_at,
 )
 

@@ -23,12 +23,11 @@ import pytest
 from invo.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
 from devstack.stack import Stack
-from services.common.config import Settings
 from tests import subscriptions_support as ss
 from tests.after_sale_support import paid, refund
 from tests.helpers import Api, eventually
 from tests.stream_support import Seen, read_events
-from tests.subscriptions_support import _ledger_checked
+from tests.subscriptions_support import _ledger_checked, db, schema
 
 __all__ = ["_ledger_checked"]  # the autouse fixture: the ledger check after each test
 
@@ -135,18 +134,6 @@ def event_of(s: dict[str, Any], number: int, period: dict[str, Any], *, charged:
         **{k: c.get(k) for k in MONEY},
         "refund": None,
     }
-
-
-async def db(stack: Stack, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.env["INVO_DATABASE_URL"], timeout=10.0)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-def schema(stack: Stack, service: str) -> str:
-    return Settings.from_env(stack.env).schema(service)
 
 
 async def ledger_periods(stack: Stack, sids: list[str]) -> dict[str, list[int]]:
